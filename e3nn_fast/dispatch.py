@@ -1,0 +1,116 @@
+"""The dispatcher: the one place that decides which executor runs an operation.
+
+Executors:
+
+==================== ======================================================================================
+``reference``        the pure-jnp oracle in :mod:`e3nn_fast.reference` (readable, differentiable to any order)
+``jnp``              an optimised pure-jnp executor, validated against the reference like a kernel
+``pallas``           the Pallas kernels of :mod:`e3nn_fast.kernels`, compiled for the current GPU/TPU
+``pallas-interpret`` the same kernels in Pallas's interpret mode (CPU testing only; very slow)
+==================== ======================================================================================
+
+The backend is chosen, in order of precedence, by the innermost ``with e3nn_fast.backend(name):`` block, then
+``e3nn_fast.config("backend", name)``, whose default is the ``E3NN_FAST_BACKEND`` environment variable, else
+``auto``.  ``auto`` takes a kernel only on an accelerator, only for an op and size listed in :data:`KERNEL_PAYS_OFF`
+(entries come from measurements in ``bench/``, so ``auto`` never picks a kernel slower than the jnp path), and
+otherwise the ``jnp`` executor when the op has one, else the reference.  On CPU ``auto`` never selects interpret
+mode.  A forced backend that an op does not implement falls back to the reference (logged).
+
+Set the ``e3nn_fast.dispatch`` logger to ``DEBUG`` (or ``E3NN_FAST_LOG_DISPATCH=1``) to log every decision; the
+decision is made at trace time, so it is logged once per compilation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from typing import Callable, Iterator, Optional
+
+import jax
+
+from e3nn_fast.configuration import config
+
+BACKENDS = ("auto", "reference", "jnp", "pallas", "pallas-interpret")
+
+logger = logging.getLogger("e3nn_fast.dispatch")
+if os.environ.get("E3NN_FAST_LOG_DISPATCH"):
+    logging.basicConfig()
+    logger.setLevel(logging.DEBUG)
+
+# op name -> executor name -> implementation
+_EXECUTORS: dict[str, dict[str, Callable]] = {}
+
+# (op, platform) -> predicate(size) saying where a kernel was measured faster than the jnp path on that platform.
+KERNEL_PAYS_OFF: dict[tuple[str, str], Callable[[int], bool]] = {}
+
+_local = threading.local()
+
+
+def _validate(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"Unknown e3nn_fast backend {name!r}; expected one of {BACKENDS}")
+    return name
+
+
+@contextlib.contextmanager
+def backend(name: str) -> Iterator[None]:
+    """Force the backend of every operation traced inside the block (``auto``, ``reference``, ``jnp``, ``pallas``,
+    ``pallas-interpret``).  Blocks nest; the innermost wins."""
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    stack.append(_validate(name))
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def current_backend() -> str:
+    """The backend in force here: the innermost :func:`backend` block, else ``config("backend")``."""
+    stack = getattr(_local, "stack", None)
+    return stack[-1] if stack else _validate(config("backend"))
+
+
+def register(op: str, executor: str, implementation: Callable) -> Callable:
+    """Make ``implementation`` available as ``executor`` for ``op``."""
+    if executor == "auto" or executor not in BACKENDS:
+        raise ValueError(f"Cannot register executor {executor!r}; expected one of {BACKENDS[1:]}")
+    _EXECUTORS.setdefault(op, {})[executor] = implementation
+    return implementation
+
+
+def available(op: str) -> tuple[str, ...]:
+    """The executors registered for ``op``."""
+    return tuple(_EXECUTORS.get(op, {}))
+
+
+def choose(op: str, *, size: int = 0, qualifies: bool = True, requested: Optional[str] = None) -> str:
+    """Name of the executor that runs ``op`` for a problem of ``size`` (e.g. batch x output dim).
+
+    ``qualifies`` is False when the kernels do not implement this configuration (an unsupported mode, dtype, ...).
+    """
+    executors = _EXECUTORS.get(op, {})
+    wanted = _validate(requested) if requested is not None else current_backend()
+    platform = jax.default_backend()
+    if wanted == "auto":
+        pays = KERNEL_PAYS_OFF.get((op, platform))
+        if platform != "cpu" and qualifies and "pallas" in executors and pays is not None and pays(size):
+            chosen = "pallas"
+        else:
+            chosen = "jnp" if "jnp" in executors else "reference"
+    elif wanted.startswith("pallas") and not qualifies:
+        chosen = "jnp" if "jnp" in executors else "reference"
+    else:
+        chosen = wanted if wanted in executors else "reference"
+    if chosen not in executors:
+        raise ValueError(f"No executor registered for op {op!r}")
+    logger.debug("%s: backend=%s platform=%s size=%d qualifies=%s -> %s", op, wanted, platform, size, qualifies, chosen)
+    return chosen
+
+
+def executor(op: str, **kwargs) -> Callable:
+    """The implementation :func:`choose` selects."""
+    return _EXECUTORS[op][choose(op, **kwargs)]

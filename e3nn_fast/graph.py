@@ -1,0 +1,470 @@
+"""Graph utilities: segment reductions (scatter) and a dense radius graph.
+
+Public names (same signatures and numbers as e3nn-jax 0.21):
+
+- :func:`scatter_sum`, :func:`scatter_mean`, :func:`scatter_max`: reduce the leading axes of
+  ``data`` into ``output_size`` rows, grouped either by an index array ``dst`` (edges -> nodes) or
+  by consecutive segment lengths ``nel`` (nodes -> graphs, jraph style);
+- :func:`index_add`: deprecated alias of :func:`scatter_sum` with the old argument names;
+- :func:`radius_graph`: all pairs of points closer than ``r_max`` (O(n^2), for small systems).
+
+All of them accept plain arrays or :class:`e3nn_fast.irreps_array.IrrepsArray`; a reduction acts
+on every component independently (it is linear, hence equivariant), so an ``IrrepsArray`` comes
+back with the same irreps.
+
+Index checks: shapes are always checked. Index *values* can only be checked when they are
+concrete (outside ``jit``); under ``jit`` the JAX scatter ``mode`` decides what happens (see
+:func:`scatter_sum`).
+"""
+
+from __future__ import annotations
+
+import operator
+import warnings
+from typing import Any, Callable, NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "scatter_sum",
+    "scatter_mean",
+    "scatter_max",
+    "index_add",
+    "radius_graph",
+]
+
+#: Values of ``mode`` accepted by the scatter functions (those of ``jax.numpy`` ``.at[]``).
+SCATTER_MODES = ("promise_in_bounds", "clip", "drop", "fill")
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _irreps_array_class():
+    """``e3nn_fast.irreps_array.IrrepsArray``, imported lazily so that neither module needs the other at import."""
+    from e3nn_fast.irreps_array import IrrepsArray
+
+    return IrrepsArray
+
+
+def _looks_like_irreps_array(x: Any) -> bool:
+    return hasattr(x, "irreps") and hasattr(x, "array")
+
+
+def _unwrap(data: Any) -> Tuple[jax.Array, Callable[[jax.Array], Any]]:
+    """Split ``data`` into its raw array and a function that re-wraps a result like ``data``.
+
+    The reductions act on the leading (batch) axes only, never on the irreps axis, so the output
+    of an ``IrrepsArray`` is an ``IrrepsArray`` with the same irreps.
+    """
+    if _looks_like_irreps_array(data):
+        irreps = data.irreps
+        irreps_array_cls = _irreps_array_class()
+        return jnp.asarray(data.array), lambda array: irreps_array_cls(irreps, array)
+    return jnp.asarray(data), lambda array: array
+
+
+_TRACER_ERRORS = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError)
+
+
+def _concrete_values(x: Any) -> Optional[np.ndarray]:
+    """The values of ``x`` as numpy when they are known now, ``None`` for a tracer under jit."""
+    try:
+        return np.asarray(x)
+    except _TRACER_ERRORS:
+        return None
+
+
+def _index_array(x: Any, name: str) -> jax.Array:
+    """``jnp.asarray(x)`` after checking that it holds integers (a bool array would be a mask)."""
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.integer):
+        raise TypeError(f"{name} must be an integer array, got dtype {x.dtype}")
+    return x
+
+
+def _static_size(x: Any, name: str) -> int:
+    """A Python int >= 0 for an output length (it becomes an array shape, so it must be static)."""
+    if isinstance(x, bool):
+        raise TypeError(f"{name} must be an int, got {x!r}")
+    try:
+        x = operator.index(x)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be a static Python int, got {type(x).__name__} {x!r}"
+        ) from None
+    if x < 0:
+        raise ValueError(f"{name} must be >= 0, got {x}")
+    return x
+
+
+def _check_mode(mode: Any) -> None:
+    if isinstance(mode, jax.lax.GatherScatterMode):
+        return
+    if mode not in SCATTER_MODES:
+        raise ValueError(f"mode={mode!r} is not valid; choose one of {', '.join(map(repr, SCATTER_MODES))}")
+
+
+def _promises_in_bounds(mode: Any) -> bool:
+    return jax.lax.GatherScatterMode.from_any(mode) == jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS
+
+
+# --------------------------------------------------------------------------------------------
+# Resolving (dst | nel, output_size, map_back) into one scatter "plan"
+# --------------------------------------------------------------------------------------------
+
+
+class _Plan(NamedTuple):
+    """How to scatter: rows ``dst`` of an ``output_size`` output, then optionally gather back.
+
+    ``gather`` is ``None``, or the per-element row index used to map the reduced rows back onto
+    the input positions (``map_back=True``).
+    """
+
+    dst: jax.Array
+    output_size: int
+    indices_are_sorted: bool
+    gather: Optional[jax.Array]
+
+
+def _segment_ids(nel: jax.Array, num_elements: int) -> jax.Array:
+    """Row index of every element for consecutive segments of lengths ``nel``.
+
+    If ``sum(nel) < num_elements`` the leftover trailing elements are assigned to the last row
+    (``jnp.repeat`` pads with its last value), exactly like e3nn-jax.
+    """
+    return jnp.repeat(jnp.arange(nel.shape[0]), nel, total_repeat_length=num_elements)
+
+
+def _group_ids(dst: jax.Array) -> jax.Array:
+    """Relabel the values of ``dst`` as ``0..k-1`` (k distinct values), keeping ``dst``'s shape.
+
+    ``size=dst.size`` keeps the output shape static (there are at most ``dst.size`` distinct
+    values), so this works under ``jit``.
+    """
+    flat = jnp.ravel(dst)
+    _, inverse = jnp.unique(flat, return_inverse=True, size=flat.shape[0])
+    return jnp.reshape(inverse, dst.shape)
+
+
+def _check_nel_values(nel: jax.Array, num_elements: int, op: str) -> None:
+    nel_np = _concrete_values(nel)
+    if nel_np is None:
+        return
+    if np.any(nel_np < 0):
+        raise ValueError(f"scatter_{op}: nel must be >= 0, got nel={nel_np.tolist()}")
+    total = int(nel_np.sum())
+    if total > num_elements:
+        raise ValueError(
+            f"scatter_{op}: sum(nel)={total} exceeds the number of elements data.shape[0]={num_elements}"
+        )
+
+
+def _check_dst_values(dst: jax.Array, output_size: int, op: str) -> None:
+    """Under ``mode="promise_in_bounds"`` an out-of-range index would silently give garbage."""
+    dst_np = _concrete_values(dst) if dst.size > 0 else None
+    if dst_np is None:
+        return
+    lo, hi = int(dst_np.min()), int(dst_np.max())
+    # Negative indices count from the end, as in numpy/jax indexing.
+    if lo < -output_size or hi >= output_size:
+        raise ValueError(
+            f"scatter_{op}: dst values must lie in [-{output_size}, {output_size}) for "
+            f"output_size={output_size}, got min={lo}, max={hi}; pass mode='drop' to discard "
+            "out-of-range indices on purpose"
+        )
+
+
+def _plan_from_nel(op, nel, num_elements, output_size, map_back) -> _Plan:
+    nel = _index_array(nel, f"scatter_{op}: nel")
+    if nel.ndim != 1:
+        raise ValueError(f"scatter_{op}: nel must be 1-dimensional, got shape {nel.shape}")
+    if output_size is not None:
+        raise ValueError(f"scatter_{op}: output_size must not be specified if nel is specified")
+    if nel.shape[0] == 0 and num_elements > 0:
+        raise ValueError(f"scatter_{op}: nel is empty but data has {num_elements} elements to reduce")
+    _check_nel_values(nel, num_elements, op)
+    ids = _segment_ids(nel, num_elements)
+    # map_back: reduce into one row per segment, then read each element's segment row back.
+    return _Plan(ids, nel.shape[0], True, ids if map_back else None)
+
+
+def _plan_from_dst(op, dst, data_shape, output_size, map_back, mode) -> _Plan:
+    dst = _index_array(dst, f"scatter_{op}: dst")
+    if dst.shape != tuple(data_shape[: dst.ndim]):
+        raise ValueError(
+            f"scatter_{op}: dst.shape={dst.shape} and data.shape={tuple(data_shape)} are incompatible; "
+            "dst.shape must be equal to data.shape[: dst.ndim]"
+        )
+    if map_back:
+        if output_size is not None:
+            raise ValueError(f"scatter_{op}: output_size must not be specified if map_back is True")
+        # Only which elements share a destination matters, so any integer labels are fine.
+        ids = _group_ids(dst)
+        return _Plan(ids, dst.size, False, ids)
+    if output_size is None:
+        raise ValueError(f"scatter_{op}: output_size must be specified if map_back is False")
+    output_size = _static_size(output_size, f"scatter_{op}: output_size")
+    if _promises_in_bounds(mode):
+        _check_dst_values(dst, output_size, op)
+    return _Plan(dst, output_size, False, None)
+
+
+def _make_plan(op, data, data_shape, dst, nel, output_size, map_back, mode) -> _Plan:
+    _check_mode(mode)
+    if dst is None and nel is None:
+        raise ValueError(f"scatter_{op}: either dst or nel must be specified")
+    if dst is not None and nel is not None:
+        raise ValueError(f"scatter_{op}: only one of dst or nel must be specified")
+    # Axes that may be reduced: all of them for a plain array, all but the irreps axis otherwise.
+    is_irreps = _looks_like_irreps_array(data)
+    batch_ndim = len(data_shape) - int(is_irreps)
+    what = "IrrepsArray" if is_irreps else "data"
+    if nel is not None:
+        if batch_ndim < 1:
+            raise ValueError(f"scatter_{op}: {what} of shape {tuple(data_shape)} has no leading axis to reduce")
+        return _plan_from_nel(op, nel, data_shape[0], output_size, map_back)
+    if jnp.ndim(dst) > batch_ndim:
+        raise ValueError(
+            f"scatter_{op}: dst.shape={jnp.shape(dst)} has more axes than the leading axes of the "
+            f"{what} of shape {tuple(data_shape)}" + (" (the irreps axis cannot be reduced)" if is_irreps else "")
+        )
+    return _plan_from_dst(op, dst, data_shape, output_size, map_back, mode)
+
+
+def _reduce(op: str, initial, x: jax.Array, plan: _Plan, mode) -> jax.Array:
+    """Reduce ``x`` into ``plan.output_size`` rows starting from ``initial``; map back if asked."""
+    # The dtype mirrors ``initial * ones(x.dtype)``: integer data summed from 0.0 becomes float.
+    out_dtype = jnp.result_type(x.dtype, initial)
+    out = jnp.full((plan.output_size,) + x.shape[plan.dst.ndim :], initial, dtype=out_dtype)
+    at = out.at[(plan.dst,)]
+    kwargs = dict(indices_are_sorted=plan.indices_are_sorted, mode=mode)
+    out = at.add(x, **kwargs) if op == "sum" else at.max(x, **kwargs)
+    if plan.gather is not None:
+        out = out[(plan.gather,)]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def scatter_sum(
+    data,
+    *,
+    dst: Optional[jax.Array] = None,
+    nel: Optional[jax.Array] = None,
+    output_size: Optional[int] = None,
+    map_back: bool = False,
+    mode: str = "promise_in_bounds",
+):
+    r"""Sum the entries of ``data`` that share a destination.
+
+    Either by index (``dst``)::
+
+        output[dst[i]] += data[i]
+
+    or by consecutive segments of lengths ``nel``::
+
+        output[i] = sum(data[sum(nel[:i]) : sum(nel[:i + 1])])
+
+    Args:
+        data: array or ``IrrepsArray`` of shape ``(n1, ..., nd, ...)``.
+        dst: integer array of shape ``(n1, ..., nd)``; exactly one of ``dst`` and ``nel`` is given.
+        nel: integer array of shape ``(num_segments,)`` with ``sum(nel) <= data.shape[0]``;
+            trailing elements beyond ``sum(nel)`` are added to the last segment.
+        output_size: static number of output rows; required with ``dst`` unless ``map_back``,
+            forbidden with ``nel`` (it is ``len(nel)``).
+        map_back: if ``True``, return for every input element the reduction of its group, with
+            the shape of ``data`` (then ``dst`` values are only used as group labels).
+        mode: JAX scatter mode for out-of-range ``dst`` values: ``"promise_in_bounds"`` (default;
+            concrete indices are checked and must lie in ``[-output_size, output_size)``, negative
+            ones counting from the end; under ``jit`` out-of-range indices give unspecified
+            results), ``"drop"``/``"fill"`` (ignored) or ``"clip"`` (clamped).
+
+    Returns:
+        Array or ``IrrepsArray`` (same irreps) of shape ``(output_size, ...)``, or ``data.shape``
+        with ``map_back``. Integer data comes back as float.
+
+    Raises:
+        ValueError: both or neither of ``dst``/``nel``; ``dst.shape != data.shape[:dst.ndim]``;
+            ``output_size`` missing or superfluous; negative ``nel``; ``sum(nel) > n``;
+            out-of-range concrete ``dst`` under ``"promise_in_bounds"``; unknown ``mode``.
+        TypeError: non-integer ``dst``/``nel`` or a non-int ``output_size``.
+    """
+    array, wrap = _unwrap(data)
+    plan = _make_plan("sum", data, array.shape, dst, nel, output_size, map_back, mode)
+    return wrap(_reduce("sum", 0.0, array, plan, mode))
+
+
+def _broadcast_counts(counts: jax.Array, ndim: int) -> jax.Array:
+    """Append trailing unit axes so per-row counts broadcast against the reduced data."""
+    return jnp.reshape(counts, counts.shape + (1,) * (ndim - counts.ndim))
+
+
+def scatter_mean(
+    data,
+    *,
+    dst: Optional[jax.Array] = None,
+    nel: Optional[jax.Array] = None,
+    output_size: Optional[int] = None,
+    map_back: bool = False,
+    mode: str = "promise_in_bounds",
+):
+    r"""Average the entries of ``data`` that share a destination.
+
+    Same arguments as :func:`scatter_sum`. The sum of each group is divided by its number of
+    elements (``nel[i]`` in segment mode); empty groups give 0 (the count is clamped to 1).
+
+    Returns:
+        Array or ``IrrepsArray`` (same irreps) of shape ``(output_size, ...)``, or ``data.shape``
+        with ``map_back``.
+    """
+    array, wrap = _unwrap(data)
+    plan = _make_plan("mean", data, array.shape, dst, nel, output_size, map_back, mode)
+    if nel is not None:
+        # Segment mode: the counts are nel itself (trailing padding elements are summed into the
+        # last segment but not counted, as in e3nn-jax).
+        counts = jnp.asarray(nel)
+        reduce_plan = plan._replace(gather=None)
+        total = _reduce("sum", 0.0, array, reduce_plan, mode)
+        mean = total / _broadcast_counts(jnp.maximum(1, counts), total.ndim).astype(total.dtype)
+        if plan.gather is not None:
+            mean = mean[(plan.gather,)]
+        return wrap(mean)
+
+    total = _reduce("sum", 0.0, array, plan, mode)
+    ones = jnp.ones(array.shape[: plan.dst.ndim], jnp.int32)
+    counts = _reduce("sum", 0.0, ones, plan, mode)
+    counts = jnp.maximum(1, counts)
+    return wrap(total / _broadcast_counts(counts, total.ndim).astype(total.dtype))
+
+
+def _is_scalar_irreps(irreps) -> bool:
+    """Only even scalars (0e) are invariant under max; an empty irreps is not scalar (e3nn-jax)."""
+    irs = [ir for _, ir in irreps]
+    return len(irs) > 0 and all(ir.l == 0 and ir.p == 1 for ir in irs)
+
+
+def scatter_max(
+    data,
+    *,
+    dst: Optional[jax.Array] = None,
+    nel: Optional[jax.Array] = None,
+    initial: float = -jnp.inf,
+    output_size: Optional[int] = None,
+    map_back: bool = False,
+    mode: str = "promise_in_bounds",
+):
+    r"""Maximum of the entries of ``data`` that share a destination.
+
+    ``output[i] = max(initial, *(data[j] for j with dst[j] == i))``, or the same over the
+    segments given by ``nel``. Same arguments as :func:`scatter_sum`, plus ``initial``, the value
+    of empty groups and a lower bound for all outputs.
+
+    An ``IrrepsArray`` must contain only ``0e`` scalars: a componentwise max of non-scalar irreps
+    (or of odd scalars) is not equivariant.
+
+    Returns:
+        Array or ``IrrepsArray`` (same irreps) of shape ``(output_size, ...)``, or ``data.shape``
+        with ``map_back``.
+    """
+    if _looks_like_irreps_array(data) and not _is_scalar_irreps(data.irreps):
+        raise ValueError(
+            f"scatter_max only works with scalar (0e) IrrepsArray, got irreps {data.irreps}"
+        )
+    array, wrap = _unwrap(data)
+    plan = _make_plan("max", data, array.shape, dst, nel, output_size, map_back, mode)
+    return wrap(_reduce("max", initial, array, plan, mode))
+
+
+def index_add(
+    indices: jax.Array = None,
+    input=None,
+    *,
+    n_elements: jax.Array = None,
+    out_dim: int = None,
+    map_back: bool = False,
+):
+    """Deprecated alias: ``scatter_sum(input, dst=indices, nel=n_elements, output_size=out_dim,
+    map_back=map_back)``. Emits a ``DeprecationWarning``."""
+    warnings.warn(
+        "index_add is deprecated, use scatter_sum(data, dst=..., nel=..., output_size=...) instead",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    if input is None:
+        raise TypeError("index_add: input must be given")
+    return scatter_sum(input, dst=indices, nel=n_elements, output_size=out_dim, map_back=map_back)
+
+
+def radius_graph(
+    pos,
+    r_max: float,
+    *,
+    batch: jax.Array = None,
+    size: int = None,
+    loop: bool = False,
+    fill_src: int = -1,
+    fill_dst: int = -1,
+):
+    r"""All ordered pairs ``(src, dst)`` of points at distance ``0 < r < r_max``.
+
+    Dense O(n^2) in memory and time: meant for small systems (a neighbour list such as
+    ``matscipy.neighbours.neighbour_list`` scales better). Pairs come in row-major order of
+    ``(src, dst)``. Note that distinct points at exactly the same position are not connected
+    unless ``loop=True`` (the test is on the distance, as in e3nn-jax).
+
+    Args:
+        pos: array or ``IrrepsArray`` of shape ``(n, 3)``.
+        r_max: cutoff radius (strict: pairs at exactly ``r_max`` are excluded).
+        batch: optional array of shape ``(n,)`` of graph labels; pairs across graphs are removed.
+            Filtering by ``batch`` yields a data-dependent size, so it cannot run under ``jit``.
+        size: static number of pairs to return (pads with the fill values or truncates). Needed
+            under ``jit``; with ``None`` the output size is data dependent.
+        loop: whether to include self-loops ``(i, i)``.
+        fill_src: padding value for ``src`` when ``size`` exceeds the number of pairs.
+        fill_dst: padding value for ``dst``.
+
+    Returns:
+        ``(src, dst)``: two integer arrays of the same length.
+
+    Note:
+        With ``batch``, padding entries (``-1`` by default) are looked up as ``batch[-1]``, i.e.
+        the last point's label, as in e3nn-jax.
+    """
+    if _looks_like_irreps_array(pos):
+        pos = pos.array
+    pos = jnp.asarray(pos)
+    if pos.ndim != 2 or pos.shape[1] != 3:
+        raise ValueError(f"radius_graph: pos must have shape (n, 3), got {pos.shape}")
+    if size is not None:
+        size = _static_size(size, "radius_graph: size")
+    if batch is not None:
+        batch = jnp.asarray(batch)
+        if batch.shape != pos.shape[:1]:
+            raise ValueError(
+                f"radius_graph: batch must have shape {pos.shape[:1]} (one label per point), got {batch.shape}"
+            )
+
+    # Same arithmetic as e3nn-jax (norm of the difference), so boundary pairs agree bitwise.
+    distance = jnp.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=-1)
+    mask = distance < r_max
+    if not loop:
+        mask = mask & (distance > 0)
+
+    src, dst = jnp.nonzero(mask, size=size, fill_value=-1)
+    if fill_src != -1:
+        src = jnp.where(src == -1, fill_src, src)
+    if fill_dst != -1:
+        dst = jnp.where(dst == -1, fill_dst, dst)
+
+    if batch is None:
+        return src, dst
+    same_graph = batch[src] == batch[dst]
+    return src[same_graph], dst[same_graph]

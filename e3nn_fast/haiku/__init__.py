@@ -1,0 +1,5 @@
+"""Haiku modules of e3nn_fast (drop-in for ``e3nn_jax.haiku``)."""
+
+from e3nn_fast.haiku.linear import Linear
+
+__all__ = ["Linear"]

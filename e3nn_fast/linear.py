@@ -1,0 +1,641 @@
+"""Equivariant linear maps between irreps: the maths shared by every ``Linear`` module.
+
+An equivariant linear map can only connect input and output blocks that carry the *same* irrep (Schur's lemma), and
+on such a pair it acts as a plain ``(mul_in, mul_out)`` matrix applied identically to every component of the irrep.
+:class:`FunctionalLinear` lists these connections ("instructions"), fixes their normalisation and applies them to an
+:class:`~e3nn_fast.irreps_array.IrrepsArray` given a list of weight matrices.
+
+The second half of this file is the parameter plumbing common to the haiku and flax ``Linear`` modules: how parameters
+are named (``'w[i_in,i_out] <in>,<out>'`` and ``'b[i_out] <out>'``, as in e3nn-jax, so checkpoints are interchangeable)
+and the four ways weights reach the map (shared, indexed per species, mixed from input scalars, mixed per channel).
+Both frameworks call :func:`linear_module_call` with their own ``get_parameter`` callback; nothing else differs.
+
+Normalisation conventions (identical to e3nn-jax, so numbers match):
+
+* ``path_normalization`` ``p`` (``"element"`` = 0, ``"path"`` = 1) sets the fan-in ``alpha`` of an instruction as
+  ``1 / (mul_in ** p * sum_{paths to the same output} mul_in' ** (1 - p))``.
+* ``gradient_normalization`` ``g`` splits ``sqrt(alpha)`` between a constant factor in the forward pass
+  (``path_weight = sqrt(alpha) ** g``) and the initialisation scale (``weight_std = sqrt(alpha) ** (1 - g)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from e3nn_fast.configuration import config
+from e3nn_fast.irreps import Irreps
+from e3nn_fast.irreps_array import IrrepsArray, as_irreps_array, from_chunks
+
+__all__ = [
+    "Instruction",
+    "FunctionalLinear",
+    "LinearOptions",
+    "linear_module_call",
+    "linear_vanilla",
+    "linear_indexed",
+    "linear_mixed",
+    "linear_mixed_per_channel",
+    "parameter_name",
+    "parse_gradient_normalization",
+    "parse_path_normalization",
+    "validate_inputs_for_instructions",
+]
+
+# ``get_parameter(name, shape, init_std, dtype)`` returns the (possibly freshly initialised) parameter array.
+GetParameter = Callable[[str, Tuple[int, ...], Any, Any], jax.Array]
+
+_NORMALIZATION_NAMES = {"element": 0.0, "path": 1.0}
+
+
+class Instruction(NamedTuple):
+    """One connection of a :class:`FunctionalLinear`.
+
+    Attributes:
+        i_in: index of the input block in ``irreps_in``, or ``-1`` for a bias (a constant added to the output).
+        i_out: index of the output block in ``irreps_out``.
+        path_shape: shape of the weight: ``(mul_in, mul_out)``, or ``(irreps_out[i_out].dim,)`` for a bias.
+        path_weight: constant multiplying the path in the forward pass.
+        weight_std: standard deviation used to initialise the weight (0 for biases: they start at zero).
+    """
+
+    i_in: int
+    i_out: int
+    path_shape: tuple
+    path_weight: float
+    weight_std: float
+
+
+def _parse_normalization(value: Union[str, float, None], key: str) -> float:
+    """Turn a normalisation setting into its exponent in [0, 1]; ``None`` reads the global default ``key``."""
+    if value is None:
+        value = config(key)
+    if isinstance(value, str):
+        if value not in _NORMALIZATION_NAMES:
+            raise ValueError(f"{key} must be 'element', 'path' or a float, got {value!r}")
+        return _NORMALIZATION_NAMES[value]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise TypeError(f"{key} must be 'element', 'path' or a float, got {value!r}")
+    return value
+
+
+def parse_path_normalization(value: Union[str, float, None]) -> float:
+    """``path_normalization`` as a number: ``"element"`` -> 0, ``"path"`` -> 1, ``None`` -> global default."""
+    return _parse_normalization(value, "path_normalization")
+
+
+def parse_gradient_normalization(value: Union[str, float, None]) -> float:
+    """``gradient_normalization`` as a number: ``"element"`` -> 0, ``"path"`` -> 1, ``None`` -> global default."""
+    return _parse_normalization(value, "gradient_normalization")
+
+
+def _to_irreps(irreps: Any, what: str) -> Irreps:
+    """``Irreps(irreps)`` with an error message that says which argument was malformed."""
+    try:
+        return Irreps(irreps)
+    except (ValueError, TypeError, AssertionError) as error:
+        raise ValueError(f"{what}: invalid irreps {irreps!r} ({error})") from error
+
+
+def _all_connections(irreps_in: Irreps, irreps_out: Irreps) -> List[Tuple[int, int]]:
+    """Every (input block, output block) pair carrying the same irrep, in input-major order."""
+    return [
+        (i_in, i_out)
+        for i_in, (_, ir_in) in enumerate(irreps_in)
+        for i_out, (_, ir_out) in enumerate(irreps_out)
+        if ir_in == ir_out
+    ]
+
+
+def _check_connections(connections: Sequence, irreps_in: Irreps, irreps_out: Irreps) -> List[Tuple[int, int]]:
+    """Validate user instructions: pairs of in-range block indices that carry the same irrep."""
+    checked = []
+    for connection in connections:
+        try:
+            i_in, i_out = (int(i) for i in connection)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"FunctionalLinear: instruction {connection!r} is not a pair (i_in, i_out)") from error
+        if not 0 <= i_in < len(irreps_in):
+            raise ValueError(f"FunctionalLinear: instruction {connection!r}: i_in out of range for {irreps_in}")
+        if not 0 <= i_out < len(irreps_out):
+            raise ValueError(f"FunctionalLinear: instruction {connection!r}: i_out out of range for {irreps_out}")
+        if irreps_in[i_in].ir != irreps_out[i_out].ir:
+            raise ValueError(
+                f"FunctionalLinear: instruction {connection!r} connects {irreps_in[i_in].ir} to "
+                f"{irreps_out[i_out].ir}; a linear map can only connect identical irreps"
+            )
+        checked.append((i_in, i_out))
+    return checked
+
+
+def _bias_flags(biases: Union[bool, Sequence[bool], None], irreps_out: Irreps) -> List[bool]:
+    """One flag per output block; ``True`` means scalar outputs (only they can carry a bias) get one."""
+    if biases is None:
+        return [False] * len(irreps_out)
+    if isinstance(biases, (bool, np.bool_)):
+        return [bool(biases) and ir.is_scalar() for _, ir in irreps_out]
+    biases = [bool(b) for b in biases]
+    if len(biases) != len(irreps_out):
+        raise ValueError(
+            f"FunctionalLinear: biases has {len(biases)} entries but irreps_out {irreps_out} has {len(irreps_out)}"
+        )
+    for flag, (mul, ir) in zip(biases, irreps_out):
+        if flag and not ir.is_scalar():
+            raise ValueError(f"FunctionalLinear: a bias on {mul}x{ir} would break equivariance (only 0e allowed)")
+    return biases
+
+
+def _fit_chunk(path: jax.Array, shape: Tuple[int, ...]) -> jax.Array:
+    """Bring one path's contribution to the output chunk shape (broadcast leading axes, or reshape a flat bias)."""
+    if path.shape[-2:] == shape[-2:]:
+        return jnp.broadcast_to(path, shape)
+    return path.reshape(shape)
+
+
+def _result_dtype(*arrays: Any) -> jnp.dtype:
+    """dtype of ``sum(sum(x) for x in leaves)``: JAX's promotion of the given arrays (float32 if there are none)."""
+    leaves = jax.tree_util.tree_leaves(arrays)
+    if not leaves:
+        return jnp.dtype(jnp.float32)
+    return jax.eval_shape(lambda xs: sum(jnp.sum(x) for x in xs), leaves).dtype
+
+
+class FunctionalLinear:
+    """Equivariant linear map ``irreps_in -> irreps_out`` whose weights are passed at call time.
+
+    Args:
+        irreps_in: input irreps.
+        irreps_out: output irreps.
+        instructions: pairs ``(i_in, i_out)`` of blocks to connect; default: every pair with the same irrep.
+        biases: ``True`` to add a bias on every scalar (``0e``) output, or one flag per output block.
+        path_normalization: ``"element"``, ``"path"`` or a float in [0, 1]; default ``config("path_normalization")``.
+        gradient_normalization: ``"element"``, ``"path"`` or a float in [0, 1]; default
+            ``config("gradient_normalization")``.
+
+    Attributes:
+        instructions: the list of :class:`Instruction`, connections first, then biases.
+        output_mask: boolean array of size ``irreps_out.dim``, true where some instruction can write.
+    """
+
+    irreps_in: Irreps
+    irreps_out: Irreps
+    instructions: List[Instruction]
+    output_mask: jax.Array
+
+    def __init__(
+        self,
+        irreps_in: Irreps,
+        irreps_out: Irreps,
+        instructions: Optional[List[Tuple[int, int]]] = None,
+        biases: Optional[Union[List[bool], bool]] = None,
+        path_normalization: Union[str, float] = None,
+        gradient_normalization: Union[str, float] = None,
+    ):
+        path_normalization = parse_path_normalization(path_normalization)
+        gradient_normalization = parse_gradient_normalization(gradient_normalization)
+        irreps_in = _to_irreps(irreps_in, "FunctionalLinear irreps_in")
+        irreps_out = _to_irreps(irreps_out, "FunctionalLinear irreps_out")
+
+        if instructions is None:
+            connections = _all_connections(irreps_in, irreps_out)
+        else:
+            connections = _check_connections(instructions, irreps_in, irreps_out)
+
+        self.irreps_in = irreps_in
+        self.irreps_out = irreps_out
+        self.instructions = self._weight_instructions(connections, path_normalization, gradient_normalization)
+        self.instructions += [
+            Instruction(i_in=-1, i_out=i_out, path_shape=(mul_ir.dim,), path_weight=1.0, weight_std=0.0)
+            for i_out, (flag, mul_ir) in enumerate(zip(_bias_flags(biases, irreps_out), irreps_out))
+            if flag
+        ]
+        self.output_mask = self._output_mask()
+
+    def _weight_instructions(
+        self, connections: List[Tuple[int, int]], path_normalization: float, gradient_normalization: float
+    ) -> List[Instruction]:
+        """Instructions for the connections, with the fan-in normalisation described in the module docstring."""
+        mul_in = [self.irreps_in[i_in].mul for i_in, _ in connections]
+
+        def fan_in(k: int) -> float:
+            # mul_in ** p * sum over paths into the same output of mul_in' ** (1 - p); p=0: total fan-in, p=1: #paths
+            i_out = connections[k][1]
+            x = mul_in[k] ** path_normalization * sum(
+                mul_in[j] ** (1.0 - path_normalization) for j, (_, o) in enumerate(connections) if o == i_out
+            )
+            return 1 / x if x > 0 else 1.0
+
+        instructions = []
+        for k, (i_in, i_out) in enumerate(connections):
+            alpha = fan_in(k)
+            instructions.append(
+                Instruction(
+                    i_in=i_in,
+                    i_out=i_out,
+                    path_shape=(self.irreps_in[i_in].mul, self.irreps_out[i_out].mul),
+                    path_weight=math.sqrt(alpha) ** gradient_normalization,
+                    weight_std=math.sqrt(alpha) ** (1.0 - gradient_normalization),
+                )
+            )
+        return instructions
+
+    def _output_mask(self) -> jax.Array:
+        """Which output components can be non-zero (reached by an instruction with a non-empty weight)."""
+        written = {ins.i_out for ins in self.instructions if 0 not in ins.path_shape}
+        mask = np.zeros(self.irreps_out.dim, dtype=bool)
+        for i_out, s in enumerate(self.irreps_out.slices()):
+            mask[s] = i_out in written
+        with jax.ensure_compile_time_eval():
+            return jnp.asarray(mask)
+
+    @property
+    def num_weights(self) -> int:
+        """Total number of scalar weights (connections and biases)."""
+        return int(sum(math.prod(ins.path_shape) for ins in self.instructions))
+
+    def split_weights(self, weights: jax.Array) -> List[jax.Array]:
+        """Cut a flat vector of ``num_weights`` entries into one array of ``path_shape`` per instruction."""
+        weights = jnp.asarray(weights)
+        if weights.shape != (self.num_weights,):
+            raise ValueError(
+                f"FunctionalLinear ({self.irreps_in} -> {self.irreps_out}): flat weights must have shape "
+                f"({self.num_weights},), got {weights.shape}"
+            )
+        pieces = []
+        cursor = 0
+        for ins in self.instructions:
+            size = math.prod(ins.path_shape)
+            pieces.append(weights[cursor : cursor + size].reshape(ins.path_shape))
+            cursor += size
+        return pieces
+
+    def _weight_list(self, ws: Union[List[jax.Array], jax.Array], batch_ndim: Optional[int]) -> List[jax.Array]:
+        """Normalise ``ws`` to one array per instruction and check shapes (``batch_ndim=None``: any leading axes)."""
+        if not isinstance(ws, (list, tuple)):
+            return self.split_weights(ws)
+        if len(ws) != len(self.instructions):
+            raise ValueError(
+                f"FunctionalLinear ({self.irreps_in} -> {self.irreps_out}): expected {len(self.instructions)} weight "
+                f"arrays (one per instruction), got {len(ws)}"
+            )
+        ws = [jnp.asarray(w) for w in ws]
+        for ins, w in zip(self.instructions, ws):
+            n = len(ins.path_shape)
+            tail_ok = w.ndim >= n and w.shape[w.ndim - n :] == tuple(ins.path_shape)
+            lead_ok = batch_ndim is None or w.ndim == n + batch_ndim
+            if not (tail_ok and lead_ok):
+                raise ValueError(
+                    f"FunctionalLinear: weight for instruction {ins.i_in}->{ins.i_out} must have shape "
+                    f"{ins.path_shape}, got {w.shape}"
+                )
+        return ws
+
+    def _check_input(self, input: IrrepsArray) -> IrrepsArray:
+        """Accept an IrrepsArray whose irreps are a regrouping-free rechunking of ``irreps_in``."""
+        if not isinstance(input, IrrepsArray):
+            raise TypeError(f"FunctionalLinear expects an IrrepsArray input, got {type(input).__name__}")
+        if input.irreps.simplify() != self.irreps_in.simplify():
+            raise ValueError(
+                f"FunctionalLinear: input irreps {input.irreps} are incompatible with irreps_in {self.irreps_in}"
+            )
+        return input.rechunk(self.irreps_in)
+
+    def _paths(self, ws: List[jax.Array], input: IrrepsArray) -> List[Optional[jax.Array]]:
+        """Each instruction's contribution, shaped ``(..., mul_out, ir_out.dim)`` (``None`` for a zero input block).
+
+        Weights may carry leading axes that broadcast against the input's leading axes.
+        """
+        paths = []
+        for ins, w in zip(self.instructions, ws):
+            mul_out, ir_out = self.irreps_out[ins.i_out]
+            if ins.i_in == -1:
+                # A bias only exists on scalars: its flat (mul_out,) vector is the (mul_out, 1) chunk.
+                paths.append(ins.path_weight * w.reshape(w.shape[:-1] + (mul_out, ir_out.dim)))
+                continue
+            x = input.chunks[ins.i_in]
+            if x is None:
+                paths.append(None)
+                continue
+            # Scaling the (small) weight is cheaper than scaling the (batched) result.
+            spec = "uw,...ui->...wi" if w.ndim == 2 else "...uw,...ui->...wi"
+            paths.append(jnp.einsum(spec, ins.path_weight * w, x))
+        return paths
+
+    def aggregate_paths(self, paths: List[Optional[jax.Array]], output_shape: Tuple[int, ...], output_dtype) -> IrrepsArray:
+        """Sum the paths landing on each output block into an IrrepsArray of leading shape ``output_shape``.
+
+        Output blocks that receive nothing (or only ``None``) become zero chunks.
+        """
+        output_shape = tuple(output_shape)
+        chunks = []
+        for i_out, (mul, ir) in enumerate(self.irreps_out):
+            shape = output_shape + (mul, ir.dim)
+            terms = [
+                _fit_chunk(p, shape)
+                for ins, p in zip(self.instructions, paths)
+                if ins.i_out == i_out and p is not None
+            ]
+            chunk = None
+            for term in terms:
+                chunk = term if chunk is None else chunk + term
+            chunks.append(None if chunk is None else chunk.astype(output_dtype))
+        return from_chunks(self.irreps_out, chunks, output_shape, output_dtype)
+
+    def apply(self, ws: Union[List[jax.Array], jax.Array], input: IrrepsArray) -> IrrepsArray:
+        """Like :meth:`__call__`, but broadcasting: ``input`` of shape ``(..., irreps_in.dim)`` and weights of shape
+        ``(..., *path_shape)`` whose leading axes broadcast against the input's."""
+        input = self._check_input(input)
+        ws = self._weight_list(ws, batch_ndim=None)
+        lead_shapes = [input.shape[:-1]] + [w.shape[: w.ndim - len(i.path_shape)] for i, w in zip(self.instructions, ws)]
+        try:
+            output_shape = jnp.broadcast_shapes(*lead_shapes)
+        except ValueError as error:
+            raise ValueError(
+                f"FunctionalLinear: leading shapes of input and weights do not broadcast: {lead_shapes}"
+            ) from error
+        return self.aggregate_paths(self._paths(ws, input), output_shape, input.dtype)
+
+    def __call__(self, ws: Union[List[jax.Array], jax.Array], input: IrrepsArray) -> IrrepsArray:
+        """Apply the map to a single (unbatched) input of shape ``(irreps_in.dim,)``.
+
+        Args:
+            ws: one array of ``path_shape`` per instruction, or a flat vector of ``num_weights`` entries.
+            input: IrrepsArray with irreps equivalent to ``irreps_in`` (same irreps up to chunking).
+
+        Use ``jax.vmap`` (or :meth:`apply`) for batches.
+        """
+        input = self._check_input(input)
+        if input.ndim != 1:
+            raise ValueError(f"FunctionalLinear does not support broadcasting, input shape is {input.shape}")
+        ws = self._weight_list(ws, batch_ndim=0)
+        return self.aggregate_paths(self._paths(ws, input), input.shape[:-1], input.dtype)
+
+    def matrix(self, ws: Union[List[jax.Array], jax.Array]) -> jax.Array:
+        """Dense matrix ``M`` of shape ``(irreps_in.dim, irreps_out.dim)`` such that ``output = input @ M``.
+
+        Only defined without biases (a bias makes the map affine).
+        """
+        if any(ins.i_in == -1 for ins in self.instructions):
+            raise ValueError("FunctionalLinear.matrix: the map has biases, so it is affine and has no matrix")
+        ws = self._weight_list(ws, batch_ndim=0)
+        dtype = _result_dtype(ws)
+        output = jnp.zeros((self.irreps_in.dim, self.irreps_out.dim), dtype)
+        slices_in, slices_out = self.irreps_in.slices(), self.irreps_out.slices()
+        for ins, w in zip(self.instructions, ws):
+            mul_in, ir = self.irreps_in[ins.i_in]
+            mul_out = self.irreps_out[ins.i_out].mul
+            # Components are laid out mul-major, so the block is kron(w, identity on the irrep).
+            block = jnp.einsum("uw,ij->uiwj", w, jnp.eye(ir.dim, dtype=dtype)).reshape(mul_in * ir.dim, mul_out * ir.dim)
+            output = output.at[slices_in[ins.i_in], slices_out[ins.i_out]].add(ins.path_weight * block)
+        return output
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}({self.irreps_in} -> {self.irreps_out}, "
+            f"{len(self.instructions)} instructions, {self.num_weights} weights)"
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Parameter plumbing shared by e3nn_fast.haiku.Linear and e3nn_fast.flax.Linear.
+# Every helper asks ``get_parameter`` for one array per instruction, in instruction order (haiku draws its PRNG keys
+# in call order, so the order is part of the checkpoint format), then applies the map with broadcasting.
+
+
+def parameter_name(lin: FunctionalLinear, ins: Instruction) -> str:
+    """e3nn-jax's parameter name for an instruction, e.g. ``'w[0,0] 5x0e,1x0e'`` or ``'b[0] 2x0e'``."""
+    if ins.i_in == -1:
+        return f"b[{ins.i_out}] {lin.irreps_out[ins.i_out]}"
+    return f"w[{ins.i_in},{ins.i_out}] {lin.irreps_in[ins.i_in]},{lin.irreps_out[ins.i_out]}"
+
+
+def _get_weights(
+    lin: FunctionalLinear, get_parameter: GetParameter, lead: Tuple[int, ...], std_scale: Any, dtype
+) -> List[jax.Array]:
+    """One parameter per instruction, of shape ``lead + path_shape``, initialised with ``std_scale * weight_std``."""
+    return [
+        get_parameter(parameter_name(lin, ins), lead + tuple(ins.path_shape), std_scale * ins.weight_std, dtype)
+        for ins in lin.instructions
+    ]
+
+
+def linear_vanilla(input: IrrepsArray, lin: FunctionalLinear, get_parameter: GetParameter) -> IrrepsArray:
+    """Weights shared by every element of the batch."""
+    ws = [
+        get_parameter(parameter_name(lin, ins), tuple(ins.path_shape), ins.weight_std, input.dtype)
+        for ins in lin.instructions
+    ]
+    return lin.apply(ws, input)
+
+
+def linear_indexed(
+    input: IrrepsArray,
+    lin: FunctionalLinear,
+    get_parameter: GetParameter,
+    indices: jax.Array,
+    num_indexed_weights: int,
+) -> IrrepsArray:
+    """``num_indexed_weights`` sets of weights; integer ``indices`` (broadcast with the input) pick one per element."""
+    ws = [
+        get_parameter(
+            parameter_name(lin, ins), (num_indexed_weights,) + tuple(ins.path_shape), ins.weight_std, input.dtype
+        )
+        for ins in lin.instructions
+    ]
+    # Gathered weights have shape indices.shape + path_shape; apply() broadcasts them against the input.
+    return lin.apply([w[indices] for w in ws], input)
+
+
+def _mix(weights: jax.Array, ws: List[jax.Array], gradient_normalization: float) -> List[jax.Array]:
+    """Contract the last axis of ``weights`` (size d) with the first axis of each parameter.
+
+    Like the last dense layer of an MLP: the ``1/sqrt(d)`` fan-in is split between the forward pass
+    (``** g``) and the initialisation (``** (1 - g)``, see :func:`_mixing_std`).
+    """
+    d = weights.shape[-1]
+    scale = jnp.sqrt(1 / d) ** gradient_normalization
+    return [scale * jax.lax.dot_general(weights, w, (((weights.ndim - 1,), (0,)), ((), ()))) for w in ws]
+
+
+def _mixing_std(d: int, gradient_normalization: float) -> jax.Array:
+    """Initialisation share of the ``1/sqrt(d)`` fan-in of the mixing contraction."""
+    return jnp.sqrt(1 / d) ** (1.0 - gradient_normalization)
+
+
+def linear_mixed(
+    input: IrrepsArray,
+    lin: FunctionalLinear,
+    get_parameter: GetParameter,
+    weights: jax.Array,
+    gradient_normalization: float,
+) -> IrrepsArray:
+    """Weights are a linear function of per-element scalars ``weights`` of shape ``(..., d)``."""
+    weights = weights.astype(input.dtype)
+    d = weights.shape[-1]
+    ws = _get_weights(lin, get_parameter, (d,), _mixing_std(d, gradient_normalization), input.dtype)
+    return lin.apply(_mix(weights, ws, gradient_normalization), input)
+
+
+def linear_mixed_per_channel(
+    input: IrrepsArray,
+    lin: FunctionalLinear,
+    get_parameter: GetParameter,
+    weights: jax.Array,
+    gradient_normalization: float,
+) -> IrrepsArray:
+    """Like :func:`linear_mixed` for an input ``(..., channels, irreps)``, with separate weights per channel."""
+    if input.ndim < 2:
+        raise ValueError(f"weights_per_channel needs an input of shape (..., channels, irreps), got {input.shape}")
+    # Mixed weights come out as (..., channels, *path_shape), aligned with the input's (..., channels, irreps).
+    weights = weights.astype(input.dtype)
+    d, channels = weights.shape[-1], input.shape[-2]
+    ws = _get_weights(lin, get_parameter, (d, channels), _mixing_std(d, gradient_normalization), input.dtype)
+    return lin.apply(_mix(weights, ws, gradient_normalization), input)
+
+
+def validate_inputs_for_instructions(
+    input: IrrepsArray,
+    instructions: Optional[List[Tuple[int, int]]],
+    simplify_irreps_internally: bool,
+    channel_out: Optional[int],
+    irreps_in: Optional[Irreps],
+) -> None:
+    """Check the input irreps against ``irreps_in``, and that explicit instructions are used in a valid setting.
+
+    Without instructions the irreps only need to be equivalent up to regrouping; explicit instructions index blocks,
+    so they need the exact ``irreps_in`` and no internal regrouping.
+    """
+    if instructions is None:
+        if irreps_in is not None and input.irreps.regroup() != Irreps(irreps_in).regroup():
+            raise ValueError(f"Linear: the input irreps ({input.irreps}) do not match the expected irreps ({irreps_in})")
+        return
+    if simplify_irreps_internally:
+        raise ValueError("Linear: instructions are not supported when simplify_irreps_internally is True")
+    if channel_out is not None:
+        raise ValueError("Linear: instructions are not supported when channel_out is specified")
+    if irreps_in is None:
+        raise ValueError("Linear: instructions are provided, but irreps_in is not specified")
+    if input.irreps != Irreps(irreps_in):
+        raise ValueError(f"Linear: the input irreps ({input.irreps}) do not match the expected irreps ({irreps_in})")
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearOptions:
+    """Settings of a ``Linear`` module, as given to its constructor (see :func:`linear_module_call`)."""
+
+    irreps_out: Irreps
+    irreps_in: Optional[Irreps] = None
+    channel_out: Optional[int] = None
+    biases: bool = False
+    path_normalization: Union[str, float, None] = None
+    gradient_normalization: Union[str, float, None] = None
+    instructions: Optional[List[Tuple[int, int]]] = None
+    num_indexed_weights: Optional[int] = None
+    weights_per_channel: bool = False
+    force_irreps_out: bool = False
+    simplify_irreps_internally: bool = True
+
+
+def _split_arguments(weights_or_input, input_or_none) -> Tuple[Optional[jax.Array], Any]:
+    """``module(input)`` or ``module(weights, input)``: return ``(weights or None, input)``."""
+    if input_or_none is None:
+        return None, weights_or_input
+    return weights_or_input, input_or_none
+
+
+def _scalar_weights(weights: Any) -> jax.Array:
+    """External weights/indices as a plain array; an IrrepsArray must be made of scalars only."""
+    if isinstance(weights, IrrepsArray):
+        if not weights.irreps.is_scalar():
+            raise ValueError(f"Linear: weights must be scalar (0e), got irreps {weights.irreps}")
+        return weights.array
+    return jnp.asarray(weights)
+
+
+def linear_module_call(
+    options: LinearOptions, get_parameter: GetParameter, weights_or_input: Any, input_or_none: Any = None
+) -> IrrepsArray:
+    """Forward pass of a ``Linear`` module; the framework only supplies ``get_parameter``.
+
+    Steps: pick the compute dtype, regroup the input (so parameters do not depend on how it was chunked), restrict
+    ``irreps_out`` to the irreps the input can reach (unless ``force_irreps_out``), optionally fold the channel axis
+    into the multiplicities, then dispatch on how the weights are provided.
+    """
+    weights, input = _split_arguments(weights_or_input, input_or_none)
+    input = as_irreps_array(input)
+    if weights is not None:
+        weights = _scalar_weights(weights)
+
+    dtype = _result_dtype(weights, input.array)
+    if dtype.kind in "iub":
+        dtype = jnp.dtype(jnp.float32)  # integer-only arguments (indices and integer input): compute in float32
+    input = input.astype(dtype)
+
+    irreps_out = _to_irreps(options.irreps_out, "Linear irreps_out")
+    if options.simplify_irreps_internally:
+        input = input.remove_zero_chunks().regroup()
+        irreps_out = irreps_out.simplify()
+    if not options.force_irreps_out:
+        irreps_out = irreps_out.filter(keep=input.irreps)
+
+    if options.channel_out is not None:
+        if options.weights_per_channel:
+            raise ValueError("Linear: channel_out and weights_per_channel cannot be used together")
+        if input.ndim < 2:
+            raise ValueError(f"Linear: channel_out needs an input of shape (..., channels, irreps), got {input.shape}")
+        input = input.axis_to_mul()
+        irreps_out = options.channel_out * irreps_out
+
+    validate_inputs_for_instructions(
+        input, options.instructions, options.simplify_irreps_internally, options.channel_out, options.irreps_in
+    )
+    lin = FunctionalLinear(
+        input.irreps,
+        irreps_out,
+        instructions=options.instructions,
+        biases=options.biases,
+        path_normalization=options.path_normalization,
+        gradient_normalization=options.gradient_normalization,
+    )
+    output = _dispatch_weights(options, lin, get_parameter, weights, input)
+
+    if options.channel_out is not None:
+        output = output.mul_to_axis(options.channel_out)
+    if options.force_irreps_out:
+        return output.rechunk(_to_irreps(options.irreps_out, "Linear irreps_out"))
+    return output
+
+
+def _dispatch_weights(
+    options: LinearOptions,
+    lin: FunctionalLinear,
+    get_parameter: GetParameter,
+    weights: Optional[jax.Array],
+    input: IrrepsArray,
+) -> IrrepsArray:
+    """Shared, indexed or mixed weights, depending on what was passed and on ``num_indexed_weights``."""
+    if weights is None:
+        if options.weights_per_channel:
+            raise ValueError("Linear: weights_per_channel=True needs external scalar weights: call module(weights, x)")
+        return linear_vanilla(input, lin, get_parameter)
+
+    indexed = options.num_indexed_weights is not None
+    if weights.dtype.kind in "iu" and indexed:
+        if options.weights_per_channel:
+            raise ValueError("Linear: weights_per_channel is not supported with num_indexed_weights")
+        return linear_indexed(input, lin, get_parameter, weights, options.num_indexed_weights)
+    if weights.dtype.kind in "fc" and not indexed:
+        gradient_normalization = parse_gradient_normalization(options.gradient_normalization)
+        if weights.ndim == 0:
+            raise ValueError("Linear: external weights must have shape (..., d), got a scalar")
+        mix = linear_mixed_per_channel if options.weights_per_channel else linear_mixed
+        return mix(input, lin, get_parameter, weights, gradient_normalization)
+    raise ValueError(
+        "Linear: external weights must be integers (indices) with num_indexed_weights set, or floats without "
+        f"num_indexed_weights; got weights.dtype={weights.dtype}, num_indexed_weights={options.num_indexed_weights}"
+    )

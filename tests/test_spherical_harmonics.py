@@ -1,0 +1,333 @@
+"""Spherical harmonics (``e3nn_fast.harmonics`` and ``e3nn_fast.reference.spherical_harmonics``) vs e3nn-jax.
+
+e3nn-jax is slow to compile its spherical harmonics (seconds per distinct call), so the oracle values are computed
+once per module (``("legendre", "dense")`` for ``l = 0..11``, which e3nn-jax itself uses above ``l = 8`` and which
+agrees with its recursive algorithm to rounding) and reused; irreps resolution is compared with ``jax.eval_shape``,
+which traces e3nn-jax without compiling it.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import e3nn_jax
+
+from e3nn_fast.harmonics import sh, spherical_harmonics
+from e3nn_fast.irreps import Irreps
+from e3nn_fast.irreps_array import IrrepsArray
+from e3nn_fast.reference.spherical_harmonics import (
+    spherical_harmonics_concatenated,
+    spherical_harmonics_per_l,
+)
+
+LMAX = 11
+ALL_LS = list(range(LMAX + 1))
+LEGENDRE = ("legendre", "dense")
+NORMALIZATIONS = ["component", "norm", "integral"]
+
+
+def _vectors(n=16, seed=0, dtype=np.float64):
+    x = np.random.RandomState(seed).randn(n, 3)
+    x[0] = [0.0, 1.0, 0.0]  # the polar axis, where azimuthal formulas are most fragile
+    x[1] = [0.0, -2.0, 0.0]
+    x[2] = [1e-3, 0.0, -1e-3]  # short vector (matters for normalize=False)
+    return x.astype(dtype)
+
+
+def _per_l_blocks(array, ls):
+    """Split a concatenated ``(..., sum(2l+1))`` array into one block per degree."""
+    out, start = [], 0
+    for l in ls:
+        out.append(array[..., start : start + 2 * l + 1])
+        start += 2 * l + 1
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _oracle_component(normalize: bool) -> np.ndarray:
+    """e3nn-jax's Y^0..Y^11 (fp64, component), one compilation shared by both values of ``normalize``."""
+    return np.asarray(e3nn_jax.sh(ALL_LS, _vectors(), normalize, "component", algorithm=LEGENDRE))
+
+
+def _assert_close_per_l(ours, theirs, ls, rtol):
+    """Compare degree by degree, relative to the size of each block (values grow like |x|^l without normalize)."""
+    for l, a, b in zip(ls, _per_l_blocks(np.asarray(ours), ls), _per_l_blocks(np.asarray(theirs), ls)):
+        scale = max(np.abs(b).max(), 1e-30)
+        np.testing.assert_allclose(a / scale, b / scale, rtol=0, atol=rtol, err_msg=f"l={l}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# values: parity with e3nn-jax
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_all_degrees_match_e3nn_jax_fp64(normalize):
+    ours = sh(ALL_LS, _vectors(), normalize, "component")
+    assert ours.dtype == jnp.float64 and ours.shape == (16, (LMAX + 1) ** 2)
+    _assert_close_per_l(ours, _oracle_component(normalize), ALL_LS, rtol=1e-12)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_all_degrees_fp32_accuracy(normalize):
+    ours = sh(ALL_LS, _vectors(dtype=np.float32), normalize, "component")
+    assert ours.dtype == jnp.float32
+    _assert_close_per_l(ours, _oracle_component(normalize), ALL_LS, rtol=2e-6)
+
+
+@pytest.mark.parametrize("normalization", ["norm", "integral"])
+def test_other_normalizations_match_e3nn_jax(normalization):
+    # e3nn-jax's default (recursive) algorithm on a few degrees; the high degrees are covered through "component"
+    x = _vectors()
+    ls = [0, 1, 2, 3]
+    theirs = e3nn_jax.sh(ls, x, True, normalization)
+    _assert_close_per_l(sh(ls, x, True, normalization), theirs, ls, rtol=1e-12)
+    # the normalisations differ from "component" by a constant per degree, for every l
+    scale = {"norm": lambda l: (2 * l + 1) ** -0.5, "integral": lambda l: (4 * np.pi) ** -0.5}[normalization]
+    for normalize in [True, False]:
+        blocks = _per_l_blocks(_oracle_component(normalize), ALL_LS)
+        expected = np.concatenate([scale(l) * b for l, b in zip(ALL_LS, blocks)], -1)
+        _assert_close_per_l(sh(ALL_LS, x, normalize, normalization), expected, ALL_LS, rtol=1e-12)
+
+
+def test_fp32_matches_e3nn_jax_fp32():
+    x = _vectors(dtype=np.float32)
+    theirs = e3nn_jax.spherical_harmonics("0e+1o+2e+3o", e3nn_jax.IrrepsArray("1o", x), True)
+    ours = spherical_harmonics("0e+1o+2e+3o", IrrepsArray("1o", x), True)
+    assert ours.array.dtype == theirs.array.dtype == jnp.float32
+    np.testing.assert_allclose(ours.array, theirs.array, rtol=1e-5, atol=1e-5)
+
+
+def test_documented_values():
+    # e3nn-jax's documentation examples
+    np.testing.assert_allclose(
+        sh(2, jnp.array([0.0, 0.0, 1.0]), True), [0.0, 0.0, -1.118034, 0.0, 1.936492], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        sh(2, jnp.array([1.0, 2.0, 3.0]), False), [11.61895, 7.745967, -2.236068, 23.2379, 15.49193], rtol=1e-6
+    )
+    y = spherical_harmonics("1o", IrrepsArray("1o", jnp.array([1.0, 2.0, 3.0])), False)
+    np.testing.assert_allclose(y.array, np.sqrt(3) * np.array([1.0, 2.0, 3.0]), rtol=1e-12)  # Cartesian l=1 basis
+
+
+def test_unit_sphere_norms():
+    x = _vectors()
+    for normalization, norm2 in [("component", lambda l: 2 * l + 1), ("norm", lambda l: 1.0)]:
+        for l, y in zip(ALL_LS, _per_l_blocks(sh(ALL_LS, x, True, normalization), ALL_LS)):
+            np.testing.assert_allclose(np.sum(np.asarray(y) ** 2, -1), norm2(l), rtol=1e-12)
+
+
+def test_unnormalized_is_homogeneous():
+    x = _vectors()
+    y1, y2 = sh(ALL_LS, x, False), sh(ALL_LS, 1.7 * x, False)
+    expected = np.concatenate([1.7**l * b for l, b in zip(ALL_LS, _per_l_blocks(np.asarray(y1), ALL_LS))], -1)
+    _assert_close_per_l(y2, expected, ALL_LS, rtol=1e-12)
+
+
+def test_reference_per_l_and_concatenated_agree():
+    x = _vectors()[:5].reshape(5, 1, 3)
+    ls = [3, 0, 3, 7]
+    per_l = jax.jit(lambda v: spherical_harmonics_per_l(ls, v, True, "norm"))(x)
+    assert [y.shape for y in per_l] == [(5, 1, 2 * l + 1) for l in ls]
+    full = jax.jit(lambda v: spherical_harmonics_concatenated(7, v, True, "norm"))(x)
+    assert full.shape == (5, 1, 64)
+    for l, y in zip(ls, per_l):
+        np.testing.assert_array_equal(y, full[..., l * l : (l + 1) ** 2])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the public API: irreps resolution, parities, layout
+# ----------------------------------------------------------------------------------------------------------------
+
+IRREPS_OUT_CASES = [
+    ("1o", 3),
+    ("1e", [0, 1, 2, 3]),
+    ("1o", range(4)),
+    ("1o", (2, 1)),
+    ("1o", "0e+1o+2e"),
+    ("1e", "1e+3e+2e"),
+    ("1o", "2x1o+0e+3x2e"),
+    ("1o", Irreps("0x1o+2e")),
+    ("1o", ""),
+    ("1o", []),
+]
+
+
+def _expected_from_oracle(irreps_out: Irreps, normalize: bool) -> np.ndarray:
+    """e3nn-jax's values laid out as ``irreps_out`` (multiplicity-major copies of each Y^l)."""
+    blocks = _per_l_blocks(_oracle_component(normalize), ALL_LS)
+    pieces = [np.tile(blocks[ir.l], (1, mul)) for mul, ir in irreps_out]
+    return np.concatenate(pieces, -1) if pieces else np.zeros((16, 0))
+
+
+@pytest.mark.parametrize("input_irreps, irreps_out", IRREPS_OUT_CASES)
+def test_spherical_harmonics_irreps_out_forms(input_irreps, irreps_out):
+    x = _vectors()
+    ours = spherical_harmonics(irreps_out, IrrepsArray(input_irreps, x), True)
+    their_irreps_out = str(irreps_out) if isinstance(irreps_out, Irreps) else irreps_out
+    theirs = jax.eval_shape(
+        lambda v: e3nn_jax.spherical_harmonics(
+            their_irreps_out, e3nn_jax.IrrepsArray(input_irreps, v), True, algorithm=LEGENDRE
+        ),
+        x,
+    )
+    assert str(ours.irreps) == str(theirs.irreps)
+    assert ours.array.shape == theirs.array.shape and ours.array.dtype == theirs.array.dtype
+    np.testing.assert_allclose(ours.array, _expected_from_oracle(ours.irreps, True), rtol=1e-12, atol=1e-12)
+    assert [c.shape for c in ours.chunks] == [(16, mul, ir.dim) for mul, ir in ours.irreps]
+
+
+@pytest.mark.parametrize("irreps_out", [2, [0, 1, 2], "1e+2e", "2x2e+0e", range(3)])
+def test_sh_irreps_out_forms(irreps_out):
+    x = _vectors()
+    ours = sh(irreps_out, x, False)
+    theirs = jax.eval_shape(lambda v: e3nn_jax.sh(irreps_out, v, False, algorithm=LEGENDRE), x)
+    assert ours.shape == theirs.shape and ours.dtype == theirs.dtype
+    resolved = Irreps([(1, (irreps_out, 1))]) if isinstance(irreps_out, int) else None
+    if resolved is None:
+        resolved = Irreps(irreps_out) if isinstance(irreps_out, str) else Irreps([(1, (l, 1)) for l in irreps_out])
+    np.testing.assert_allclose(ours, _expected_from_oracle(resolved, False), rtol=1e-12, atol=1e-12)
+
+
+def test_plain_array_input_and_leading_shapes():
+    x = _vectors()[:6]
+    y = spherical_harmonics("0e+1o+2e", x, True)
+    assert isinstance(y, IrrepsArray) and str(y.irreps) == "1x0e+1x1o+1x2e"
+    np.testing.assert_allclose(y.array, spherical_harmonics("0e+1o+2e", IrrepsArray("1o", x), True).array)
+    assert sh([0, 1, 2], x.reshape(2, 3, 3), True).shape == (2, 3, 9)
+    assert sh([0, 1, 2], x[0], True).shape == (9,)
+    np.testing.assert_allclose(sh([0, 1, 2], x.reshape(2, 3, 3), True).reshape(6, 9), sh([0, 1, 2], x, True))
+
+
+def test_default_normalization_from_config():
+    from e3nn_fast.configuration import config
+
+    x = _vectors()[:4]
+    before = config("spherical_harmonics_normalization")
+    try:
+        config("spherical_harmonics_normalization", "integral")
+        np.testing.assert_allclose(sh([0, 1, 2], x, True), sh([0, 1, 2], x, True, "integral"))
+    finally:
+        config("spherical_harmonics_normalization", before)
+    np.testing.assert_allclose(sh([0, 1, 2], x, True), sh([0, 1, 2], x, True, "component"))
+
+
+def test_algorithm_is_accepted():
+    x = _vectors()[:4]
+    for algorithm in [("legendre", "dense"), ("recursive", "sparse", "custom_jvp")]:
+        np.testing.assert_allclose(sh([0, 3], x, True, algorithm=algorithm), sh([0, 3], x, True))
+
+
+def test_inside_jit_and_vmap():
+    x = jnp.asarray(_vectors())
+    f = lambda v: spherical_harmonics("0e+1o+2e+3o", IrrepsArray("1o", v), True).array
+    np.testing.assert_allclose(jax.jit(f)(x), f(x), rtol=1e-12)
+    np.testing.assert_allclose(jax.vmap(f)(x), f(x), rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# equivariance
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("input_irreps", ["1o", "1e"])
+def test_o3_equivariance(input_irreps):
+    from e3nn_fast.rotation import rand_matrix
+
+    p = -1 if input_irreps == "1o" else 1
+    irreps_out = Irreps([(1, (l, p**l)) for l in ALL_LS])
+    x = jnp.asarray(_vectors()[3:8])
+    R = rand_matrix(jax.random.PRNGKey(0), (), jnp.float64)
+    for Q in [R, -R]:  # a rotation and an improper rotation
+        x_rotated = x @ Irreps(input_irreps).D_from_matrix(Q).T
+        y = spherical_harmonics(irreps_out, IrrepsArray(input_irreps, x), True).array
+        y_rotated = spherical_harmonics(irreps_out, IrrepsArray(input_irreps, x_rotated), True).array
+        np.testing.assert_allclose(y_rotated, y @ irreps_out.D_from_matrix(Q).T, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# zero vector and derivatives
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_zero_vector_matches_e3nn_jax():
+    ls = [0, 1, 2]
+    zero = jnp.zeros(3)
+    f_ours = lambda v: sh(ls, v, True)
+    f_theirs = lambda v: e3nn_jax.sh(ls, v, True)
+    np.testing.assert_allclose(f_ours(zero), f_theirs(zero), atol=1e-15)
+    np.testing.assert_allclose(jax.jacfwd(f_ours)(zero), jax.jacfwd(f_theirs)(zero), atol=1e-14)
+    # every degree: finite values, first and second derivatives
+    f_all = lambda v: sh(ALL_LS, v, True)
+    np.testing.assert_array_equal(f_all(zero), np.eye(1, (LMAX + 1) ** 2)[0])
+    assert np.isfinite(jax.jacrev(f_all)(zero)).all()
+    assert np.isfinite(jax.hessian(f_all)(zero)).all()
+
+
+def test_gradients_match_e3nn_jax():
+    ls = [0, 1, 2, 3]
+    x = _vectors()[:4]
+    f_ours = lambda v: sh(ls, v, True)
+    f_theirs = lambda v: e3nn_jax.sh(ls, v, True)
+    np.testing.assert_allclose(jax.jacrev(f_ours)(x[1]), jax.jacrev(f_theirs)(x[1]), atol=1e-12)
+    np.testing.assert_allclose(jax.jacrev(f_ours)(x[3]), jax.jacrev(f_theirs)(x[3]), atol=1e-12)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_second_order_gradients(normalize):
+    x = jnp.asarray(_vectors()[3:6])
+    f = lambda v: jnp.sum(jnp.sin(sh(list(range(7)), v, normalize)))
+    check_grads(f, (x,), order=2, modes=["fwd", "rev"])
+
+
+def test_third_derivative_of_y3():
+    # Y^3 is a cubic polynomial: its third derivative (normalize=False) is a constant, its fourth vanishes
+    f = lambda v: sh(3, v, False)[0]
+    d3 = jax.jacfwd(jax.jacfwd(jax.jacrev(f)))
+    x1, x2 = jnp.asarray(_vectors()[3]), jnp.asarray(_vectors()[4])
+    np.testing.assert_allclose(d3(x1), d3(x2), atol=1e-12)
+    assert np.abs(d3(x1)).max() > 0.1
+    np.testing.assert_allclose(jax.jacfwd(d3)(x1), 0.0, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# bad input
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_bad_input():
+    x = _vectors()[:2]
+    with pytest.raises(ValueError, match=r"\(\.\.\., 3\)"):
+        sh([1], np.zeros((2, 4)), True)
+    with pytest.raises(ValueError, match=r"\(\.\.\., 3\)"):
+        spherical_harmonics("1o", np.zeros((2, 2)), True)
+    with pytest.raises(TypeError, match="floating point"):
+        sh([1], np.ones((2, 3), np.int32), True)
+    with pytest.raises(TypeError, match="floating point"):
+        spherical_harmonics("1o", jnp.ones((2, 3), jnp.int32), False)
+    with pytest.raises(ValueError, match="compatible parity"):
+        spherical_harmonics("1o", IrrepsArray("1e", x), True)
+    with pytest.raises(ValueError, match="compatible parity"):
+        sh("1o", x, True)  # sh reads its input as 1e
+    with pytest.raises(ValueError, match="even degree"):
+        spherical_harmonics("2o", x, True)
+    with pytest.raises(ValueError, match="odd degree"):
+        spherical_harmonics("1o+3e", x, True)
+    with pytest.raises(ValueError, match="must be an IrrepsArray"):
+        spherical_harmonics(2, x, True)
+    with pytest.raises(ValueError, match="must be an IrrepsArray"):
+        spherical_harmonics([0, 1], x, True)
+    with pytest.raises(ValueError, match="single vector"):
+        spherical_harmonics([1], IrrepsArray("2x1o", np.zeros((2, 6))), True)
+    with pytest.raises(ValueError, match="vector"):
+        spherical_harmonics([1], IrrepsArray("2e", np.zeros((2, 5))), True)
+    with pytest.raises(ValueError, match="normalization"):
+        sh([1], x, True, "unit")
+    with pytest.raises(ValueError, match="algorithm"):
+        sh([1], x, True, algorithm=("fast",))
+    with pytest.raises(ValueError, match=">= 0"):
+        spherical_harmonics([-1], IrrepsArray("1o", x), True)
