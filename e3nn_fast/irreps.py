@@ -14,8 +14,8 @@ Conventions (same as e3nn-jax):
 * irreps are ordered by ``l`` and, for equal ``l``, the parity of the spherical harmonics first:
   ``0e < 0o < 1o < 1e < 2e < 2o < ...``;
 * the representation matrices are ``p**k D^l(alpha, beta, gamma)``, ``k`` counting applications of the inversion,
-  with ``D^l`` the real Wigner matrices of :mod:`e3nn_fast.so3` (imported lazily: ``so3`` depends on this module's
-  neighbours, not the other way round).
+  with ``D^l`` the real Wigner matrices of :mod:`e3nn_fast.so3`; ``so3`` and ``rotation`` are imported inside the
+  methods, so that importing this module never creates an import cycle.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ _MUL_IRREP_PATTERN = re.compile(r"\s*(?:([0-9]+)\s*x\s*)?([0-9]+)\s*([eoy])\s*")
 
 def _is_integer(x: Any) -> bool:
     """True for Python/NumPy integers; ``bool`` is excluded because ``True`` as a degree is always a mistake."""
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+    return type(x) is int or (isinstance(x, numbers.Integral) and not isinstance(x, bool))
 
 
 def _check_degree(l: Any) -> int:
@@ -122,7 +122,7 @@ def _parse_irreps_string(text: str) -> Tuple["MulIrrep", ...]:
 
 
 def _as_float_array(x: Any) -> jax.Array:
-    """Angles and parity counts as floating arrays (integer input gets the default float dtype)."""
+    """Angles as floating arrays (integer input gets the default float dtype, as e3nn-jax's angle arithmetic does)."""
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.result_type(float))
@@ -260,7 +260,7 @@ class Irrep:
 
     @classmethod
     def iterator(cls, lmax: Optional[int] = None) -> Iterator["Irrep"]:
-        """All irreps in increasing order (``0e, 0o, 1o, 1e, ...``), up to degree ``lmax`` included (endless if None)."""
+        """All irreps in increasing order (``0e, 0o, 1o, 1e, ...``) up to degree ``lmax`` included; endless if None."""
         if lmax is not None:
             lmax = _check_degree(lmax)
         degrees = itertools.count() if lmax is None else range(lmax + 1)

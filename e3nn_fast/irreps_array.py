@@ -1,7 +1,7 @@
-"""``IrrepsArray``: an array whose last axis carries a representation of O(3), and the functions that build and combine it.
+"""``IrrepsArray``: an array whose last axis carries a representation of O(3); functions that build and combine it.
 
-Layout (the e3nn-jax convention): the data is one array of shape ``(..., irreps.dim)``; the block of ``mul`` copies of an
-irrep of dimension ``2l+1`` is stored multiplicity-major, so viewed as a *chunk* it has shape ``(..., mul, 2l+1)``.
+Layout (the e3nn-jax convention): the data is one array of shape ``(..., irreps.dim)``; the block of ``mul`` copies of
+an irrep of dimension ``2l+1`` is stored multiplicity-major, so viewed as a *chunk* it has shape ``(..., mul, 2l+1)``.
 
 Two pieces of bookkeeping ride along with the array:
 
@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from e3nn_fast.configuration import config
 from e3nn_fast.irreps import Irrep, Irreps, MulIrrep
 
 Chunk = Optional[jax.Array]
@@ -120,11 +121,8 @@ def _last_entry_hits_irreps_axis(index: tuple, ndim: int) -> bool:
         return False
     if any(map(_is_ellipsis, index[:-1])):
         return True
-    last = index[-1]
-    consumed = _consumed_axes(index)
-    if last is None:  # x[:, :, None] on a 2d array: a new axis after the irreps axis
-        return consumed == ndim
-    return consumed == ndim
+    # all axes addressed explicitly: the last entry is at (or, for ``None``, just after) the irreps axis
+    return _consumed_axes(index) == ndim
 
 
 def _is_dim_slice(x) -> bool:
@@ -266,15 +264,12 @@ def _product_irreps_count(irreps1: Irreps, irreps2: Irreps) -> int:
     return builtins.sum(mul * len(list(ir1 * ir2)) for (mul, ir1), (_, ir2) in zip(a, b))
 
 
-def _scalar_pair_factor(ir_out: Irrep) -> float:
-    """Normalisation of the CG coefficient ``(0, l) -> l`` under ``config("irrep_normalization")``.
+def _scalar_pair_factor(ir_out: Irrep, normalization: str) -> float:
+    """Normalisation of the CG coefficient ``(0, l) -> l`` under the given ``irrep_normalization``.
 
     e3nn's CG for a scalar times an irrep is ``identity / sqrt(2l+1)``; "component" scales it by ``sqrt(2l+1)`` and
     "norm" by ``sqrt(1 * (2l+1))``, both giving the plain product; "none" leaves the ``1/sqrt(2l+1)``.
     """
-    from e3nn_fast.configuration import config
-
-    normalization = config("irrep_normalization")
     if normalization in ("component", "norm"):
         return 1.0
     if normalization == "none":
@@ -287,17 +282,18 @@ def _elementwise_scalar_product(x1: "IrrepsArray", x2: "IrrepsArray") -> "Irreps
 
     This is e3nn-jax's ``elementwise_tensor_product`` restricted to the cases ``IrrepsArray * IrrepsArray`` accepts;
     there the Clebsch-Gordan contraction reduces to a broadcast product (``x1 * x2`` over the irrep axis).
-    Integer inputs are promoted to the default float dtype, as in e3nn-jax.
+    Integer (and bool) inputs are promoted to the default float dtype, as in e3nn-jax.
     """
     backend = _infer_backend([x1.array, x2.array])
     dtype = jnp.result_type(x1.dtype, x2.dtype)
-    if jnp.issubdtype(dtype, jnp.integer):
+    if not jnp.issubdtype(dtype, jnp.inexact):
         dtype = _default_float_dtype()
     x1, x2 = x1.astype(dtype), x2.astype(dtype)
     leading_shape = tuple(np.broadcast_shapes(x1.shape[:-1], x2.shape[:-1]))
     x1 = x1.broadcast_to(leading_shape + (-1,))
     x2 = x2.broadcast_to(leading_shape + (-1,))
     x1, x2 = _align_two_irreps_arrays(x1, x2)
+    normalization = config("irrep_normalization")
 
     irreps_out = []
     chunks = []
@@ -307,7 +303,7 @@ def _elementwise_scalar_product(x1: "IrrepsArray", x2: "IrrepsArray") -> "Irreps
         if c1 is None or c2 is None:
             chunks.append(None)
             continue
-        factor = _scalar_pair_factor(ir_out)
+        factor = _scalar_pair_factor(ir_out, normalization)
         chunk = c1 * c2
         chunks.append(chunk if factor == 1.0 else chunk * backend.asarray(factor, dtype))
     return from_chunks(irreps_out, chunks, leading_shape, dtype, backend=backend)
@@ -350,6 +346,8 @@ class IrrepsArray:
         1x1o [2. 4. 6.]
     """
 
+    __match_args__ = ("irreps", "array")  # ``match x: case IrrepsArray(irreps, array)``, as with e3nn-jax
+
     def __init__(
         self,
         irreps,
@@ -383,7 +381,9 @@ class IrrepsArray:
     @staticmethod
     def as_irreps_array(array, *, backend=None):
         """Deprecated alias of :func:`as_irreps_array`."""
-        warnings.warn("IrrepsArray.as_irreps_array is deprecated, use e3nn.as_irreps_array instead.", DeprecationWarning)
+        warnings.warn(
+            "IrrepsArray.as_irreps_array is deprecated, use e3nn.as_irreps_array instead.", DeprecationWarning
+        )
         return as_irreps_array(array, backend=backend)
 
     @staticmethod
@@ -501,7 +501,7 @@ class IrrepsArray:
         )
 
     def _add_or_sub(self, other, sign: int, op: str) -> "IrrepsArray":
-        if isinstance(other, (float, int)) and not isinstance(other, bool) and other == 0:
+        if isinstance(other, (float, int)) and other == 0:
             return self
         backend = _infer_backend(self.array)
         if not isinstance(other, IrrepsArray):
@@ -646,7 +646,17 @@ class IrrepsArray:
                 f"Error in IrrepsArray.__getitem__, can't slice with {irreps} because it {problem} in {self.irreps} "
                 "(it must appear exactly once as a contiguous run of blocks)."
             )
-        return self.slice_by_chunk[matches[0] : matches[0] + n]
+        return self._take_blocks(matches[0], matches[0] + n)
+
+    def _take_blocks(self, start: int, stop: int) -> "IrrepsArray":
+        """Blocks ``start:stop`` of ``irreps``, slicing the array directly (flags and cached chunks follow)."""
+        offset = self.irreps[:start].dim
+        return IrrepsArray(
+            self.irreps[start:stop],
+            self.array[..., offset : offset + self.irreps[start:stop].dim],
+            zero_flags=self.zero_flags[start:stop],
+            chunks=None if self._chunks is None else self._chunks[start:stop],
+        )
 
     def _slice_irreps_axis(self, index: slice) -> "IrrepsArray":
         """``x[..., start:stop]`` where ``start`` and ``stop`` fall on irrep boundaries."""
@@ -659,7 +669,7 @@ class IrrepsArray:
                 f"Error in IrrepsArray.__getitem__, unable to slice {self.irreps} with {start}:{stop} "
                 "(the bounds must fall between irreps)."
             )
-        return self.rechunk(split).slice_by_chunk[i_start:i_stop]
+        return self.rechunk(split)._take_blocks(i_start, i_stop)
 
     @property
     def at(self) -> "_IndexUpdateHelper":
@@ -727,7 +737,9 @@ class IrrepsArray:
         """Re-cut the blocks into ``irreps``, which must describe the same sequence of irreps (equal ``simplify()``)."""
         irreps = Irreps(irreps)
         if self.irreps.simplify() != irreps.simplify():
-            raise ValueError(f"IrrepsArray.rechunk: {irreps} is not a re-cut of {self.irreps} (simplified irreps differ)")
+            raise ValueError(
+                f"IrrepsArray.rechunk: {irreps} is not a re-cut of {self.irreps} (simplified irreps differ)"
+            )
         if self.irreps == irreps:
             return self
         zero_flags, chunks = _rechunk_pieces(
@@ -763,7 +775,9 @@ class IrrepsArray:
         """Sort then simplify: one block per distinct irrep."""
         return self.sort().simplify()
 
-    def filter(self, keep: IrrepsFilter = None, *, drop: IrrepsFilter = None, lmax: Optional[int] = None) -> "IrrepsArray":
+    def filter(
+        self, keep: IrrepsFilter = None, *, drop: IrrepsFilter = None, lmax: Optional[int] = None
+    ) -> "IrrepsArray":
         """Keep only some blocks (see ``Irreps.filter`` for the meaning of ``keep``, ``drop`` and ``lmax``)."""
         if keep is None and drop is None and lmax is None:
             return self
@@ -813,7 +827,7 @@ class IrrepsArray:
     # -- moving multiplicities to and from array axes --------------------------------------------------------
 
     def axis_to_irreps(self, axis: int = -2) -> "IrrepsArray":
-        """Fold a leading axis into the irreps axis: irreps ``R`` over an axis of size ``n`` become ``R`` repeated n times."""
+        """Fold a leading axis of size ``n`` into the irreps axis: the irreps become ``irreps`` repeated ``n`` times."""
         if self.ndim < 2:
             raise ValueError("IrrepsArray.axis_to_irreps needs an array with at least 2 dimensions")
         (axis,) = _standardize_axis(axis, self.ndim)
@@ -856,7 +870,8 @@ class IrrepsArray:
     def factor_mul_to_last_axis(self, axis: int = -2) -> "IrrepsArray":
         """Deprecated alias of :meth:`mul_to_axis`."""
         warnings.warn(
-            "IrrepsArray.factor_mul_to_last_axis is deprecated. Use IrrepsArray.mul_to_axis instead.", DeprecationWarning
+            "IrrepsArray.factor_mul_to_last_axis is deprecated. Use IrrepsArray.mul_to_axis instead.",
+            DeprecationWarning,
         )
         return self.mul_to_axis(axis=axis)
 
@@ -885,7 +900,8 @@ class IrrepsArray:
     def repeat_mul_by_last_axis(self, axis: int = -2) -> "IrrepsArray":
         """Deprecated alias of :meth:`axis_to_mul`."""
         warnings.warn(
-            "IrrepsArray.repeat_mul_by_last_axis is deprecated. Use IrrepsArray.axis_to_mul instead.", DeprecationWarning
+            "IrrepsArray.repeat_mul_by_last_axis is deprecated. Use IrrepsArray.axis_to_mul instead.",
+            DeprecationWarning,
         )
         return self.axis_to_mul(axis=axis)
 
@@ -899,7 +915,10 @@ class IrrepsArray:
 
     def _apply_blockwise(self, D: dict) -> "IrrepsArray":
         """Apply the matrix ``D[ir]`` (shape ``(..., d, d)``) to every irrep copy: ``x'_ui = D_ij x_uj``."""
-        chunks = [None if c is None else jnp.einsum("...ij,...uj->...ui", D[ir], c) for (_, ir), c in zip(self.irreps, self.chunks)]
+        chunks = [
+            None if c is None else jnp.einsum("...ij,...uj->...ui", D[ir], c)
+            for (_, ir), c in zip(self.irreps, self.chunks)
+        ]
         shapes = [D[ir].shape[:-2] for _, ir in self.irreps] + [self.shape[:-1]]
         leading_shape = tuple(np.broadcast_shapes(*shapes))
         chunks = [None if c is None else jnp.broadcast_to(c, leading_shape + c.shape[-2:]) for c in chunks]
@@ -1042,7 +1061,7 @@ class _IndexUpdateRef:
         """Return a copy with ``x[index]`` replaced by ``values``."""
         self._check_index()
         x = self.irreps_array
-        if isinstance(values, (int, float)) and not isinstance(values, bool) and values == 0:
+        if isinstance(values, (int, float)) and values == 0:
             return IrrepsArray(x.irreps, x.array.at[self.index].set(0), zero_flags=x.zero_flags)
         if isinstance(values, IrrepsArray):
             return self._update(values, "set")
@@ -1142,7 +1161,9 @@ def from_chunks(
     if irreps.dim > 0:
         array = backend.concatenate(
             [
-                backend.zeros(leading_shape + (mul_ir.dim,), dtype) if c is None else c.reshape(leading_shape + (mul_ir.dim,))
+                backend.zeros(leading_shape + (mul_ir.dim,), dtype)
+                if c is None
+                else c.reshape(leading_shape + (mul_ir.dim,))
                 for mul_ir, c in zip(irreps, chunks)
             ],
             axis=-1,
@@ -1214,8 +1235,6 @@ def normal(
     if dtype is not None and not jnp.issubdtype(dtype, jnp.inexact):
         raise TypeError(f"e3nn.normal: dtype must be a floating point (or complex) dtype, got {np.dtype(dtype)}")
     if normalization is None:
-        from e3nn_fast.configuration import config
-
         normalization = config("irrep_normalization")
     if key is None:
         warnings.warn("e3nn.normal: the key (random seed) is not provided, use the hash of the irreps as key!")
@@ -1274,7 +1293,9 @@ def mean(array: IrrepsArray, axis: Union[None, int, Tuple[int, ...]] = None, kee
     return _reduce(_infer_backend(array.array).mean, array, axis, keepdims)
 
 
-def sum(array: IrrepsArray, axis: Union[None, int, Tuple[int, ...]] = None, keepdims: bool = False) -> IrrepsArray:  # noqa: A001
+def sum(  # noqa: A001  (e3nn.sum, as in e3nn-jax)
+    array: IrrepsArray, axis: Union[None, int, Tuple[int, ...]] = None, keepdims: bool = False
+) -> IrrepsArray:
     """Sum over ``axis`` (all axes by default); over the irreps axis it sums the copies of each block."""
     return _reduce(_infer_backend(array.array).sum, array, axis, keepdims)
 

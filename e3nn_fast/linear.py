@@ -79,9 +79,12 @@ def _parse_normalization(value: Union[str, float, None], key: str) -> float:
         if value not in _NORMALIZATION_NAMES:
             raise ValueError(f"{key} must be 'element', 'path' or a float, got {value!r}")
         return _NORMALIZATION_NAMES[value]
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+    if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{key} must be 'element', 'path' or a float, got {value!r}")
-    return value
+    try:
+        return float(value)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{key} must be 'element', 'path' or a float, got {value!r}") from error
 
 
 def parse_path_normalization(value: Union[str, float, None]) -> float:
@@ -315,18 +318,22 @@ class FunctionalLinear:
             mul_out, ir_out = self.irreps_out[ins.i_out]
             if ins.i_in == -1:
                 # A bias only exists on scalars: its flat (mul_out,) vector is the (mul_out, 1) chunk.
-                paths.append(ins.path_weight * w.reshape(w.shape[:-1] + (mul_out, ir_out.dim)))
+                bias = w.reshape(w.shape[:-1] + (mul_out, ir_out.dim))
+                paths.append(bias if ins.path_weight == 1.0 else ins.path_weight * bias)
                 continue
             x = input.chunks[ins.i_in]
             if x is None:
                 paths.append(None)
                 continue
-            # Scaling the (small) weight is cheaper than scaling the (batched) result.
-            spec = "uw,...ui->...wi" if w.ndim == 2 else "...uw,...ui->...wi"
-            paths.append(jnp.einsum(spec, ins.path_weight * w, x))
+            # The constant goes into the contraction (one fused op, applied to the small weight, not the output).
+            # As a weakly typed scalar it promotes like a Python float: it never changes the result dtype.
+            spec = ",uw,...ui->...wi" if w.ndim == 2 else ",...uw,...ui->...wi"
+            paths.append(jnp.einsum(spec, jnp.asarray(ins.path_weight), w, x))
         return paths
 
-    def aggregate_paths(self, paths: List[Optional[jax.Array]], output_shape: Tuple[int, ...], output_dtype) -> IrrepsArray:
+    def aggregate_paths(
+        self, paths: List[Optional[jax.Array]], output_shape: Tuple[int, ...], output_dtype
+    ) -> IrrepsArray:
         """Sum the paths landing on each output block into an IrrepsArray of leading shape ``output_shape``.
 
         Output blocks that receive nothing (or only ``None``) become zero chunks.
@@ -343,7 +350,8 @@ class FunctionalLinear:
             chunk = None
             for term in terms:
                 chunk = term if chunk is None else chunk + term
-            chunks.append(None if chunk is None else chunk.astype(output_dtype))
+            chunks.append(chunk)
+        # output_dtype only types an all-zero output; otherwise the computed chunks' (promoted) dtype wins.
         return from_chunks(self.irreps_out, chunks, output_shape, output_dtype)
 
     def apply(self, ws: Union[List[jax.Array], jax.Array], input: IrrepsArray) -> IrrepsArray:
@@ -351,7 +359,8 @@ class FunctionalLinear:
         ``(..., *path_shape)`` whose leading axes broadcast against the input's."""
         input = self._check_input(input)
         ws = self._weight_list(ws, batch_ndim=None)
-        lead_shapes = [input.shape[:-1]] + [w.shape[: w.ndim - len(i.path_shape)] for i, w in zip(self.instructions, ws)]
+        lead_shapes = [input.shape[:-1]]
+        lead_shapes += [w.shape[: w.ndim - len(ins.path_shape)] for ins, w in zip(self.instructions, ws)]
         try:
             output_shape = jnp.broadcast_shapes(*lead_shapes)
         except ValueError as error:
@@ -390,7 +399,8 @@ class FunctionalLinear:
             mul_in, ir = self.irreps_in[ins.i_in]
             mul_out = self.irreps_out[ins.i_out].mul
             # Components are laid out mul-major, so the block is kron(w, identity on the irrep).
-            block = jnp.einsum("uw,ij->uiwj", w, jnp.eye(ir.dim, dtype=dtype)).reshape(mul_in * ir.dim, mul_out * ir.dim)
+            block = jnp.einsum("uw,ij->uiwj", w, jnp.eye(ir.dim, dtype=dtype))
+            block = block.reshape(mul_in * ir.dim, mul_out * ir.dim)
             output = output.at[slices_in[ins.i_in], slices_out[ins.i_out]].add(ins.path_weight * block)
         return output
 
@@ -415,7 +425,7 @@ def parameter_name(lin: FunctionalLinear, ins: Instruction) -> str:
 
 
 def _get_weights(
-    lin: FunctionalLinear, get_parameter: GetParameter, lead: Tuple[int, ...], std_scale: Any, dtype
+    lin: FunctionalLinear, get_parameter: GetParameter, lead: Tuple[int, ...], dtype, std_scale: Any = 1.0
 ) -> List[jax.Array]:
     """One parameter per instruction, of shape ``lead + path_shape``, initialised with ``std_scale * weight_std``."""
     return [
@@ -426,11 +436,7 @@ def _get_weights(
 
 def linear_vanilla(input: IrrepsArray, lin: FunctionalLinear, get_parameter: GetParameter) -> IrrepsArray:
     """Weights shared by every element of the batch."""
-    ws = [
-        get_parameter(parameter_name(lin, ins), tuple(ins.path_shape), ins.weight_std, input.dtype)
-        for ins in lin.instructions
-    ]
-    return lin.apply(ws, input)
+    return lin.apply(_get_weights(lin, get_parameter, (), input.dtype), input)
 
 
 def linear_indexed(
@@ -441,12 +447,7 @@ def linear_indexed(
     num_indexed_weights: int,
 ) -> IrrepsArray:
     """``num_indexed_weights`` sets of weights; integer ``indices`` (broadcast with the input) pick one per element."""
-    ws = [
-        get_parameter(
-            parameter_name(lin, ins), (num_indexed_weights,) + tuple(ins.path_shape), ins.weight_std, input.dtype
-        )
-        for ins in lin.instructions
-    ]
+    ws = _get_weights(lin, get_parameter, (num_indexed_weights,), input.dtype)
     # Gathered weights have shape indices.shape + path_shape; apply() broadcasts them against the input.
     return lin.apply([w[indices] for w in ws], input)
 
@@ -477,7 +478,7 @@ def linear_mixed(
     """Weights are a linear function of per-element scalars ``weights`` of shape ``(..., d)``."""
     weights = weights.astype(input.dtype)
     d = weights.shape[-1]
-    ws = _get_weights(lin, get_parameter, (d,), _mixing_std(d, gradient_normalization), input.dtype)
+    ws = _get_weights(lin, get_parameter, (d,), input.dtype, _mixing_std(d, gradient_normalization))
     return lin.apply(_mix(weights, ws, gradient_normalization), input)
 
 
@@ -494,7 +495,7 @@ def linear_mixed_per_channel(
     # Mixed weights come out as (..., channels, *path_shape), aligned with the input's (..., channels, irreps).
     weights = weights.astype(input.dtype)
     d, channels = weights.shape[-1], input.shape[-2]
-    ws = _get_weights(lin, get_parameter, (d, channels), _mixing_std(d, gradient_normalization), input.dtype)
+    ws = _get_weights(lin, get_parameter, (d, channels), input.dtype, _mixing_std(d, gradient_normalization))
     return lin.apply(_mix(weights, ws, gradient_normalization), input)
 
 
@@ -512,7 +513,9 @@ def validate_inputs_for_instructions(
     """
     if instructions is None:
         if irreps_in is not None and input.irreps.regroup() != Irreps(irreps_in).regroup():
-            raise ValueError(f"Linear: the input irreps ({input.irreps}) do not match the expected irreps ({irreps_in})")
+            raise ValueError(
+                f"Linear: the input irreps ({input.irreps}) do not match the expected irreps ({irreps_in})"
+            )
         return
     if simplify_irreps_internally:
         raise ValueError("Linear: instructions are not supported when simplify_irreps_internally is True")

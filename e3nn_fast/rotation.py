@@ -17,7 +17,7 @@ rotation angles close to :math:`\pi`.
 """
 
 import operator
-from typing import Tuple, Union
+from typing import Tuple
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +39,6 @@ __all__ = [
 
 Angles = Tuple[jax.Array, jax.Array, jax.Array]
 AxisAngle = Tuple[jax.Array, jax.Array]
-ArrayLike = Union[jax.Array, np.ndarray, float]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -283,7 +282,8 @@ def matrix_to_angles(R: jax.Array) -> Angles:
     r"""Euler angles of rotation matrices ``(..., 3, 3)``.
 
     :math:`(\alpha, \beta)` locate :math:`R e_y` on the sphere; :math:`\gamma` is read from the first row of
-    :math:`R(\alpha, \beta, 0)^{-1} R = R_y(\gamma)`, which stays well conditioned at the poles (:math:`\beta = 0, \pi`).
+    :math:`R(\alpha, \beta, 0)^{-1} R = R_y(\gamma)`, which stays well conditioned at the poles
+    (:math:`\beta = 0, \pi`).
     Not differentiable at rotation angle :math:`\pi` (nor at the poles, like any Euler-angle chart).
     """
     R = jnp.asarray(R)

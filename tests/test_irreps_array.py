@@ -1,8 +1,6 @@
 """IrrepsArray and its helpers: parity with e3nn-jax 0.21 (numbers, irreps, zero flags, printing), pytree behaviour,
 O(3) equivariance and bad input."""
 
-import warnings
-
 import e3nn_jax
 import jax
 import jax.numpy as jnp
@@ -31,7 +29,9 @@ def make_pair(irreps, leading_shape=(), dtype=np.float64, seed=0, zero=()):
         for i, (mul, ir) in enumerate(irreps_f)
     ]
     fast = ia.from_chunks(irreps_f, [None if c is None else jnp.asarray(c) for c in chunks], leading_shape, dtype)
-    ref = e3nn_jax.from_chunks(str(irreps_f), [None if c is None else jnp.asarray(c) for c in chunks], leading_shape, dtype)
+    ref = e3nn_jax.from_chunks(
+        str(irreps_f), [None if c is None else jnp.asarray(c) for c in chunks], leading_shape, dtype
+    )
     return fast, ref
 
 
@@ -162,7 +162,7 @@ BINARY_CASES = [
 ]
 
 
-FP32_BINARY_CASES = [BINARY_CASES[i] for i in (0, 3, 5, 8, 11, 12, 15)]
+FP32_BINARY_CASES = [BINARY_CASES[i] for i in (0, 5, 11, 15)]
 
 
 @pytest.mark.parametrize(
@@ -184,7 +184,8 @@ def test_arithmetic_parity(expr, irreps_x, irreps_y, dtype):
 def test_arithmetic_keeps_zero_flags_like_e3nn_jax():
     zf, zr = make_pair("2x0e + 1o + 0e", (2,), zero=(0,))
     wf, wr = make_pair("2x0e + 1o + 0e", (2,), zero=(0, 1), seed=3)
-    for expr in ["z + w", "z - w", "w - z", "-z", "z * 2.0", "z / 2.0", "z * np.ones((2, 1))", "z == w", "z + 0", "z.astype(np.float32)"]:
+    exprs = ["z + w", "z - w", "w - z", "-z", "z * 2.0", "z / 2.0", "z * np.ones((2, 1))", "z == w", "z + 0"]
+    for expr in exprs + ["z.astype(np.float32)", "z.broadcast_to((3, 2, -1))"]:
         assert_same(eval(expr, {"z": zf, "w": wf, "np": np}), eval(expr, {"z": zr, "w": wr, "np": np}))
 
 
@@ -380,7 +381,7 @@ def test_axis_to_mul_and_axis_to_irreps_on_inner_axes():
     assert c.shape == (3, 4, 10)
     np.testing.assert_allclose(c.array, d.array)
     e = x.mul_to_axis(axis=0)  # e3nn-jax fails for axes other than -2
-    assert e.shape == (1, 2, 3, 10)
+    assert e.shape == (1, 2, 3, 4, 5)
     np.testing.assert_allclose(e.array, jnp.moveaxis(x.mul_to_axis().array, -2, 0))
     # the round trip mul_to_axis <-> axis_to_mul is the identity
     y, _ = make_pair("4x0e + 2x1o", (3,))
@@ -445,18 +446,23 @@ def test_pytree_structure_matches_e3nn_jax_and_ignores_zero_flags():
     np.testing.assert_allclose(y.array, np.ones((2, 4)))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_jit_vmap_grad(dtype):
+def test_jit_vmap_grad():
+    dtype = np.float32
     xf, xr = make_pair("0e + 1o + 2e", (5,), dtype)
 
     def f(e3nn, x):
         return e3nn.norm(x * 2.0 + x[..., "1o"].extend_with_zeros(x.irreps))
 
-    assert_same(jax.jit(lambda x: f(ia, x))(xf), jax.jit(lambda x: f(e3nn_jax, x))(xr), dtype)
-    assert_same(jax.vmap(lambda x: f(ia, x))(xf), jax.vmap(lambda x: f(e3nn_jax, x))(xr), dtype)
-    gf = jax.grad(lambda x: f(ia, x).array.sum())(xf)
-    gr = jax.grad(lambda x: f(e3nn_jax, x).array.sum())(xr)
-    assert_same(gf, gr, dtype)
+    eager = f(ia, xf)
+    assert_same(eager, f(e3nn_jax, xr), dtype)
+    assert_same(jax.jit(lambda x: f(ia, x))(xf), eager, dtype, check_flags=False)
+    assert_same(jax.jit(jax.vmap(lambda x: f(ia, x)))(xf), eager, dtype, check_flags=False)
+    grad = jax.jit(jax.grad(lambda x: f(ia, x).array.sum()))(xf)
+    assert isinstance(grad, IrrepsArray) and grad.irreps == xf.irreps and grad.dtype == dtype
+    # d/dx sum_blocks |c x| = c x / |x| with c = 3 for the vector, 2 for the others
+    unit = ia.from_chunks(xf.irreps, [c / jnp.linalg.norm(c, axis=-1, keepdims=True) for c in xf.chunks], (5,))
+    expected = unit.array * jnp.array([2.0, 3.0, 3.0, 3.0, 2.0, 2.0, 2.0, 2.0, 2.0], dtype)
+    np.testing.assert_allclose(grad.array, expected, **tol(dtype))
     # output IrrepsArrays keep their irreps through jit
     out = jax.jit(lambda x: ia.concatenate([x, ia.norm(x)]))(xf)
     assert str(out.irreps) == "1x0e+1x1o+1x2e+1x0e+1x0e+1x0e"
@@ -527,7 +533,7 @@ HELPER_CASES = [
 @pytest.mark.parametrize(
     "expr, dtype",
     [(e, np.float64) for e in HELPER_CASES]
-    + [(HELPER_CASES[i], np.float32) for i in (0, 5, 8, 12, 16, 18, 19)],
+    + [(HELPER_CASES[i], np.float32) for i in (5, 12, 16, 19)],
 )
 def test_helper_parity(expr, dtype):
     xf, xr = make_pair("0e + 2x1o + 2e", (2, 3), dtype, seed=1, zero=(0,))
@@ -566,8 +572,6 @@ def test_helper_errors():
     [
         (dict(), np.float64),
         (dict(normalization="norm"), np.float64),
-        (dict(normalize=True), np.float64),
-        (dict(normalization="component"), np.float32),
         (dict(normalize=True, normalization="norm"), np.float32),
     ],
 )
@@ -582,10 +586,12 @@ def test_normal_default_reads_config_and_rejects_bad_input():
     key = jax.random.PRNGKey(0)
     try:
         config("irrep_normalization", "norm")
-        assert_same(ia.normal("1o + 2e", key), e3nn_jax.normal("1o + 2e", key, normalization="norm"))
+        fast = ia.normal("0e + 2x1o + 2e", key, (2,))
     finally:
         config("irrep_normalization", "component")
-    assert_same(ia.normal("1o + 2e", key), e3nn_jax.normal("1o + 2e", key, normalization="component"))
+    assert_same(fast, e3nn_jax.normal("0e + 2x1o + 2e", key, (2,), normalization="norm"))
+    reference = e3nn_jax.normal("0e + 2x1o + 2e", key, (2,), normalization="component")
+    assert_same(ia.normal("0e + 2x1o + 2e", key, (2,)), reference)
     with pytest.raises(TypeError, match="int32"):
         ia.normal("1o", key, dtype=jnp.int32)
     with pytest.raises(ValueError, match="Normalization"):
@@ -597,6 +603,15 @@ def test_normal_default_reads_config_and_rejects_bad_input():
 # ------------------------------------------------------------------------------------------------------------------
 # O(3) actions and equivariance
 # ------------------------------------------------------------------------------------------------------------------
+
+
+def scipy_rotation(log):
+    """Rotation matrix exp([log]x) by Rodrigues' formula (independent of e3nn_fast.rotation)."""
+    log = np.asarray(log)
+    theta = np.linalg.norm(log)
+    k = log / theta
+    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + np.sin(theta) * K + (1 - np.cos(theta)) * K @ K
 
 
 def random_o3(seed, parity):
@@ -611,16 +626,19 @@ def test_transforms_parity():
     angles = (0.3, -1.2, 2.1)
     assert_same(xf.transform_by_angles(*angles, k=1), xr.transform_by_angles(*angles, k=1))
     assert_same(xf.transform_by_angles(*angles, inverse=True), xr.transform_by_angles(*angles, inverse=True))
-    R = random_o3(0, parity=True)
-    assert_same(xf.transform_by_matrix(R), xr.transform_by_matrix(R))
+
+
+@pytest.mark.slow
+def test_transforms_parity_other_parametrisations():
+    # the quaternion / axis-angle / log-coordinates path of e3nn-jax builds other (slow) matrices
+    xf, xr = make_pair("0e + 2x1o + 0o + 2e", (2,), zero=(1,))
     q = jnp.asarray([0.4, -0.2, 0.5, 0.74])
     q = q / jnp.linalg.norm(q)
-    assert_same(xf.transform_by_quaternion(q), xr.transform_by_quaternion(q))
+    assert_same(xf.transform_by_quaternion(q, k=1), xr.transform_by_quaternion(q, k=1))
     axis, angle = jnp.asarray([1.0, 2.0, -0.5]), jnp.asarray(0.7)
-    assert_same(xf.transform_by_axis_angle(axis, angle, k=1), xr.transform_by_axis_angle(axis, angle, k=1))
-    xf32, xr32 = make_pair("1o + 2e", (), np.float32)
-    log = jnp.asarray([0.3, -0.4, 1.1], np.float32)
-    assert_same(xf32.transform_by_log_coordinates(log), xr32.transform_by_log_coordinates(log), np.float32)
+    assert_same(xf.transform_by_axis_angle(axis, angle), xr.transform_by_axis_angle(axis, angle))
+    R = random_o3(0, parity=True)
+    assert_same(xf.transform_by_matrix(R), xr.transform_by_matrix(R))
 
 
 def test_transforms_are_consistent():
@@ -635,9 +653,19 @@ def test_transforms_are_consistent():
     # inverse undoes the rotation
     back = x.transform_by_angles(0.1, 0.2, 0.3).transform_by_angles(0.1, 0.2, 0.3, inverse=True)
     np.testing.assert_allclose(back.array, x.array, atol=1e-12)
+    # quaternion, axis-angle, log coordinates and matrix describe the same rotation
+    axis, angle = jnp.array([1.0, 2.0, -0.5]) / jnp.sqrt(5.25), 0.7  # e3nn's axis-angle wants a unit axis
+    log = axis * angle
+    q = jnp.concatenate([jnp.cos(angle / 2)[None], jnp.sin(angle / 2) * axis])
+    by_log = x.transform_by_log_coordinates(log, k=1)
+    np.testing.assert_allclose(x.transform_by_axis_angle(axis, angle, k=1).array, by_log.array, atol=1e-12)
+    np.testing.assert_allclose(x.transform_by_quaternion(q, k=1).array, by_log.array, atol=1e-12)
+    R_log = jnp.asarray(-scipy_rotation(log))
+    np.testing.assert_allclose(x.transform_by_matrix(R_log).array, by_log.array, atol=1e-12)
     # integers are rotated as floats
     xi = IrrepsArray("0e + 1o", jnp.arange(4))
-    np.testing.assert_allclose(xi.transform_by_matrix(R).array, IrrepsArray("0e + 1o", jnp.arange(4.0)).transform_by_matrix(R).array)
+    xf = IrrepsArray("0e + 1o", jnp.arange(4.0))
+    np.testing.assert_allclose(xi.transform_by_matrix(R).array, xf.transform_by_matrix(R).array)
 
 
 @pytest.mark.parametrize("parity", [False, True])
@@ -648,7 +676,8 @@ def test_equivariance_of_norm_dot_cross(parity):
     rot = lambda a: a.transform_by_matrix(R)  # noqa: E731
     np.testing.assert_allclose(ia.norm(rot(x)).array, ia.norm(x).array, atol=1e-12)
     np.testing.assert_allclose(ia.dot(rot(x), rot(y)).array, ia.dot(x, y).array, atol=1e-12)
-    np.testing.assert_allclose(ia.dot(rot(x), rot(y), per_irrep=True).array, ia.dot(x, y, per_irrep=True).array, atol=1e-12)
+    per_irrep = ia.dot(x, y, per_irrep=True).array
+    np.testing.assert_allclose(ia.dot(rot(x), rot(y), per_irrep=True).array, per_irrep, atol=1e-12)
     v, _ = make_pair("1o + 1e", (4,), seed=3)
     w, _ = make_pair("2x1o", (4,), seed=4)
     out = ia.cross(v, w)

@@ -21,12 +21,12 @@ from e3nn_fast.linear import FunctionalLinear
 CONFIGS = [
     ("5x0e + 0o + 7x1o", "0e + 0o + 1o"),
     ("0e + 1o", "2x0e + 1o + 2e"),
-    ("3x0e + 2x1e + 0e", "4x0e + 3x1e"),
+    ("3x0e + 2x1e + 0e", "2x0e + 3x1e"),
     ("1o + 2x0e", "0e + 1o + 2e"),
     ("2x1o + 3x2e + 1x1o", "2x1o + 2x2e + 0e"),
     ("4x0e", "3x0e"),
     ("0x0e + 2x1e", "1e + 0x2o"),
-    ("16x0e + 8x1o + 4x2e", "8x0e + 8x1o + 8x2e"),
+    ("3x0e + 2x1o + 1x2e", "2x0e + 2x1o + 3x2e"),
     ("1e + 1e + 0o", "3x1e + 2x0o"),
     ("2x0e + 1o + 1e + 2x2o", "0e + 1o + 1e + 2o + 3x0e"),
     ("10x0o", "0e"),
@@ -48,6 +48,7 @@ def assert_same_irreps_array(ours, ref, dtype):
     assert str(ours.irreps) == str(ref.irreps)
     assert ours.shape == ref.shape
     assert ours.dtype == ref.dtype
+    assert tuple(ours.zero_flags) == tuple(ref.zero_flags)
     np.testing.assert_allclose(np.asarray(ours.array), np.asarray(ref.array), **tol(dtype))
 
 
@@ -67,11 +68,16 @@ def haiku_parity(kwargs, ours_args, ref_args, dtype):
     """Init and apply e3nn_fast.haiku.Linear and e3nn_jax.haiku.Linear with the same key; compare everything."""
     ours = hk.without_apply_rng(hk.transform(lambda *a: fast_haiku.Linear(**kwargs)(*a)))
     ref = hk.without_apply_rng(hk.transform(lambda *a: e3nn_jax.haiku.Linear(**kwargs)(*a)))
-    key = jax.random.PRNGKey(1)
+    return compare_modules(ours, ref, jax.random.PRNGKey(1), ours_args, ref_args, dtype)
+
+
+def compare_modules(ours, ref, key, ours_args, ref_args, dtype):
+    """init both with ``key`` (same parameters expected), then apply both with e3nn-jax's parameters."""
     params, ref_params = ours.init(key, *ours_args), ref.init(key, *ref_args)
     assert_same_params(params, ref_params)
     # Checkpoint compatibility: e3nn-jax's parameters drive our module to e3nn-jax's output.
-    assert_same_irreps_array(ours.apply(ref_params, *ours_args), ref.apply(ref_params, *ref_args), dtype)
+    y, y_ref = ours.apply(ref_params, *ours_args), ref.apply(ref_params, *ref_args)
+    assert_same_irreps_array(y, y_ref, dtype)
     return params
 
 
@@ -82,11 +88,7 @@ def flax_parity(kwargs, ours_args, ref_args, dtype):
         # e3nn-jax's flax Linear compares irreps_in unconverted: a string never equals the input irreps there.
         ref_kwargs["irreps_in"] = e3nn_jax.Irreps(ref_kwargs["irreps_in"])
     ours, ref = fast_flax.Linear(**kwargs), e3nn_jax.flax.Linear(**ref_kwargs)
-    key = jax.random.PRNGKey(2)
-    params, ref_params = ours.init(key, *ours_args), ref.init(key, *ref_args)
-    assert_same_params(params, ref_params)
-    assert_same_irreps_array(ours.apply(ref_params, *ours_args), ref.apply(ref_params, *ref_args), dtype)
-    return params
+    return compare_modules(ours, ref, jax.random.PRNGKey(2), ours_args, ref_args, dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -99,7 +101,9 @@ NORMALIZATIONS = [("element", "path"), ("path", "element"), (0.3, 0.7), ("path",
 @pytest.mark.parametrize("k, irreps_in, irreps_out", [(k,) + c for k, c in enumerate(CONFIGS)])
 def test_functional_linear_instructions(k, irreps_in, irreps_out):
     path_normalization, gradient_normalization = NORMALIZATIONS[k % len(NORMALIZATIONS)]
-    kwargs = dict(biases=k % 2 == 0, path_normalization=path_normalization, gradient_normalization=gradient_normalization)
+    kwargs = dict(
+        biases=k % 2 == 0, path_normalization=path_normalization, gradient_normalization=gradient_normalization
+    )
     ours = FunctionalLinear(irreps_in, irreps_out, **kwargs)
     ref = e3nn_jax.FunctionalLinear(irreps_in, irreps_out, **kwargs)
     assert [tuple(i) for i in ours.instructions] == [tuple(i) for i in ref.instructions]
@@ -114,7 +118,7 @@ def test_functional_linear_instructions(k, irreps_in, irreps_out):
 
 @pytest.mark.parametrize(
     "irreps_in, irreps_out, dtype",
-    [CONFIGS[0] + (np.float32,), CONFIGS[1] + (np.float64,), CONFIGS[4] + (np.float32,), CONFIGS[8] + (np.float64,)],
+    [CONFIGS[0] + (np.float32,), CONFIGS[9] + (np.float64,)],
 )
 def test_functional_linear_call_and_matrix(irreps_in, irreps_out, dtype):
     ours, ref = FunctionalLinear(irreps_in, irreps_out), e3nn_jax.FunctionalLinear(irreps_in, irreps_out)
@@ -161,6 +165,10 @@ def test_functional_linear_zero_chunk_input():
     assert_same_irreps_array(y, y_ref, np.float64)
     assert y.chunks[1] is None and y_ref.chunks[1] is None
 
+    # The modules drop zero chunks before building the map: no parameter for the 1o block.
+    params = haiku_parity(dict(irreps_out="0e + 1o"), (x,), (x_ref,), np.float64)
+    assert param_shapes(params) == {"linear": {"w[0,0] 2x0e,1x0e": (2, 1)}}
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # haiku and flax modules: parity over irreps configurations
@@ -192,12 +200,12 @@ def test_flax_parity(k, irreps_in, irreps_out):
 OPTION_CASES = [
     # (constructor kwargs, irreps_in, input leading shape, external weights: None / "float" / "index")
     (dict(irreps_out="3x0e + 2x1o", channel_out=2, biases=True), "2x0e + 1o + 1e", (3, 4), None),
-    (dict(irreps_out="2x0e + 1o", num_indexed_weights=4, biases=True), "3x0e + 2x1o", (3,), "index"),
+    (dict(irreps_out="2x0e + 1o", num_indexed_weights=3, biases=True), "3x0e + 2x1o", (3,), "index"),
     (dict(irreps_out="2x0e + 3x1o", biases=True, gradient_normalization="element"), "3x0e + 2x1o", (3,), "float"),
     (dict(irreps_out="2x0e + 3x1o", weights_per_channel=True), "3x0e + 2x1o", (3, 2), "float"),
     (dict(irreps_out="0e + 2e + 1o + 0e", force_irreps_out=True, biases=True), "3x0e + 2x1o", (3,), None),
-    (dict(irreps_out="4x0e + 3x1o", path_normalization="path"), "0e + 3x0e + 1o + 5x1o", (3,), None),
-    (dict(irreps_out="4x0e + 3x1o", gradient_normalization=0.5, path_normalization=0.25), "2x0e + 1o", (3,), None),
+    (dict(irreps_out="2x0e + 3x1o", path_normalization="path"), "0e + 2x0e + 1o + 2x1o", (3,), None),
+    (dict(irreps_out="2x0e + 3x1o", gradient_normalization=0.5, path_normalization=0.25), "2x0e + 1o", (3,), None),
     (dict(irreps_out="0e + 1o", irreps_in="2x0e + 1o"), "1o + 2x0e", (3,), None),
     (
         dict(irreps_out="1o + 2x0e", irreps_in="2x0e + 1o + 3x0e", instructions=[(0, 1), (2, 1), (1, 0)],
@@ -217,7 +225,7 @@ def option_args(irreps_in, leading_shape, external, dtype, seed):
     if external == "index":
         e = jnp.asarray(rng.integers(0, 3, size=leading_shape[:1]), dtype=jnp.int32)
     else:
-        e = jnp.asarray(rng.normal(size=leading_shape[:1] + (7,)).astype(dtype))
+        e = jnp.asarray(rng.normal(size=leading_shape[:1] + (3,)).astype(dtype))
     return (e, x), (e, x_ref)
 
 
@@ -232,7 +240,7 @@ def test_haiku_options_parity(k):
 @pytest.mark.parametrize("k", range(len(OPTION_CASES)))
 def test_flax_options_parity(k):
     kwargs, irreps_in, leading_shape, external = OPTION_CASES[k]
-    dtype = [np.float32, np.float64][k % 2]
+    dtype = [np.float64, np.float32][k % 2]  # same as for haiku: shared shapes compile once
     ours_args, ref_args = option_args(irreps_in, leading_shape, external, dtype, k)
     flax_parity(kwargs, ours_args, ref_args, dtype)
 
@@ -252,15 +260,26 @@ def test_parameter_initializer():
 
 
 def test_haiku_amuse_bouche():
-    """e3nn-jax's introductory example: the parameters of Linear('0e + 0o + 1o') on '5x0e + 0o + 7x1o'."""
+    """e3nn-jax's introductory example: Linear('0e + 0o + 1o') after a tensor product with spherical harmonics."""
+    expected = {"linear": {"w[0,0] 5x0e,1x0e": (5, 1), "w[1,1] 1x0o,1x0o": (1, 1), "w[2,2] 7x1o,1x1o": (7, 1)}}
+    f = hk.without_apply_rng(hk.transform(lambda x: fast_haiku.Linear("0e + 0o + 1o")(x)))
+
+    # The documented features: sh([0, 1, 2], 1o vector) x normal('4x0e + 1o + 1e', (16,)), made by e3nn-jax.
+    sh = e3nn_jax.spherical_harmonics([0, 1, 2], e3nn_jax.IrrepsArray("1o", jnp.array([1.0, 2.0, 0.0])), False)
+    features_ref = e3nn_jax.tensor_product(sh, e3nn_jax.normal("4x0e + 1o + 1e", jax.random.PRNGKey(0), (16,)))
+    features = IrrepsArray(str(features_ref.irreps), features_ref.array)
+    params = haiku_parity(dict(irreps_out="0e + 0o + 1o"), (features,), (features_ref,), np.float32)
+    assert param_shapes(params) == expected
+    assert f.apply(params, features).shape == (16, 5)
+
+    # The same layer on exactly the irreps it keeps.
     x, x_ref = random_inputs("5x0e + 0o + 7x1o", (), np.float32)
     params = haiku_parity(dict(irreps_out="0e + 0o + 1o"), (x,), (x_ref,), np.float32)
-    assert param_shapes(params) == {
-        "linear": {"w[0,0] 5x0e,1x0e": (5, 1), "w[1,1] 1x0o,1x0o": (1, 1), "w[2,2] 7x1o,1x1o": (7, 1)}
-    }
-    f = hk.without_apply_rng(hk.transform(lambda x: fast_haiku.Linear("0e + 0o + 1o")(x)))
+    assert param_shapes(params) == expected
     y = f.apply(params, x)
     assert str(y.irreps) == "1x0e+1x0o+1x1o" and y.shape == (5,)
+    # Under jit too (irreps are static pytree metadata).
+    np.testing.assert_allclose(np.asarray(jax.jit(f.apply)(params, x).array), np.asarray(y.array), rtol=1e-6)
 
 
 def test_flax_docs_example():
@@ -304,14 +323,14 @@ def random_o3(seed, dtype):
     return jnp.asarray(q.astype(dtype))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float64])
 def test_equivariance(dtype):
     """f(D_in(g) x) = D_out(g) f(x) for an improper rotation g (so parities are exercised too)."""
-    irreps_in = Irreps("3x0e + 0o + 2x1o + 1e + 2x2e + 2o")
+    irreps_in = Irreps("3x0e + 0o + 2x1o + 1e + 2x2e + 2o")  # every parity, l up to 2
     x, _ = random_inputs(irreps_in, (3,), dtype)
     R = random_o3(7, np.float64)
 
-    layer = lambda x: fast_haiku.Linear("2x0e + 0o + 3x1o + 1e + 2e + 2x2o", biases=True)(x)
+    layer = lambda x: fast_haiku.Linear("2x0e + 0o + 3x1o + 1e + 2x2e + 2x2o", biases=True)(x)
     f = hk.without_apply_rng(hk.transform(layer))
     params = f.init(jax.random.PRNGKey(0), x)
     y = f.apply(params, x)

@@ -22,6 +22,8 @@ from e3nn_fast.irreps_array import IrrepsArray
 from e3nn_fast.reference.spherical_harmonics import (
     spherical_harmonics_concatenated,
     spherical_harmonics_per_l,
+    stacked_harmonics,
+    stacked_harmonics_by_recurrence,
 )
 
 LMAX = 11
@@ -198,9 +200,12 @@ def test_plain_array_input_and_leading_shapes():
     y = spherical_harmonics("0e+1o+2e", x, True)
     assert isinstance(y, IrrepsArray) and str(y.irreps) == "1x0e+1x1o+1x2e"
     np.testing.assert_allclose(y.array, spherical_harmonics("0e+1o+2e", IrrepsArray("1o", x), True).array)
-    assert sh([0, 1, 2], x.reshape(2, 3, 3), True).shape == (2, 3, 9)
-    assert sh([0, 1, 2], x[0], True).shape == (9,)
-    np.testing.assert_allclose(sh([0, 1, 2], x.reshape(2, 3, 3), True).reshape(6, 9), sh([0, 1, 2], x, True))
+    batched = sh([0, 1, 2], x.reshape(2, 3, 3), True)
+    assert batched.shape == (2, 3, 9)
+    np.testing.assert_allclose(batched.reshape(6, 9), sh([0, 1, 2], x, True))
+    single = sh([0, 1, 2], x[0], True)
+    assert single.shape == (9,)
+    np.testing.assert_allclose(single, batched[0, 0])
 
 
 def test_default_normalization_from_config():
@@ -239,14 +244,22 @@ def test_o3_equivariance(input_irreps):
     from e3nn_fast.rotation import rand_matrix
 
     p = -1 if input_irreps == "1o" else 1
-    irreps_out = Irreps([(1, (l, p**l)) for l in ALL_LS])
+    ls = ALL_LS if input_irreps == "1o" else [0, 1, 2, 3]  # the pseudo-vector case checks the parities
+    irreps_out = Irreps([(1, (l, p**l)) for l in ls])
     x = jnp.asarray(_vectors()[3:8])
     R = rand_matrix(jax.random.PRNGKey(0), (), jnp.float64)
-    for Q in [R, -R]:  # a rotation and an improper rotation
+    Q = jnp.stack([R, -R])  # a rotation and an improper rotation
+
+    @jax.jit
+    def both_sides(x, Q):
         x_rotated = x @ Irreps(input_irreps).D_from_matrix(Q).T
-        y = spherical_harmonics(irreps_out, IrrepsArray(input_irreps, x), True).array
         y_rotated = spherical_harmonics(irreps_out, IrrepsArray(input_irreps, x_rotated), True).array
-        np.testing.assert_allclose(y_rotated, y @ irreps_out.D_from_matrix(Q).T, atol=1e-10)
+        y = spherical_harmonics(irreps_out, IrrepsArray(input_irreps, x), True).array
+        return y_rotated, y @ irreps_out.D_from_matrix(Q).T
+
+    for k in range(2):
+        left, right = both_sides(x, Q[k])
+        np.testing.assert_allclose(left, right, atol=1e-10)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -264,34 +277,65 @@ def test_zero_vector_matches_e3nn_jax():
     # every degree: finite values, first and second derivatives
     f_all = lambda v: sh(ALL_LS, v, True)
     np.testing.assert_array_equal(f_all(zero), np.eye(1, (LMAX + 1) ** 2)[0])
-    assert np.isfinite(jax.jacrev(f_all)(zero)).all()
-    assert np.isfinite(jax.hessian(f_all)(zero)).all()
+    jacobian, hessian = jax.jit(lambda v: (jax.jacrev(f_all)(v), jax.hessian(f_all)(v)))(zero)
+    assert np.isfinite(jacobian).all() and np.isfinite(hessian).all()
+    np.testing.assert_allclose(jacobian[1:4], np.sqrt(3) * np.eye(3), atol=1e-15)  # d(sqrt(3) x/|x|) at 0
+    np.testing.assert_allclose(jacobian[4:], 0.0, atol=1e-15)
 
 
 def test_gradients_match_e3nn_jax():
     ls = [0, 1, 2, 3]
-    x = _vectors()[:4]
-    f_ours = lambda v: sh(ls, v, True)
-    f_theirs = lambda v: e3nn_jax.sh(ls, v, True)
-    np.testing.assert_allclose(jax.jacrev(f_ours)(x[1]), jax.jacrev(f_theirs)(x[1]), atol=1e-12)
-    np.testing.assert_allclose(jax.jacrev(f_ours)(x[3]), jax.jacrev(f_theirs)(x[3]), atol=1e-12)
+    x = jnp.asarray(_vectors()[1:5])
+    f_ours = jax.jit(jax.vmap(jax.jacrev(lambda v: sh(ls, v, True))))
+    f_theirs = jax.jit(jax.vmap(jax.jacrev(lambda v: e3nn_jax.sh(ls, v, True))))
+    np.testing.assert_allclose(f_ours(x), f_theirs(x), atol=1e-12)
 
 
-@pytest.mark.parametrize("normalize", [True, False])
-def test_second_order_gradients(normalize):
+def test_ladder_derivatives_match_autodiff_of_the_recurrence():
+    # the custom_jvp rule (derivatives from Y^{l-1}) against plain autodiff through the recurrence loop
     x = jnp.asarray(_vectors()[3:6])
-    f = lambda v: jnp.sum(jnp.sin(sh(list(range(7)), v, normalize)))
-    check_grads(f, (x,), order=2, modes=["fwd", "rev"])
+
+    @jax.jit
+    def jacobians(v):
+        out = []
+        for normalization in NORMALIZATIONS:
+            for f in (stacked_harmonics, stacked_harmonics_by_recurrence):
+                out.append(jax.jacfwd(lambda u: f(LMAX, u, normalization))(v))
+        return out
+
+    jacs = jacobians(x)
+    for ladder, loop in zip(jacs[0::2], jacs[1::2]):
+        np.testing.assert_allclose(ladder, loop, rtol=1e-11, atol=1e-11 * np.abs(loop).max())
+
+    @jax.jit
+    def hessians(u):
+        return [jax.hessian(lambda v: f(5, v, "norm"))(u) for f in (stacked_harmonics, stacked_harmonics_by_recurrence)]
+
+    ladder, loop = hessians(x[0])
+    np.testing.assert_allclose(ladder, loop, atol=1e-11 * np.abs(loop).max())
+
+
+def test_second_order_gradients():
+    x = _vectors()[3:6]
+    x = jnp.asarray(x / np.linalg.norm(x, axis=-1, keepdims=True))  # moderate values for finite differences
+    w = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 49), jnp.float64)
+
+    @jax.jit
+    def f(v):
+        ls = list(range(7))
+        return jnp.sum(w[0] * sh(ls, v, True)) + jnp.sum(w[1] * sh(ls, 0.9 * v, False))
+
+    check_grads(f, (x,), order=2, modes=["rev"], eps=1e-4)
 
 
 def test_third_derivative_of_y3():
-    # Y^3 is a cubic polynomial: its third derivative (normalize=False) is a constant, its fourth vanishes
-    f = lambda v: sh(3, v, False)[0]
-    d3 = jax.jacfwd(jax.jacfwd(jax.jacrev(f)))
-    x1, x2 = jnp.asarray(_vectors()[3]), jnp.asarray(_vectors()[4])
-    np.testing.assert_allclose(d3(x1), d3(x2), atol=1e-12)
-    assert np.abs(d3(x1)).max() > 0.1
-    np.testing.assert_allclose(jax.jacfwd(d3)(x1), 0.0, atol=1e-12)
+    # Y^3 is a cubic polynomial (normalize=False): its third derivative is the same nonzero constant everywhere
+    f = lambda v: sh(3, v, False)
+    d3 = jax.jit(jax.vmap(jax.jacfwd(jax.jacfwd(jax.jacrev(f)))))
+    third = d3(jnp.asarray(_vectors()[3:5]))
+    assert third.shape == (2, 7, 3, 3, 3)
+    np.testing.assert_allclose(third[0], third[1], atol=1e-12)
+    assert np.abs(third).max() > 0.1
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -41,6 +41,8 @@ class Linear(flax.linen.Module):
         simplify_irreps_internally: regroup input and output irreps before building the map.
 
     Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from e3nn_fast.irreps_array import IrrepsArray
         >>> linear = Linear("1e")
         >>> x = IrrepsArray("2x1e", jnp.ones(6))
         >>> params = linear.init(jax.random.PRNGKey(0), x)

@@ -35,7 +35,8 @@ def _parse_instruction(spec, irreps_in1: Irreps, irreps_in2: Irreps, irreps_out:
         )
     i_in1, i_in2, i_out, mode, has_weight = spec[:5]
     path_weight = spec[5] if len(spec) == 6 else 1.0
-    for name, index, irreps in (("i_in1", i_in1, irreps_in1), ("i_in2", i_in2, irreps_in2), ("i_out", i_out, irreps_out)):
+    checks = (("i_in1", i_in1, irreps_in1), ("i_in2", i_in2, irreps_in2), ("i_out", i_out, irreps_out))
+    for name, index, irreps in checks:
         if not isinstance(index, (int, np.integer)) or not 0 <= index < len(irreps):
             raise ValueError(f"Instruction {tuple(spec)}: {name}={index!r} is not a segment index of {irreps}")
     return Instruction(
@@ -62,18 +63,27 @@ def _per_segment(values: Optional[Sequence[float]], irreps: Irreps, name: str) -
     return values
 
 
-def _describe(instructions: Sequence[Instruction], irreps_in1, irreps_in2, irreps_out) -> TensorProductDescription:
-    """The paths that compute something: instructions touching an empty segment contribute nothing and are left out
-    (their weights, of size 0, are still consumed)."""
-    paths = [
-        make_path(
-            irreps_in1, irreps_in2, irreps_out, ins.i_in1, ins.i_in2, ins.i_out, ins.connection_mode,
-            ins.path_weight, ins.has_weight,
+def _computes(ins: Instruction, irreps_in1: Irreps, irreps_in2: Irreps, irreps_out: Irreps) -> bool:
+    """Whether an instruction touches only non-empty segments (the others contribute nothing but still consume
+    their weights, of size 0, and still count in the path normalisation, as in e3nn-jax)."""
+    return irreps_in1[ins.i_in1].dim * irreps_in2[ins.i_in2].dim * irreps_out[ins.i_out].dim > 0
+
+
+def _describe(instructions: Sequence[Instruction], irreps_in1, irreps_in2, irreps_out):
+    """The executed paths and, for each, the position of its weights among the weighted instructions (or None)."""
+    weighted = [i for i, ins in enumerate(instructions) if ins.has_weight]
+    paths, weight_index = [], []
+    for i, ins in enumerate(instructions):
+        if not _computes(ins, irreps_in1, irreps_in2, irreps_out):
+            continue
+        paths.append(
+            make_path(
+                irreps_in1, irreps_in2, irreps_out, ins.i_in1, ins.i_in2, ins.i_out, ins.connection_mode,
+                ins.path_weight, ins.has_weight,
+            )
         )
-        for ins in instructions
-        if irreps_in1[ins.i_in1].dim * irreps_in2[ins.i_in2].dim * irreps_out[ins.i_out].dim > 0
-    ]
-    return TensorProductDescription(irreps_in1, irreps_in2, irreps_out, tuple(paths))
+        weight_index.append(weighted.index(i) if ins.has_weight else None)
+    return TensorProductDescription(irreps_in1, irreps_in2, irreps_out, tuple(paths)), weight_index
 
 
 def _output_mask(instructions: Sequence[Instruction], irreps_out: Irreps) -> jax.Array:
@@ -85,7 +95,7 @@ def _output_mask(instructions: Sequence[Instruction], irreps_out: Irreps) -> jax
 
 def _common_dtype(*trees):
     """The dtype the computation runs in: the promoted dtype of every array, integers promoted to float32."""
-    leaves = [leaf for leaf in jax.tree_util.tree_leaves(trees)]
+    leaves = jax.tree_util.tree_leaves(trees)
     dtype = jnp.result_type(*leaves) if leaves else jnp.dtype(jnp.float32)
     return dtype if jnp.issubdtype(dtype, jnp.inexact) else jnp.dtype(jnp.float32)
 
@@ -147,16 +157,10 @@ class FunctionalTensorProduct:
             normalization_exponent(path_normalization, "path_normalization"),
             normalization_exponent(gradient_normalization, "gradient_normalization"),
         )
-        self.description = _describe(self.instructions, self.irreps_in1, self.irreps_in2, self.irreps_out)
+        self.description, self._path_weight_index = _describe(
+            self.instructions, self.irreps_in1, self.irreps_in2, self.irreps_out
+        )
         self.output_mask = _output_mask(self.instructions, self.irreps_out)
-        # For each executed path, the position of its weights among the weighted instructions (None: unweighted).
-        weighted = [i for i, ins in enumerate(self.instructions) if ins.has_weight]
-        kept = [
-            i
-            for i, ins in enumerate(self.instructions)
-            if self.irreps_in1[ins.i_in1].dim * self.irreps_in2[ins.i_in2].dim * self.irreps_out[ins.i_out].dim > 0
-        ]
-        self._path_weight_index = [weighted.index(i) if i in weighted else None for i in kept]
 
     # -- weights -------------------------------------------------------------------------------------------------
 
@@ -233,7 +237,8 @@ class FunctionalTensorProduct:
             leading_shape = jnp.broadcast_shapes(input1.shape[:-1], input2.shape[:-1])
         except ValueError as error:
             raise ValueError(
-                f"{self.__class__.__name__}: leading shapes {input1.shape[:-1]} and {input2.shape[:-1]} do not broadcast"
+                f"{self.__class__.__name__}: leading shapes {input1.shape[:-1]} and {input2.shape[:-1]} "
+                "do not broadcast"
             ) from error
         input1 = input1.broadcast_to(leading_shape + (-1,))
         input2 = input2.broadcast_to(leading_shape + (-1,))

@@ -59,7 +59,9 @@ def _irrep_factor(normalization: str, d1: int, d2: int, d_out: int):
 
 
 def _check_selection_rules(instruction: Instruction, irreps_in1: Irreps, irreps_in2: Irreps, irreps_out: Irreps):
-    ir1, ir2, ir_out = irreps_in1[instruction.i_in1].ir, irreps_in2[instruction.i_in2].ir, irreps_out[instruction.i_out].ir
+    ir1 = irreps_in1[instruction.i_in1].ir
+    ir2 = irreps_in2[instruction.i_in2].ir
+    ir_out = irreps_out[instruction.i_out].ir
     if ir1.p * ir2.p != ir_out.p or not abs(ir1.l - ir2.l) <= ir_out.l <= ir1.l + ir2.l:
         raise ValueError(
             f"Instruction {instruction.i_in1, instruction.i_in2, instruction.i_out}: {ir_out} is not in {ir1} x {ir2}"
@@ -91,9 +93,8 @@ def normalize_path_weights(
         shares[ins.i_out] += variance(ins) ** (1.0 - path_exponent)
 
     def normalized(ins: Instruction) -> Instruction:
-        alpha = _irrep_factor(
-            irrep_normalization, irreps_in1[ins.i_in1].ir.dim, irreps_in2[ins.i_in2].ir.dim, irreps_out[ins.i_out].ir.dim
-        )
+        dims = irreps_in1[ins.i_in1].ir.dim, irreps_in2[ins.i_in2].ir.dim, irreps_out[ins.i_out].ir.dim
+        alpha = _irrep_factor(irrep_normalization, *dims)
         denominator = variance(ins) ** path_exponent * shares[ins.i_out]
         if denominator > 0.0:  # a segment reached only by empty paths keeps its raw factor
             alpha /= denominator

@@ -25,17 +25,23 @@ Evaluation.  Multiplying by :math:`r^l` turns each function into a homogeneous p
   :math:`r^2`, obtained with the classical three-term recurrence in ``l`` (vectorised over ``m``) whose coefficients
   are precomputed in numpy for the *normalised* functions, so intermediate values stay of order one.
 
-The whole thing is a few elementwise operations per ``l``: it traces and compiles quickly for any ``l``, involves no
-symbolic algebra, and is differentiable to any order with plain JAX autodiff.  ``normalize=True`` first divides the
-input by its norm (the zero vector is left as is, so its value is ``Y^0`` and zeros, with finite derivatives); the
-polynomials are then evaluated with the actual :math:`r^2` of the divided vector, so the result is exactly the
-polynomial restricted to the sphere.
+The recurrences run as one ``lax.scan`` step per ``l`` (a handful of elementwise operations), so the program
+traces and compiles quickly for any ``l`` and involves no symbolic algebra.  Derivatives do not go through the loop:
+the derivative of a solid harmonic of degree ``l`` is a fixed combination of those of degree ``l - 1`` (ladder
+relations, :func:`derivative_coefficients`), which a ``jax.custom_jvp`` applies to the harmonics themselves.  That
+rule is again differentiable through itself, so ``grad``, ``jacfwd``, ``hessian``, ... work to any order at the cost
+of a few elementwise operations per order.
+
+``normalize=True`` first divides the input by its norm (the zero vector is left as is, so its value is ``Y^0`` and
+zeros, with finite derivatives); the polynomials are then evaluated with the actual :math:`r^2` of the divided
+vector, so the result is exactly the polynomial restricted to the sphere.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from fractions import Fraction
 from typing import List, Sequence, Tuple
 
 import jax
@@ -95,6 +101,64 @@ def normalization_factor(l: int, normalization: str) -> float:
     raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
 
 
+def _solid_harmonic_scale(l: int, m: int) -> Fraction:
+    r"""Square of :math:`A_{lm} = \sqrt{(2l+1)(l-m)!(l+m)!}` (times :math:`\sqrt 2` for :math:`m > 0`), exactly.
+
+    With it, ``component``-normalised :math:`Y^l_{\pm m} = A_{lm}\,\{\operatorname{Re}, \operatorname{Im}\}\,
+    S_l^m` where :math:`S_l^m = r^l P_l^m(\cos\beta) e^{i m \alpha} / (l+m)!` are the solid harmonics whose
+    derivatives are the simple ladder relations used in :func:`derivative_coefficients`.
+    """
+    return Fraction((2 * l + 1) * math.factorial(l - m) * math.factorial(l + m) * (2 if m > 0 else 1))
+
+
+def _ratio(l: int, m: int, m_in: int) -> float:
+    """:math:`A_{lm} / A_{l-1, m_{in}}`, or 0 when :math:`Y^{l-1}` has no component :math:`m_{in}`."""
+    if not 0 <= m_in <= l - 1:
+        return 0.0
+    return math.sqrt(_solid_harmonic_scale(l, m) / _solid_harmonic_scale(l - 1, m_in))
+
+
+@functools.lru_cache(maxsize=None)
+def derivative_coefficients(lmax: int, normalization: str) -> Tuple[np.ndarray, ...]:
+    r"""Constants of :math:`\partial_k Y^l` as a combination of the neighbours of :math:`Y^{l-1}`.
+
+    Derivatives of solid harmonics are again solid harmonics, one degree lower (with :math:`w = z + i x`, the
+    polar axis ``y`` and no Condon-Shortley phase): :math:`\partial_y S_l^m = S_{l-1}^m`,
+    :math:`(\partial_z - i \partial_x) S_l^m = S_{l-1}^{m-1}` and :math:`(\partial_z + i \partial_x) S_l^m =
+    -S_{l-1}^{m+1}`.  Taking real and imaginary parts, in the padded layout (index ``j = lmax + m``) of
+    :func:`stacked_harmonics`:
+
+    * :math:`\partial_y Y^l[j] = c_y[l, j]\, Y^{l-1}[j]`;
+    * :math:`\partial_z Y^l[j] = l_z[l, j]\, Y^{l-1}[j-1] + r_z[l, j]\, Y^{l-1}[j+1]`;
+    * :math:`\partial_x Y^l[j] = l_x[l, j]\, \bar Y^{l-1}[j-1] + r_x[l, j]\, \bar Y^{l-1}[j+1]`, where
+      :math:`\bar Y[j] = Y[2 l_{max} - j]` is mirrored in ``m`` (``x`` mixes the cosine and sine components).
+
+    Returns:
+        ``(c_y, l_z, r_z, l_x, r_x)``, float64 arrays of shape ``(lmax + 1, 2 lmax + 1)``; row 0 is zero.
+    """
+    c_y, l_z, r_z, l_x, r_x = (np.zeros((lmax + 1, 2 * lmax + 1)) for _ in range(5))
+    for l in range(1, lmax + 1):
+        # the stacked harmonics carry the normalisation of their own degree
+        scale = normalization_factor(l, normalization) / normalization_factor(l - 1, normalization)
+        for mu in range(-l, l + 1):
+            j, m = lmax + mu, abs(mu)
+            c_y[l, j] = scale * _ratio(l, m, m)
+            if mu > 0:
+                l_z[l, j] = scale * _ratio(l, m, m - 1) / 2
+                r_z[l, j] = -scale * _ratio(l, m, m + 1) / 2
+                r_x[l, j] = -scale * _ratio(l, m, m + 1) / 2
+                l_x[l, j] = -scale * _ratio(l, m, m - 1) / 2 if m >= 2 else 0.0  # Im S^0 = 0
+            elif mu < 0:
+                r_z[l, j] = scale * _ratio(l, m, m - 1) / 2 if m >= 2 else 0.0  # Im S^0 = 0
+                l_z[l, j] = -scale * _ratio(l, m, m + 1) / 2
+                l_x[l, j] = scale * _ratio(l, m, m + 1) / 2
+                r_x[l, j] = scale * _ratio(l, m, m - 1) / 2
+            else:
+                r_z[l, j] = -scale * _ratio(l, 0, 1)
+                r_x[l, j] = -scale * _ratio(l, 0, 1)
+    return c_y, l_z, r_z, l_x, r_x
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # building blocks
 # ----------------------------------------------------------------------------------------------------------------
@@ -107,7 +171,7 @@ def normalize_vectors(x: jax.Array) -> jax.Array:
     return x / jnp.sqrt(r2)
 
 
-def stacked_harmonics(lmax: int, x: jax.Array, normalization: str) -> jax.Array:
+def stacked_harmonics_by_recurrence(lmax: int, x: jax.Array, normalization: str) -> jax.Array:
     r"""Every :math:`Y^l`, ``l = 0..lmax``, padded to ``2 lmax + 1`` components: shape ``(lmax + 1, ..., 2 lmax + 1)``.
 
     Row ``l``, index ``lmax + m`` holds :math:`Y^l_m` (zero for :math:`|m| > l`).  ``x`` is used as given (already
@@ -123,6 +187,9 @@ def stacked_harmonics(lmax: int, x: jax.Array, normalization: str) -> jax.Array:
 
     A loop rather than unrolled code keeps the XLA program the same size for every ``lmax``: unrolled recurrences
     get their fused prefixes duplicated into every output, which makes compilation grow quickly with ``lmax``.
+
+    This function is differentiable as it stands; :func:`stacked_harmonics` is the same values with cheaper
+    derivatives.
     """
     dtype = x.dtype
     width = 2 * lmax + 1
@@ -151,6 +218,53 @@ def stacked_harmonics(lmax: int, x: jax.Array, normalization: str) -> jax.Array:
     carry = (zeros, zeros, jnp.ones_like(px), jnp.zeros_like(px), zeros)
     _, stacked = jax.lax.scan(step, carry, (a, b, e, positive, negative, scale))
     return stacked
+
+
+def _shift(array: jax.Array, offset: int) -> jax.Array:
+    """``out[..., j] = array[..., j + offset]`` along the last axis, zero where that falls outside."""
+    pad = [(0, 0)] * (array.ndim - 1)
+    if offset > 0:
+        return jnp.pad(array[..., offset:], pad + [(0, offset)])
+    return jnp.pad(array[..., :offset], pad + [(-offset, 0)])
+
+
+def _stacked_tangent(lmax: int, normalization: str, stacked: jax.Array, x_dot: jax.Array) -> jax.Array:
+    """Directional derivative of :func:`stacked_harmonics` along ``x_dot``, from the harmonics themselves.
+
+    Linear in ``x_dot`` and built from ``stacked`` (itself differentiable through the same rule), so derivatives
+    of every order cost a few elementwise operations each, never a differentiated loop.
+    """
+    c_y, l_z, r_z, l_x, r_x = (
+        np.asarray(c, stacked.dtype)[(slice(None),) + (None,) * (stacked.ndim - 2) + (slice(None),)]
+        for c in derivative_coefficients(lmax, normalization)
+    )
+    # Y^{l-1} for every row l (zero for l = 0), and its mirror image in m
+    lower = jnp.concatenate([jnp.zeros_like(stacked[:1]), stacked[:-1]], axis=0)
+    mirrored = lower[..., ::-1]
+    d_x, d_y, d_z = (x_dot[..., k : k + 1] for k in range(3))
+    d_dx = l_x * _shift(mirrored, -1) + r_x * _shift(mirrored, 1)
+    d_dy = c_y * lower
+    d_dz = l_z * _shift(lower, -1) + r_z * _shift(lower, 1)
+    return d_x * d_dx + d_y * d_dy + d_z * d_dz
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 2))
+def stacked_harmonics(lmax: int, x: jax.Array, normalization: str) -> jax.Array:
+    r"""Every :math:`Y^l`, ``l = 0..lmax``, padded to ``2 lmax + 1`` components: shape ``(lmax + 1, ..., 2 lmax + 1)``.
+
+    Row ``l``, index ``lmax + m`` holds :math:`Y^l_m` (zero for :math:`|m| > l`); ``x`` is used as given.  Values
+    from :func:`stacked_harmonics_by_recurrence`; derivatives (any order, forward or reverse) from the ladder
+    relations of :func:`derivative_coefficients` instead of differentiating the loop, which keeps the compiled
+    gradients small.
+    """
+    return stacked_harmonics_by_recurrence(lmax, x, normalization)
+
+
+@stacked_harmonics.defjvp
+def _stacked_harmonics_jvp(lmax: int, normalization: str, primals, tangents):
+    (x,), (x_dot,) = primals, tangents
+    stacked = stacked_harmonics(lmax, x, normalization)
+    return stacked, _stacked_tangent(lmax, normalization, stacked, x_dot)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,160 @@
+"""Every JAX-version-dependent import of the kernels, and the one table that picks each kernel family's lowering.
+
+Pallas moves fast: between JAX 0.10 and 0.11 the Triton compiler parameters were renamed and moved
+(``jax.experimental.pallas.triton.CompilerParams``, formerly ``TritonCompilerParams`` in ``pallas.gpu``/``pallas``),
+``pl.dot`` moved to the Triton module, the Triton lowering was deprecated in favour of Mosaic GPU, and the
+primitive-extension API (``jax.extend.core.Primitive``, ``jax.interpreters.ad``/``batching``/``mlir``) lost some
+aliases.  The other kernel modules import these names from here only, so that a JAX upgrade touches one file.
+
+Lowering choice (:data:`LOWERING`): the tensor-product kernels read and write *column slices* of their operands at
+offsets fixed at trace time and combine them with elementwise products, lane/row reductions and small matrix
+products.  The Triton lowering handles exactly that (any offsets, masks not needed since blocks are padded); the
+Mosaic GPU lowering of ``pallas_call`` rejects strided/unaligned slices and is itself deprecated for ``pallas_call``
+(in favour of ``plgpu.kernel``), so every family uses ``"triton"``.  Triton demands power-of-two sizes for every
+array a kernel loads, stores or computes: the kernels' packed layout pads multiplicities to powers of two, and the
+batch is padded to a whole number of row blocks (see :mod:`e3nn_fast.kernels.layout`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+from jax.experimental import pallas as pl
+
+# --- Triton and Mosaic GPU compiler parameters ------------------------------------------------------------------
+
+try:  # JAX >= 0.7
+    from jax.experimental.pallas import triton as _pl_triton
+except ImportError:  # pragma: no cover - very old JAX
+    _pl_triton = None
+
+try:
+    from jax.experimental.pallas import mosaic_gpu as _pl_mosaic_gpu
+except ImportError:  # pragma: no cover - JAX without Mosaic GPU
+    _pl_mosaic_gpu = None
+
+
+def _find_attr(candidates: list[tuple[Any, str]]):
+    for module, name in candidates:
+        if module is not None and hasattr(module, name):
+            return getattr(module, name)
+    return None
+
+
+def _gpu_module():
+    try:
+        from jax.experimental.pallas import gpu  # removed in JAX 0.6.1, kept for older versions
+    except ImportError:
+        return None
+    return gpu
+
+
+_TritonParams = _find_attr(
+    [(_pl_triton, "CompilerParams"), (_pl_triton, "TritonCompilerParams"), (_gpu_module(), "TritonCompilerParams"),
+     (pl, "TritonCompilerParams")]
+)
+_MosaicGpuParams = _find_attr([(_pl_mosaic_gpu, "CompilerParams"), (_pl_mosaic_gpu, "GPUCompilerParams")])
+
+# Kernel family -> GPU lowering.  The one place to switch a family to "mosaic_gpu" once its kernel supports it.
+LOWERING: dict[str, str] = {
+    "aligned": "triton",  # channelwise (uvu, uvuv with a mul-1 operand) and elementwise (uuu, uuw) products
+    "fully_connected": "triton",  # uvw with shared weights: products, and the weight gradient
+}
+
+# Triton launch parameters per family (warps per program, software-pipelining stages).
+TRITON_WARPS: dict[str, int] = {"aligned": 4, "fully_connected": 4}
+
+
+def lowering(family: str) -> str:
+    """The GPU lowering of ``family``; ``E3NN_FAST_PALLAS_LOWERING`` overrides the table for every family."""
+    chosen = os.environ.get("E3NN_FAST_PALLAS_LOWERING") or LOWERING[family]
+    if chosen not in ("triton", "mosaic_gpu"):
+        raise ValueError(f"Unknown Pallas GPU lowering {chosen!r}; expected 'triton' or 'mosaic_gpu'")
+    return chosen
+
+
+def compiler_params(family: str):
+    """The ``compiler_params`` of ``pallas_call`` that select the lowering of ``family`` on GPU.
+
+    On TPU the Triton/Mosaic GPU parameters are ignored by Pallas (Mosaic TPU is the only TPU lowering).
+    """
+    if lowering(family) == "triton":
+        if _TritonParams is None:
+            raise ImportError("This JAX has no Pallas Triton compiler parameters; set the family to 'mosaic_gpu'")
+        return _TritonParams(num_warps=TRITON_WARPS[family])
+    if _MosaicGpuParams is None:
+        raise ImportError("This JAX has no Pallas Mosaic GPU lowering")
+    return _MosaicGpuParams()
+
+
+def pallas_call(kernel, *, family: str, interpret: bool, **kwargs):
+    """``pl.pallas_call`` with the family's compiler parameters (none in interpret mode)."""
+    params = None if interpret else _platform_params(family)
+    return pl.pallas_call(kernel, interpret=bool(interpret), compiler_params=params, **kwargs)
+
+
+def _platform_params(family: str):
+    # On TPU, GPU compiler parameters would be rejected; there Pallas picks Mosaic TPU itself.
+    if jax.default_backend() == "tpu":
+        return None
+    return compiler_params(family)
+
+
+BlockSpec = pl.BlockSpec
+ds = pl.ds
+program_id = pl.program_id
+
+
+def next_power_of_2(n: int) -> int:
+    """Smallest power of two >= ``n`` (1 for ``n <= 1``)."""
+    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
+# --- primitive-extension API ------------------------------------------------------------------------------------
+
+try:
+    from jax.extend.core import Primitive
+except ImportError:  # pragma: no cover
+    from jax.core import Primitive  # type: ignore[attr-defined,no-redef]
+
+from jax.interpreters import ad as _ad
+from jax.interpreters import batching as _batching
+from jax.interpreters import mlir as _mlir
+
+
+def _ad_attr(name: str):
+    value = getattr(_ad, name, None)
+    if value is None:  # pragma: no cover - moved out of the public alias module
+        from jax._src.interpreters import ad as private_ad
+
+        value = getattr(private_ad, name)
+    return value
+
+
+primitive_jvps = _ad_attr("primitive_jvps")
+primitive_transposes = _ad_attr("primitive_transposes")
+Zero = _ad_attr("Zero")
+UndefinedPrimal = _ad_attr("UndefinedPrimal")
+is_undefined_primal = _ad_attr("is_undefined_primal")
+instantiate_zeros = _ad_attr("instantiate_zeros")
+primitive_batchers = getattr(_batching, "primitive_batchers", None)
+if primitive_batchers is None:  # pragma: no cover
+    from jax._src.interpreters import batching as _private_batching
+
+    primitive_batchers = _private_batching.primitive_batchers
+register_lowering = _mlir.register_lowering
+lower_fun = _mlir.lower_fun
+
+
+def symbolic_zero_like(value):
+    """A symbolic-zero tangent/cotangent with ``value``'s shape and dtype."""
+    aval = jax.typeof(value) if hasattr(jax, "typeof") else jax.core.get_aval(value)  # pragma: no branch
+    to_tangent = getattr(aval, "to_tangent_aval", None)
+    return Zero(to_tangent() if to_tangent is not None else aval)
+
+
+ShapedArray = getattr(jax.core, "ShapedArray", None)
+if ShapedArray is None:  # pragma: no cover
+    from jax._src.core import ShapedArray  # type: ignore[no-redef]

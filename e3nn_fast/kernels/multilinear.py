@@ -1,0 +1,215 @@
+"""One JAX primitive for every kernel family: a multilinear contraction whose derivatives are contractions of the
+same family, so that gradients of any order, forward mode and ``vmap`` all run through the kernels.
+
+The model
+---------
+A kernel family describes a *multilinear form* over a few operands ("slots": the two inputs, the weights, the
+output), a sum of *terms*, each a coefficient times one entry of every slot it involves (a :class:`MultilinearPlan`)::
+
+    F(x1, x2, w, g) = sum_rows sum_terms  c * x1[.] * x2[.] * w[.] * g[.]
+
+The tensor product is ``out = dF/dg``.  Evaluating ``dF/d(slot s)`` with the other slots given is one kernel call,
+:func:`contract` ``(plan, out_slot=s, ...)``; for the tensor product's output, ``s`` is the output slot.  Because F is
+multilinear, every derivative is again such a call:
+
+* **JVP** w.r.t. slot ``t``: ``d(dF/ds) = contract(s, ..., slot t <- tangent)`` restricted to the terms that involve
+  ``t`` (terms without ``t`` are constant in it).  The restriction is the ``require`` parameter.
+* **Transpose** (reverse mode) of a call that is linear in slot ``t``: the cotangent of ``t`` is
+  ``contract(out_slot=t, ..., slot s <- cotangent)`` over the same terms.
+* **Batching** (``vmap``): an extra axis on batched slots is folded into the row axis (one kernel call); anything
+  else (a mapped weight, per-example gradients of shared weights) runs one kernel call per mapped element.
+
+So the backward pass of the tensor product is built from kernels of the same family (the gradient w.r.t. ``x1`` of a
+channelwise product is a channelwise product of the output cotangent with ``x2``; w.r.t. ``x2`` a channel-reduced
+elementwise product; ...), and differentiating it again produces kernels again: reverse-over-reverse (forces in the
+loss), forward-over-reverse (``jax.hessian``) and ``jax.jvp`` work to any order.
+
+Why a primitive and not ``jax.custom_vjp``
+------------------------------------------
+A ``custom_vjp`` whose backward calls differentiable ``custom_vjp`` functions gives reverse mode of any order, but
+JAX refuses forward mode through it (``jax.jvp``, ``jax.hessian`` = jacfwd-of-jacrev, ``jax.linearize``), and a
+``custom_jvp`` on top needs a transposable linear map, which a ``pallas_call`` is not.  A primitive with a JVP rule
+(linear in the tangents), a transpose rule and a batching rule covers all transformations with the same closure
+argument, and its lowering (``mlir.lower_fun`` of the Pallas implementation) keeps every derivative inside the
+kernels.  Shapes of the calls are static, so JAX's dead-code elimination drops the gradient kernels nobody uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from e3nn_fast.kernels import _pallas_compat as compat
+
+
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    """One operand of a multilinear plan: ``(rows, columns)`` when ``batched``, else ``(columns,)``."""
+
+    name: str
+    batched: bool
+    columns: int
+
+
+class MultilinearPlan:
+    """A kernel family's description of a multilinear form; subclasses implement the kernels.
+
+    Plans are compared by identity (their constructors are cached), so they can be primitive parameters cheaply.
+    """
+
+    family: str = ""
+    slots: tuple[Slot, ...] = ()
+
+    def has_terms(self, out_slot: int, require: frozenset) -> bool:
+        """Whether some term involves ``out_slot`` and every slot in ``require``."""
+        raise NotImplementedError
+
+    def evaluate(self, out_slot: int, require: frozenset, operands: Sequence[Optional[jnp.ndarray]], interpret: bool):
+        """Run the kernels for ``dF/d(out_slot)``; ``operands`` has ``None`` at ``out_slot``."""
+        raise NotImplementedError
+
+    def slot_index(self, name: str) -> int:
+        for index, slot in enumerate(self.slots):
+            if slot.name == name:
+                return index
+        raise KeyError(name)
+
+    def __hash__(self):
+        return id(self)
+
+    def __eq__(self, other):
+        return self is other
+
+
+multilinear_p = compat.Primitive("e3nn_fast_multilinear")
+
+
+def contract(
+    plan: MultilinearPlan,
+    out_slot: int,
+    operands: Sequence[Optional[jnp.ndarray]],
+    *,
+    require: frozenset = frozenset(),
+    interpret: bool = False,
+) -> jnp.ndarray:
+    """``dF/d(out_slot)`` of ``plan``'s form, restricted to the terms involving every slot of ``require``.
+
+    Args:
+        plan: the multilinear form.
+        out_slot: which slot the result is shaped like.
+        operands: one array per slot, ``None`` at ``out_slot``.
+        require: slots every evaluated term must involve.
+        interpret: run the Pallas kernels in interpret mode (CPU testing).
+    """
+    require = frozenset(require) - {out_slot}
+    inputs = tuple(op for index, op in enumerate(operands) if index != out_slot)
+    if any(op is None for op in inputs):
+        raise ValueError(f"contract: every slot but the output ({plan.slots[out_slot].name}) needs an operand")
+    if not plan.has_terms(out_slot, require):
+        return _zeros(plan, out_slot, inputs)
+    return multilinear_p.bind(*inputs, plan=plan, out_slot=out_slot, require=require, interpret=bool(interpret))
+
+
+def _full_operands(inputs: Sequence, out_slot: int) -> list:
+    operands = list(inputs)
+    operands.insert(out_slot, None)
+    return operands
+
+
+def _rows(plan: MultilinearPlan, inputs: Sequence, out_slot: int) -> int:
+    for slot, op in zip((s for i, s in enumerate(plan.slots) if i != out_slot), inputs):
+        if slot.batched:
+            return op.shape[0]
+    raise ValueError("a multilinear contraction needs at least one batched operand")
+
+
+def _out_shape(plan: MultilinearPlan, inputs: Sequence, out_slot: int) -> tuple[int, ...]:
+    slot = plan.slots[out_slot]
+    return (_rows(plan, inputs, out_slot), slot.columns) if slot.batched else (slot.columns,)
+
+
+def _zeros(plan, out_slot, inputs):
+    return jnp.zeros(_out_shape(plan, inputs, out_slot), jnp.result_type(*inputs))
+
+
+def _abstract_eval(*inputs, plan, out_slot, require, interpret):
+    del require, interpret
+    return compat.ShapedArray(_out_shape(plan, inputs, out_slot), jnp.result_type(*[x.dtype for x in inputs]))
+
+
+def _impl(*inputs, plan, out_slot, require, interpret):
+    return plan.evaluate(out_slot, require, _full_operands(inputs, out_slot), interpret)
+
+
+def _jvp(primals, tangents, *, plan, out_slot, require, interpret):
+    out = multilinear_p.bind(*primals, plan=plan, out_slot=out_slot, require=require, interpret=interpret)
+    operands = _full_operands(primals, out_slot)
+    tangent_out = None
+    for slot, tangent in zip((i for i in range(len(plan.slots)) if i != out_slot), tangents):
+        if type(tangent) is compat.Zero:
+            continue
+        term_slots = require | {slot}
+        if not plan.has_terms(out_slot, term_slots):
+            continue
+        varied = list(operands)
+        varied[slot] = tangent
+        term = contract(plan, out_slot, varied, require=term_slots, interpret=interpret)
+        tangent_out = term if tangent_out is None else tangent_out + term
+    if tangent_out is None:
+        return out, compat.symbolic_zero_like(out)
+    return out, tangent_out
+
+
+def _transpose(cotangent, *inputs, plan, out_slot, require, interpret):
+    undefined = [i for i, x in enumerate(inputs) if compat.is_undefined_primal(x)]
+    if len(undefined) != 1:
+        raise NotImplementedError("e3nn_fast multilinear contraction: transposition needs exactly one linear operand")
+    position = undefined[0]
+    linear_slot = [i for i in range(len(plan.slots)) if i != out_slot][position]
+    result: list = [None] * len(inputs)
+    aval = inputs[position].aval
+    if type(cotangent) is compat.Zero:
+        result[position] = compat.Zero(aval)
+        return result
+    operands = _full_operands(inputs, out_slot)
+    operands[out_slot] = cotangent
+    operands[linear_slot] = None
+    value = contract(plan, linear_slot, operands, require=require | {out_slot}, interpret=interpret)
+    result[position] = value.astype(aval.dtype)
+    return result
+
+
+def _batch(args, dims, *, plan, out_slot, require, interpret):
+    size = next(x.shape[d] for x, d in zip(args, dims) if d is not None)
+    slots = [s for i, s in enumerate(plan.slots) if i != out_slot]
+    params = dict(plan=plan, out_slot=out_slot, require=require, interpret=interpret)
+    foldable = plan.slots[out_slot].batched and all(d is None or slot.batched for slot, d in zip(slots, dims))
+    if foldable:
+        folded = []
+        for x, d, slot in zip(args, dims, slots):
+            if not slot.batched:
+                folded.append(x)
+                continue
+            x = jnp.broadcast_to(x[None], (size,) + x.shape) if d is None else jnp.moveaxis(x, d, 0)
+            folded.append(x.reshape((size * x.shape[1],) + x.shape[2:]))
+        out = multilinear_p.bind(*folded, **params)
+        return out.reshape((size, -1) + out.shape[1:]), 0
+    mapped = [jnp.moveaxis(x, d, 0) if d is not None else None for x, d in zip(args, dims)]
+
+    def one(xs):
+        operands = [x if m is None else xs[i] for i, (x, m) in enumerate(zip(args, mapped))]
+        return multilinear_p.bind(*operands, **params)
+
+    stacked = [m if m is not None else jnp.zeros((size,), args[i].dtype) for i, m in enumerate(mapped)]
+    return jax.lax.map(one, stacked), 0
+
+
+multilinear_p.def_impl(_impl)
+multilinear_p.def_abstract_eval(_abstract_eval)
+compat.primitive_jvps[multilinear_p] = _jvp
+compat.primitive_transposes[multilinear_p] = _transpose
+compat.primitive_batchers[multilinear_p] = _batch
+compat.register_lowering(multilinear_p, compat.lower_fun(_impl, multiple_results=False))
