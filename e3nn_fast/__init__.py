@@ -76,6 +76,7 @@ from e3nn_fast.irreps_array import (
     zeros,
     zeros_like,
 )
+from e3nn_fast.harmonics import sh, spherical_harmonics
 from e3nn_fast.tensor_products import (
     elementwise_tensor_product,
     tensor_product,

@@ -91,7 +91,8 @@ def _resolve_irreps_out(irreps_out: IrrepsOut, vector_parity: Optional[int]) -> 
 
     if _is_int(irreps_out):
         ls, kind = [irreps_out], "an int"
-    elif isinstance(irreps_out, Iterable) and all(_is_int(l) for l in irreps_out):  # an Irrep iterates as (l, p): read as degrees, like e3nn-jax
+    elif isinstance(irreps_out, Iterable) and all(_is_int(l) for l in irreps_out):
+        # (an Irrep iterates as (l, p) and so lands here, read as two degrees: e3nn-jax does the same)
         ls, kind = list(irreps_out), "a list of int"
     else:
         return Irreps(irreps_out)

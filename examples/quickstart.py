@@ -55,44 +55,34 @@ def tensor_product_tour() -> None:
     print(e3nn.tensor_product(x, y))
     print("irreps only:", e3nn.tensor_product("2x1e + 2e", "2e"))
 
-    def cross_product(v):
-        return e3nn.tensor_product(v, v, filter_ir_out="1e")
+    def cross_product(x, y):
+        return e3nn.tensor_product(x, y)["1e"]
 
-    print("grad of v x v:", e3nn.grad(cross_product)(e3nn.IrrepsArray("1o", jnp.array([1.0, 0.0, 0.0]))))
+    x = e3nn.IrrepsArray("1o", jnp.array([1.0, 2.0, 0.0]))
+    y = e3nn.IrrepsArray("1o", jnp.array([2.0, 2.0, 1.0]))
+    print("grad of x cross y wrt x:", e3nn.grad(cross_product)(x, y))
 
-
-def point_cloud_features(points: jnp.ndarray) -> e3nn.IrrepsArray:
-    """Invariant, pseudo-scalar and vector features of small point clouds ``(batch, 7, 3)``.
-
-    5 distances (0e), the signed volume spanned by the first three points (0o: it flips sign under inversion) and the
-    7 positions relative to the centroid (1o).
-    """
-    relative = points - points.mean(axis=1, keepdims=True)
-    distances = jnp.linalg.norm(relative[:, :5], axis=-1)
-    volume = jnp.linalg.det(relative[:, :3])[:, None]
-    return e3nn.concatenate(
-        [
-            e3nn.IrrepsArray("5x0e", distances),
-            e3nn.IrrepsArray("0o", volume),
-            e3nn.IrrepsArray("7x1o", relative.reshape(points.shape[0], 21)),
-        ]
-    )
+    vector = e3nn.IrrepsArray("1o", jnp.array([1.0, 2.0, 3.0]))
+    dY3 = e3nn.grad(lambda v: e3nn.spherical_harmonics("3o", v, False))(vector)
+    print("0.18443 * (grad Y^3)[2e]:", 0.18443 * dY3["2e"])
+    print("Y^2:                     ", e3nn.spherical_harmonics("2e", vector, False))
 
 
 def amuse_bouche() -> None:
-    section("A small haiku network")
+    section("Amuse-bouche: a haiku network")
     import haiku as hk
 
     @hk.without_apply_rng
     @hk.transform
-    def model(points):
-        return e3nn.haiku.Linear("0e + 0o + 1o", name="linear")(point_cloud_features(points))
+    def model(x):
+        return e3nn.haiku.Linear("0e + 0o + 1o")(x)
 
-    points = jax.random.normal(jax.random.PRNGKey(1), (16, 7, 3))
-    params = model.init(jax.random.PRNGKey(2), points)
+    # Spherical harmonics of a vector times 16 random feature vectors: 5x0e + 1x0o + 7x1o survive the Linear.
+    sh = e3nn.spherical_harmonics([0, 1, 2], e3nn.IrrepsArray("1o", jnp.array([1.0, 2.0, 0.0])), False)
+    features = e3nn.tensor_product(sh, e3nn.normal("4x0e + 1o + 1e", jax.random.PRNGKey(0), (16,)))
+    params = model.init(jax.random.PRNGKey(1), features)
     print(jax.tree_util.tree_map(jnp.shape, params))
-    output = model.apply(params, points)
-    print(output.irreps, output.shape)
+    print(model.apply(params, features).shape)
 
 
 def main() -> None:

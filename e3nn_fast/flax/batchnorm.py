@@ -58,7 +58,8 @@ class BatchNorm(flax.linen.Module):
             use_running_average: overrides the attribute of the same name (default False).
             mask: optional boolean ``(batch,)`` mask of the valid batch elements, for the batch statistics.
 
-        The running statistics are not updated while the module is being initialised.
+        The running statistics are updated (``mutable=["batch_stats"]`` needed) in training mode only, and not while
+        the module is being initialised.
         """
         input = as_irreps_array(input)
         if mask is not None and tuple(mask.shape) != (input.shape[0],):
@@ -97,7 +98,10 @@ class BatchNorm(flax.linen.Module):
             mask=mask,
         )
 
-        if not self.is_initializing() and not self.instance:
+        # Unlike e3nn-jax 0.21 (which always writes them, so evaluation needs mutable=["batch_stats"] and moves the
+        # statistics), the running statistics are only updated when the batch statistics are used, as in
+        # flax.linen.BatchNorm and in the haiku module.
+        if not self.is_initializing() and not self.instance and not use_running_average:
             running_mean.value = new_mean
             running_var.value = new_var
         return output

@@ -210,25 +210,27 @@ def _make_kernel(groups, out_columns: int, out_rows: int, out_batched: bool, dty
     def kernel(*refs):
         *inputs, out_ref = refs
         for column, width, common, products in groups:
-            cache: dict = {}
-            acc = None
+            cache: dict = {}  # loads are shared within a group only: fewer live registers on the GPU
+            partial: dict = {}  # products of different lane counts are reduced separately
             for coefficient, factors in products:
                 value = None
                 for factor in factors:
                     plane = load(inputs, cache, factor)
                     value = plane if value is None else value * plane
-                value = jnp.asarray(coefficient, dtype) if value is None else value * coefficient
-                acc = value if acc is None else acc + value
-            for factor in common:
-                acc = acc * load(inputs, cache, factor)
-            if acc.ndim == 0:
-                acc = acc.reshape(1, 1)
-            if not out_batched and acc.shape[0] != 1:
-                acc = jnp.sum(acc, axis=0, keepdims=True)  # this block's share of a sum over rows
-            if width == 1 and acc.shape[1] != 1:
-                acc = jnp.sum(acc, axis=1, keepdims=True)  # single output channel: sum over the lanes
-            acc = jnp.broadcast_to(acc, (out_rows, width))
-            out_ref[:, compat.ds(column, width)] = acc.astype(out_ref.dtype)
+                value = jnp.full((1, 1), coefficient, dtype) if value is None else value * coefficient
+                key = value.shape
+                partial[key] = value if key not in partial else partial[key] + value
+            total = None
+            for acc in partial.values():
+                for factor in common:
+                    acc = acc * load(inputs, cache, factor)
+                if not out_batched and acc.shape[0] != 1:
+                    acc = jnp.sum(acc, axis=0, keepdims=True)  # this block's share of a sum over rows
+                if width == 1 and acc.shape[1] != 1:
+                    acc = jnp.sum(acc, axis=1, keepdims=True)  # single output channel: sum over the lanes
+                acc = jnp.broadcast_to(acc, (out_rows, width))
+                total = acc if total is None else total + acc
+            out_ref[:, compat.ds(column, width)] = total.astype(out_ref.dtype)
         for start, size in runs:
             out_ref[:, compat.ds(start, size)] = jnp.zeros((out_rows, size), out_ref.dtype)
 
