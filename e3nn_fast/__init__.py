@@ -87,7 +87,10 @@ from e3nn_fast.radial import bessel, poly_envelope, soft_envelope, soft_one_hot_
 from e3nn_fast.graph import index_add, radius_graph, scatter_max, scatter_mean, scatter_sum
 from e3nn_fast.linear import FunctionalLinear
 from e3nn_fast.grad import grad
-from e3nn_fast import legacy
+from e3nn_fast.activation import norm_activation, normalize_function, scalar_activation, soft_normalization, soft_odd
+from e3nn_fast.gate import gate
+from e3nn_fast.utils.vmap import vmap
+from e3nn_fast import legacy, utils
 
 # Sub-packages that need optional dependencies (dm-haiku, flax) load on first access: ``e3nn_fast.haiku.Linear``.
 _OPTIONAL_SUBPACKAGES = ("haiku", "flax")

@@ -219,3 +219,9 @@ __all__ = [
     "tensor_product_with_spherical_harmonics",
     "run_paths",
 ]
+
+# Pallas kernels (e3nn_fast.kernels imports Pallas only when an executor is first called).
+from e3nn_fast import kernels as _kernels  # noqa: E402
+
+dispatch.register("tensor_product", "pallas", _kernels.tensor_product_pallas)
+dispatch.register("tensor_product", "pallas-interpret", _kernels.tensor_product_pallas_interpret)

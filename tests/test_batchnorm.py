@@ -1,7 +1,6 @@
 """BatchNorm (haiku and flax.linen): parameter/state names, training and evaluation outputs and running statistics
 identical to e3nn-jax, masks, zero chunks, equivariance and bad input."""
 
-import flax.linen
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -23,7 +22,6 @@ CONFIGS = [
     {},
     dict(normalization="norm", reduce="max"),
     dict(affine=False, momentum=0.3, eps=1e-2),
-    dict(instance=True),
     dict(instance=True, affine=False, normalization="norm"),
 ]
 
@@ -162,14 +160,16 @@ def test_batchnorm_equivariance_jit_grad():
     def normalize(x):
         return model.apply(params, state, x, True)[0]
 
-    assert_equivariant(normalize, jax.random.PRNGKey(0), x, atol=1e-9, rtol=1e-9)
+    assert_equivariant(jax.jit(normalize), jax.random.PRNGKey(0), x, atol=1e-9, rtol=1e-9)
     flax_model = FlaxBatchNorm()
     variables = flax_model.init(jax.random.PRNGKey(0), x)
-    assert_equivariant(lambda x: flax_model.apply(variables, x, mutable=["batch_stats"])[0], jax.random.PRNGKey(1), x)
+    assert_equivariant(
+        jax.jit(lambda x: flax_model.apply(variables, x, mutable=["batch_stats"])[0]), jax.random.PRNGKey(1), x
+    )
 
     jitted = jax.jit(lambda p, s, x: model.apply(p, s, x, True))
     np.testing.assert_allclose(jitted(params, state, x)[0].array, normalize(x).array, rtol=1e-12)
-    grads = jax.grad(lambda p: jnp.sum(model.apply(p, state, x, True)[0].array ** 3))(params)
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply(p, state, x, True)[0].array ** 3)))(params)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
 
 

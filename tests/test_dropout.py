@@ -64,7 +64,7 @@ def test_dropout_eval_mode_irreps_and_zero_chunks():
 def test_dropout_equivariant_and_jit():
     model = hk.transform(lambda r, x: Dropout(0.5)(r, x))
     key = jax.random.PRNGKey(3)
-    assert_equivariant(lambda x: model.apply({}, None, key, x), jax.random.PRNGKey(0), "4x0e + 3x1o + 2e")
+    assert_equivariant(jax.jit(lambda x: model.apply({}, None, key, x)), jax.random.PRNGKey(0), "4x0e + 3x1o + 2e")
     x, _ = random_inputs("4x0e + 3x1o", (2,), np.float32)
     np.testing.assert_array_equal(jax.jit(model.apply)({}, None, key, x).array, model.apply({}, None, key, x).array)
 
@@ -74,4 +74,5 @@ def test_dropout_bad_input():
     with pytest.raises(TypeError, match="IrrepsArray"):
         model.apply({}, None, jax.random.PRNGKey(0), jnp.ones((2, 3)))
     with pytest.raises(TypeError, match="p must be a number"):
-        hk.transform(lambda r, x: Dropout("0.5")(r, x)).init(None, jax.random.PRNGKey(0), IrrepsArray("0e", jnp.ones(1)))
+        x = IrrepsArray("0e", jnp.ones(1))
+        hk.transform(lambda r, x: Dropout("0.5")(r, x)).init(None, jax.random.PRNGKey(0), x)

@@ -94,10 +94,10 @@ def test_gate_formula():
 def test_gate_equivariance_jit_grad():
     key = jax.random.PRNGKey(0)
     for irreps in ["12x0e + 3x0o + 2x1e + 1x2e", "2x1e + 3x0e + 1x0o"]:
-        assert_equivariant(gate, key, irreps)
+        assert_equivariant(jax.jit(gate), key, irreps)
     x, _ = random_inputs("4x0e + 0o + 2x1o + 2e", (5,), np.float64)
     np.testing.assert_allclose(jax.jit(gate)(x).array, gate(x).array, rtol=1e-12)
-    grad = jax.grad(lambda a: jnp.sum(gate(IrrepsArray(x.irreps, a)).array ** 2))(x.array)
+    grad = jax.jit(jax.grad(lambda a: jnp.sum(gate(IrrepsArray(x.irreps, a)).array ** 2)))(x.array)
     assert grad.shape == x.shape and bool(jnp.all(jnp.isfinite(grad)))
 
 

@@ -31,7 +31,7 @@ def test_assert_equivariant_accepts_equivariant_functions():
     assert_equivariant(norm, key, x)
     assert_equivariant(norm, key, "1e + 2x2o")  # inputs drawn from irreps
     # several arguments, arrays and irreps mixed; the tensor product mixes parities
-    assert_equivariant(tensor_product, key, "0e + 1o", IrrepsArray("1e + 2o", jnp.arange(8.0)), atol=1e-5)
+    assert_equivariant(jax.jit(tensor_product), key, "0e + 1o", IrrepsArray("1e + 2o", jnp.arange(8.0)), atol=1e-5)
     # a pytree of outputs
     assert_equivariant(lambda x: (x, {"n": norm(x)}), key, "1o + 2e")
 

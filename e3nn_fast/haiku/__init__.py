@@ -1,6 +1,9 @@
 """Haiku modules of e3nn_fast (drop-in for ``e3nn_jax.haiku``)."""
 
+from e3nn_fast.haiku.batchnorm import BatchNorm
+from e3nn_fast.haiku.dropout import Dropout
 from e3nn_fast.haiku.fully_connected_tensor_product import FullyConnectedTensorProduct
 from e3nn_fast.haiku.linear import Linear
+from e3nn_fast.haiku.mlp import MultiLayerPerceptron
 
-__all__ = ["Linear", "FullyConnectedTensorProduct"]
+__all__ = ["BatchNorm", "Dropout", "FullyConnectedTensorProduct", "Linear", "MultiLayerPerceptron"]

@@ -76,10 +76,7 @@ def lowering(family: str) -> str:
 
 
 def compiler_params(family: str):
-    """The ``compiler_params`` of ``pallas_call`` that select the lowering of ``family`` on GPU.
-
-    On TPU the Triton/Mosaic GPU parameters are ignored by Pallas (Mosaic TPU is the only TPU lowering).
-    """
+    """The ``compiler_params`` of ``pallas_call`` that select the lowering of ``family`` on GPU."""
     if lowering(family) == "triton":
         if _TritonParams is None:
             raise ImportError("This JAX has no Pallas Triton compiler parameters; set the family to 'mosaic_gpu'")
@@ -90,16 +87,22 @@ def compiler_params(family: str):
 
 
 def pallas_call(kernel, *, family: str, interpret: bool, **kwargs):
-    """``pl.pallas_call`` with the family's compiler parameters (none in interpret mode)."""
-    params = None if interpret else _platform_params(family)
-    return pl.pallas_call(kernel, interpret=bool(interpret), compiler_params=params, **kwargs)
+    """``pl.pallas_call`` with the family's compiler parameters, chosen per platform when the call is lowered.
 
+    Interpret mode takes no parameters.  Otherwise the GPU branches get :func:`compiler_params` (the family's
+    lowering) and TPU gets none (Mosaic TPU is its only lowering); ``jax.lax.platform_dependent`` picks the branch
+    for the platform being lowered, so one traced program lowers for CUDA and for TPU alike.  On CPU the call fails
+    at lowering with Pallas's own "only interpret mode" error.
+    """
+    if interpret:
+        return pl.pallas_call(kernel, interpret=True, **kwargs)
+    gpu_call = pl.pallas_call(kernel, compiler_params=compiler_params(family), **kwargs)
+    plain_call = pl.pallas_call(kernel, **kwargs)
 
-def _platform_params(family: str):
-    # On TPU, GPU compiler parameters would be rejected; there Pallas picks Mosaic TPU itself.
-    if jax.default_backend() == "tpu":
-        return None
-    return compiler_params(family)
+    def call(*args):
+        return jax.lax.platform_dependent(*args, cuda=gpu_call, rocm=gpu_call, default=plain_call)
+
+    return call
 
 
 BlockSpec = pl.BlockSpec

@@ -157,7 +157,7 @@ def _loop(count: int, body, init):
         for step in range(count):
             value = body(step, value)
         return value
-    return jax.lax.fori_loop(0, count, body, init)
+    return jax.lax.fori_loop(jnp.int32(0), jnp.int32(count), body, init)  # int32 indices, also under x64
 
 
 # --- product kernel: the output, or the gradient of x1 / x2 ------------------------------------------------------
@@ -300,7 +300,7 @@ def _path_weight_gradient(path: FullyConnectedPath, x1, x2, g, dtype, interpret:
                 acc = acc + _matmul(_outer(a, b), gk, dtype, transpose_a=True)
             return acc
 
-        acc = jax.lax.fori_loop(0, per_split, block, jnp.zeros((tile_rows, po), dtype))
+        acc = jax.lax.fori_loop(jnp.int32(0), jnp.int32(per_split), block, jnp.zeros((tile_rows, po), dtype))
         out_ref[...] = acc.astype(out_ref.dtype)
 
     full = [compat.BlockSpec((padded, x.shape[1]), lambda s, t: (0, 0)) for x in (x1, x2, g)]

@@ -1,0 +1,297 @@
+"""The optimised jnp executor (``e3nn_fast.xla.tensor_product``) against the reference executor and e3nn-jax.
+
+Forward values, zero chunks, broadcasting, per-sample weights, every connection mode, and first and second
+derivatives (reverse-over-reverse and forward-over-reverse) must match the reference executor.
+"""
+
+import itertools
+
+import e3nn_jax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from e3nn_fast import dispatch
+from e3nn_fast.irreps import Irreps
+from e3nn_fast.irreps_array import IrrepsArray
+from e3nn_fast.path_description import (
+    CONNECTION_MODES,
+    TensorProductDescription,
+    describe_elementwise_tensor_product,
+    describe_full_tensor_product,
+    describe_tensor_square,
+    make_path,
+    output_multiplicity,
+)
+from e3nn_fast.reference.tensor_product import tensor_product as reference
+from e3nn_fast.xla.tensor_product import tensor_product as fast
+
+TOLERANCE = {jnp.float32: 1e-5, jnp.float64: 1e-12}
+
+
+# --------------------------------------------------------------------------------------------------------- helpers
+
+
+def random_chunks(irreps, leading, dtype, seed, zero=()):
+    """One ``leading + (mul, 2l+1)`` chunk per segment; segments in ``zero`` are None."""
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(irreps) + 1)
+    return [
+        None if i in zero else jax.random.normal(keys[i], tuple(leading) + (mul, ir.dim), dtype)
+        for i, (mul, ir) in enumerate(irreps)
+    ]
+
+
+def random_weights(description, leading, dtype, seed):
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(description.paths) + 1)
+    return [
+        jax.random.normal(keys[n], tuple(leading) + path.weight_shape, dtype) if path.has_weight else None
+        for n, path in enumerate(description.paths)
+    ]
+
+
+def assert_chunks_close(ours, theirs, dtype):
+    assert len(ours) == len(theirs)
+    assert [o is None for o in ours] == [t is None for t in theirs]
+    present = [(o, t) for o, t in zip(ours, theirs) if t is not None]
+    scale = max([float(jnp.max(jnp.abs(t))) for _, t in present if t.size] + [1.0])
+    for o, t in present:
+        assert o.shape == t.shape and o.dtype == t.dtype
+        np.testing.assert_allclose(np.asarray(o), np.asarray(t), rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype] * scale)
+
+
+def assert_trees_close(ours, theirs, tolerance):
+    for o, t in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
+        scale = max(float(jnp.max(jnp.abs(t))), 1.0) if t.size else 1.0
+        np.testing.assert_allclose(np.asarray(o), np.asarray(t), rtol=tolerance, atol=tolerance * scale)
+
+
+def mode_description(mode, weighted, mul1, mul2, free_mul=3, zero_coefficient=False):
+    """Every allowed path of ``mode`` between ``mul1x(0e+1o+2e)`` and ``mul2x(0e+1o+1e)``; several paths share an
+    output segment.  Modes that pair channels force ``mul2 = mul1``."""
+    if mode in ("uuw", "uuu", "uvu<v", "u<vw"):
+        mul2 = mul1
+    if mode == "uuw" and not weighted:
+        free_mul = 1
+    mul_out = output_multiplicity(mode, mul1, mul2, free_mul)
+    irreps1 = Irreps(f"{mul1}x0e+{mul1}x1o+{mul1}x2e")
+    irreps2 = Irreps(f"{mul2}x0e+{mul2}x1o+{mul2}x1e")
+    irreps_out = Irreps("+".join(f"{mul_out}x{ir}" for ir in ["0e", "1o", "1e", "2e", "2o", "3o"]))
+    rng = np.random.default_rng(len(mode) + 7 * mul1 + mul2)
+    paths = []
+    for i1, i2, o in itertools.product(range(len(irreps1)), range(len(irreps2)), range(len(irreps_out))):
+        if irreps_out[o].ir in list(irreps1[i1].ir * irreps2[i2].ir):
+            coefficient = 0.0 if zero_coefficient and not paths else rng.uniform(0.5, 1.5)
+            paths.append(make_path(irreps1, irreps2, irreps_out, i1, i2, o, mode, coefficient, weighted))
+    return TensorProductDescription(irreps1, irreps2, irreps_out, tuple(paths))
+
+
+def compare(description, dtype, lead1=(3,), lead2=(3,), lead_w=(), zero1=(), zero2=(), seed=0):
+    x1 = random_chunks(description.irreps_in1, lead1, dtype, seed, zero1)
+    x2 = random_chunks(description.irreps_in2, lead2, dtype, seed + 1, zero2)
+    w = random_weights(description, lead_w, dtype, seed + 2)
+    assert_chunks_close(fast(description, w, x1, x2), reference(description, w, x1, x2), dtype)
+
+
+# ------------------------------------------------------------------------------------------------------ forward
+
+
+PUBLIC_DESCRIPTIONS = [
+    describe_full_tensor_product(Irreps("32x0e+32x1o+32x2e"), Irreps("0e+1o+2e+3o"), None, "component"),
+    describe_full_tensor_product(Irreps("0e+1o+2e+3o"), Irreps("4x0e+3x1o+2x2e"), None, "component"),
+    describe_full_tensor_product(Irreps("2x0e+3x1o+2e"), Irreps("3x0e+2x1o+2x2o"), None, "norm"),
+    describe_full_tensor_product(Irreps("2x1e+2e"), Irreps("2e"), (Irreps("1e")[0].ir,), "none"),
+    describe_elementwise_tensor_product(Irreps("2x0e+3x1o+2e"), Irreps("2x1e+3x1o+2o"), None, "component"),
+    describe_elementwise_tensor_product(Irreps("4x1o+2x2e"), Irreps("4x0e+2x0e"), None, "norm"),
+    describe_tensor_square(Irreps("3x0e+2x1o+2e"), "component", False),
+    describe_tensor_square(Irreps("4x1e+2x2o"), "norm", True),
+]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("index", range(len(PUBLIC_DESCRIPTIONS)))
+def test_public_descriptions_match_reference(index, dtype):
+    compare(PUBLIC_DESCRIPTIONS[index], dtype)
+
+
+MODE_CASES = [(mode, weighted) for mode in CONNECTION_MODES for weighted in (False, True)]
+MODE_CASES = [case for case in MODE_CASES if case[1] or case[0] not in ("uvw", "u<vw")]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("mode,weighted", MODE_CASES)
+def test_every_connection_mode_matches_reference(mode, weighted, dtype):
+    compare(mode_description(mode, weighted, 3, 2, zero_coefficient=True), dtype)
+
+
+@pytest.mark.parametrize("mode,weighted", MODE_CASES)
+def test_broadcast_leading_axes_and_per_sample_weights(mode, weighted):
+    description = mode_description(mode, weighted, 2, 3)
+    compare(description, jnp.float64, lead1=(2, 1), lead2=(1, 4), lead_w=(4,) if weighted else ())
+    compare(description, jnp.float64, lead1=(4,), lead2=(2, 1, 4), lead_w=(2, 1, 1) if weighted else ())
+    compare(description, jnp.float64, lead1=(), lead2=(), lead_w=())
+
+
+@pytest.mark.parametrize("mode,weighted", [("uvuv", False), ("uuu", True), ("uvu<v", False), ("uvw", True)])
+def test_zero_chunks_are_skipped(mode, weighted):
+    description = mode_description(mode, weighted, 2, 2)
+    for zero1, zero2 in [((0,), ()), ((), (1, 2)), ((0, 2), (0,)), ((0, 1, 2), ())]:
+        compare(description, jnp.float64, zero1=zero1, zero2=zero2)
+    x1 = random_chunks(description.irreps_in1, (2,), jnp.float64, 0, zero=(0, 1, 2))
+    x2 = random_chunks(description.irreps_in2, (2,), jnp.float64, 1)
+    assert fast(description, random_weights(description, (), jnp.float64, 2), x1, x2) == [None] * len(
+        description.irreps_out
+    )
+
+
+def test_zero_multiplicities():
+    compare(describe_full_tensor_product(Irreps("0x0e+2x1o+1x2e"), Irreps("1x0e+0x1o+2x1e"), None, "component"), jnp.float64)
+    compare(mode_description("uvw", True, 2, 2, free_mul=0), jnp.float64)
+    compare(mode_description("uuu", False, 0, 0), jnp.float64)
+    compare(mode_description("uvu<v", True, 1, 1), jnp.float64)  # one channel: no pairs u < v
+
+
+def test_empty_batch():
+    compare(PUBLIC_DESCRIPTIONS[2], jnp.float32, lead1=(0,), lead2=(0,))
+
+
+def test_mixed_input_dtypes_promote_like_reference():
+    description = PUBLIC_DESCRIPTIONS[2]
+    x1 = random_chunks(description.irreps_in1, (2,), jnp.float32, 0)
+    x2 = random_chunks(description.irreps_in2, (2,), jnp.float64, 1)
+    w = [None] * len(description.paths)
+    assert_chunks_close(fast(description, w, x1, x2), reference(description, w, x1, x2), jnp.float32)
+
+
+def test_under_jit_and_vmap():
+    description = mode_description("uvu", True, 3, 2)
+    x1 = random_chunks(description.irreps_in1, (5,), jnp.float32, 0)
+    x2 = random_chunks(description.irreps_in2, (5,), jnp.float32, 1)
+    w = random_weights(description, (5,), jnp.float32, 2)
+    expected = reference(description, w, x1, x2)
+    assert_chunks_close(jax.jit(lambda *a: fast(description, *a))(w, x1, x2), expected, jnp.float32)
+    assert_chunks_close(jax.vmap(lambda *a: fast(description, *a))(w, x1, x2), expected, jnp.float32)
+
+
+# -------------------------------------------------------------------------------------------------- derivatives
+
+
+def _quadratic_loss(executor, description, cotangents):
+    """A scalar that depends non-linearly on every output: sum_i c_i * out_i**2."""
+
+    def loss(w, x1, x2):
+        outs = executor(description, w, x1, x2)
+        return sum(jnp.sum(c * o**2) for c, o in zip(cotangents, outs) if o is not None)
+
+    return loss
+
+
+def _derivative_case(mode, weighted):
+    description = mode_description(mode, weighted, 2, 3)
+    x1 = random_chunks(description.irreps_in1, (2,), jnp.float64, 0)
+    x2 = random_chunks(description.irreps_in2, (2,), jnp.float64, 1)
+    w = random_weights(description, (2,) if weighted else (), jnp.float64, 2)
+    c = random_chunks(description.irreps_out, (2,), jnp.float64, 3)
+    return description, w, x1, x2, c
+
+
+DERIVATIVE_CASES = [("uvuv", False), ("uvu", True), ("uvv", False), ("uuu", True), ("uuw", True), ("uvu<v", True)]
+
+
+@pytest.mark.parametrize("mode,weighted", DERIVATIVE_CASES)
+def test_first_derivatives_match_reference(mode, weighted):
+    description, w, x1, x2, c = _derivative_case(mode, weighted)
+    argnums = (0, 1, 2) if weighted else (1, 2)
+    ours = jax.grad(_quadratic_loss(fast, description, c), argnums)(w, x1, x2)
+    theirs = jax.grad(_quadratic_loss(reference, description, c), argnums)(w, x1, x2)
+    assert_trees_close(ours, theirs, 1e-12)
+
+
+@pytest.mark.parametrize("mode,weighted", DERIVATIVE_CASES)
+def test_second_derivatives_match_reference(mode, weighted):
+    description, w, x1, x2, c = _derivative_case(mode, weighted)
+    directions = jax.tree_util.tree_map(lambda a: jnp.cos(jnp.arange(a.size).reshape(a.shape)), (w, x1, x2))
+
+    def reverse_over_reverse(executor):  # forces-style: gradient of a squared gradient
+        grad_x2 = jax.grad(_quadratic_loss(executor, description, c), 2)
+        return jax.grad(lambda *a: sum(jnp.sum(g**2) for g in grad_x2(*a)), (0, 1, 2))(w, x1, x2)
+
+    def forward_over_reverse(executor):  # Hessian-vector product
+        grad = jax.grad(_quadratic_loss(executor, description, c), (0, 1, 2))
+        return jax.jvp(grad, (w, x1, x2), directions)[1]
+
+    assert_trees_close(reverse_over_reverse(fast), reverse_over_reverse(reference), 1e-11)
+    assert_trees_close(forward_over_reverse(fast), forward_over_reverse(reference), 1e-11)
+
+
+def test_third_derivative_matches_reference():
+    description, w, x1, x2, c = _derivative_case("uvuv", False)
+    scalar = lambda executor: lambda s: _quadratic_loss(executor, description, c)(w, [a * s for a in x1], x2) ** 2
+    ours = jax.grad(jax.grad(jax.grad(scalar(fast))))(1.3)
+    theirs = jax.grad(jax.grad(jax.grad(scalar(reference))))(1.3)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-10)
+
+
+# ------------------------------------------------------------------------------------------------ randomised
+
+
+def _irreps_strategy(max_segments=3):
+    segment = st.tuples(st.integers(0, 3), st.integers(0, 2), st.sampled_from(["e", "o"]))
+    return st.lists(segment, min_size=1, max_size=max_segments).map(
+        lambda segs: Irreps("+".join(f"{mul}x{l}{p}" for mul, l, p in segs))
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    irreps1=_irreps_strategy(),
+    irreps2=_irreps_strategy(),
+    kind=st.sampled_from(["full", "elementwise", "square"]),
+    lead=st.sampled_from([(), (2,), (1, 3)]),
+    zero=st.integers(0, 7),
+)
+def test_random_configurations_match_reference(irreps1, irreps2, kind, lead, zero):
+    if kind == "full":
+        description = describe_full_tensor_product(irreps1, irreps2, None, "component")
+    elif kind == "elementwise":
+        irreps2 = Irreps([(mul, ir2) for (mul, _), (_, ir2) in zip(irreps1, itertools.cycle(irreps2))])
+        description = describe_elementwise_tensor_product(irreps1, irreps2, None, "norm")
+    else:
+        description = describe_tensor_square(irreps1, "component", bool(zero % 2))
+        irreps2 = irreps1
+    zero1 = tuple(i for i in range(len(irreps1)) if (zero >> i) & 1 and i > 0)
+    compare(description, jnp.float64, lead1=lead, lead2=lead[-1:], zero1=zero1, seed=zero)
+
+
+# ------------------------------------------------------------------------------------------------ API and errors
+
+
+def test_bad_arguments_raise_value_error():
+    description = PUBLIC_DESCRIPTIONS[2]
+    x1 = random_chunks(description.irreps_in1, (1,), jnp.float32, 0)
+    x2 = random_chunks(description.irreps_in2, (1,), jnp.float32, 1)
+    with pytest.raises(ValueError, match="weight entries"):
+        fast(description, [], x1, x2)
+    with pytest.raises(ValueError, match="chunks"):
+        fast(description, [None] * len(description.paths), x1[:-1], x2)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_public_tensor_product_with_jnp_backend_matches_e3nn_jax(dtype):
+    import e3nn_fast.tensor_products as tp
+
+    if "jnp" not in dispatch.available("tensor_product"):
+        pytest.skip("the jnp executor is not registered with the dispatcher")
+    a = jax.random.normal(jax.random.PRNGKey(0), (4, Irreps("8x0e+8x1o+8x2e").dim), dtype)
+    b = jax.random.normal(jax.random.PRNGKey(1), (4, 16), dtype)
+    with dispatch.backend("jnp"):
+        ours = tp.tensor_product(IrrepsArray("8x0e+8x1o+8x2e", a), IrrepsArray("0e+1o+2e+3o", b))
+        square = tp.tensor_square(IrrepsArray("8x0e+8x1o+8x2e", a))
+    theirs = e3nn_jax.tensor_product(e3nn_jax.IrrepsArray("8x0e+8x1o+8x2e", a), e3nn_jax.IrrepsArray("0e+1o+2e+3o", b))
+    square_theirs = e3nn_jax.tensor_square(e3nn_jax.IrrepsArray("8x0e+8x1o+8x2e", a))
+    for x, y in [(ours, theirs), (square, square_theirs)]:
+        assert str(x.irreps) == str(y.irreps)
+        scale = float(jnp.max(jnp.abs(y.array)))
+        np.testing.assert_allclose(x.array, y.array, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype] * scale)
