@@ -1,0 +1,202 @@
+"""Reduced tensor product bases: exact parity with e3nn-jax (deterministic construction), symmetry, orthonormality,
+equivariance, span, bad input."""
+
+import functools
+import itertools
+
+import e3nn_jax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import e3nn_fast.reduced_tensor_product as rtp
+from e3nn_fast.irreps import Irreps
+from e3nn_fast.irreps_array import IrrepsArray
+from e3nn_fast.reduced_tensor_product import (
+    reduced_antisymmetric_tensor_product_basis,
+    reduced_symmetric_tensor_product_basis,
+    reduced_tensor_product_basis,
+)
+from e3nn_fast.rotation import rand_matrix
+
+# (kind, first argument, keyword arguments); kind picks the function
+CASES = [
+    ("formula", "ij=ji", dict(i="1o")),
+    ("formula", "ij=-ji", dict(i="1x1o")),
+    ("formula", "ij=ji", dict(i="0e+1o")),
+    ("formula", "ijk=jik=ikj", dict(i="1o")),
+    ("formula", "ijk=-jik=-ikj", dict(i="1o+0e")),
+    ("formula", "ijkl=jikl=klij", dict(i="1e")),
+    ("formula", "ijk=jik", dict(i="1o", k="2e")),
+    ("formula", "ij", dict(i="1o", j="0e+2e")),
+    ("list", ["1o", "1o", "0e+1e"], {}),
+    ("sym", "0e+1o+2e", dict(degree=2)),
+    ("sym", "0e+1o", dict(degree=3)),
+    ("sym", "2x0e+1o", dict(degree=2)),
+    ("sym", "1o", dict(degree=3)),
+    ("antisym", "1o+2e", dict(degree=2)),
+    ("antisym", "0e+1o", dict(degree=3)),
+]
+KEEPS = [None, "0e+1o"]
+
+
+def _call(module, kind, arg, kwargs, keep_ir):
+    if kind in ("formula", "list"):
+        return module.reduced_tensor_product_basis(arg, keep_ir=keep_ir, **kwargs)
+    fn = {
+        "sym": module.reduced_symmetric_tensor_product_basis,
+        "antisym": module.reduced_antisymmetric_tensor_product_basis,
+    }[kind]
+    return fn(arg, kwargs["degree"], keep_ir=keep_ir)
+
+
+def _key(case, keep_ir):
+    kind, arg, kwargs = case
+    return kind, repr(arg), tuple(sorted(kwargs.items())), keep_ir
+
+
+@functools.lru_cache(maxsize=None)
+def _ours(key):
+    kind, arg, kwargs, keep_ir = key
+    return _call(rtp, kind, eval(arg), dict(kwargs), keep_ir)
+
+
+@functools.lru_cache(maxsize=None)
+def _oracle(key):
+    kind, arg, kwargs, keep_ir = key
+    return _call(e3nn_jax, kind, eval(arg), dict(kwargs), keep_ir)
+
+
+CASE_IDS = [f"{c[0]}-{c[1]}-{'-'.join(f'{k}{v}' for k, v in c[2].items())}" for c in CASES]
+
+
+def _flat(Q: IrrepsArray) -> np.ndarray:
+    return np.asarray(Q.array).reshape(-1, Q.shape[-1])
+
+
+@pytest.mark.parametrize("keep_ir", KEEPS)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_same_numbers_as_e3nn_jax(case, keep_ir):
+    ours, ref = _ours(_key(case, keep_ir)), _oracle(_key(case, keep_ir))
+    assert isinstance(ours, IrrepsArray)
+    assert str(ours.irreps) == str(ref.irreps)
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(np.asarray(ours.array), np.asarray(ref.array), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_orthonormal(case):
+    Q = _flat(_ours(_key(case, None)))
+    np.testing.assert_allclose(Q.T @ Q, np.eye(Q.shape[1]), atol=1e-10)
+
+
+def _group_of(case):
+    """Signed permutations of the index axes under which the basis must be invariant."""
+    kind, arg, kwargs = case
+    if kind == "list" or (kind == "formula" and "=" not in arg):
+        return []
+    if kind in ("sym", "antisym"):
+        n = kwargs["degree"]
+        out = []
+        for p in itertools.permutations(range(n)):
+            inversions = sum(p[a] > p[b] for a in range(n) for b in range(a + 1, n))
+            out.append((-1 if kind == "antisym" and inversions % 2 else 1, p))
+        return out
+    f0, *others = arg.split("=")
+    return [(-1 if f.startswith("-") else 1, tuple(f.lstrip("-").index(c) for c in f0)) for f in others]
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_index_symmetry(case):
+    Q = np.asarray(_ours(_key(case, None)).array)
+    n = Q.ndim - 1
+    for sign, p in _group_of(case):
+        np.testing.assert_allclose(np.transpose(Q, p + (n,)), sign * Q, atol=1e-10)
+
+
+def _index_irreps(case):
+    kind, arg, kwargs = case
+    if kind == "list":
+        return [Irreps(x) for x in arg]
+    if kind in ("sym", "antisym"):
+        return [Irreps(arg)] * kwargs["degree"]
+    f0 = arg.split("=")[0]
+    given = {k: Irreps(v) for k, v in kwargs.items()}
+    return [given.get(c, given.get("i")) for c in f0]  # the cases give i, or every index
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_equivariance(case):
+    Q = _ours(_key(case, None))
+    R = -rand_matrix(jax.random.PRNGKey(3), dtype=jnp.float64)  # improper rotation: parity is tested too
+    rotated = np.asarray(Q.array)
+    for axis, irreps in enumerate(_index_irreps(case)):
+        D = np.asarray(irreps.D_from_matrix(R))
+        rotated = np.moveaxis(np.tensordot(D, rotated, axes=([1], [axis])), 0, axis)
+    D_out = np.asarray(Q.irreps.D_from_matrix(R))
+    np.testing.assert_allclose(rotated, np.asarray(Q.array) @ D_out.T, atol=1e-9)
+
+
+@pytest.mark.parametrize("irreps,degree", [("0e+1o+2e", 2), ("0e+1o", 3)])
+def test_optimized_symmetric_path_spans_the_same_space(irreps, degree):
+    fast = reduced_symmetric_tensor_product_basis(irreps, degree)
+    slow = reduced_symmetric_tensor_product_basis(irreps, degree, _use_optimized_implementation=False)
+    assert fast.irreps == slow.irreps
+    for (_, ir), a, b in zip(fast.irreps, fast.chunks, slow.chunks):
+        a = np.asarray(a).reshape(-1, a.shape[-2], ir.dim)[..., 0]
+        b = np.asarray(b).reshape(-1, b.shape[-2], ir.dim)[..., 0]
+        np.testing.assert_allclose(a @ a.T, b @ b.T, atol=1e-10)  # same projector on each irrep's subspace
+
+
+def test_docstring_example_and_keep_ir_forms():
+    Q = reduced_tensor_product_basis("ij=ji", i="1o")
+    assert Q.irreps == Irreps("0e+2e") and Q.shape == (3, 3, 6)
+    a = reduced_tensor_product_basis("ij=ji", i="1o", keep_ir="2e")
+    b = reduced_tensor_product_basis("ij=ji", i="1o", keep_ir=[Irreps("2e")[0].ir])
+    assert a.irreps == b.irreps == Irreps("2e")
+    np.testing.assert_allclose(np.asarray(a.array), np.asarray(Q.array)[..., 1:])
+
+
+def test_irreps_propagate_through_the_formula():
+    a = reduced_tensor_product_basis("ijk=jik", i="1o", k="0e")
+    b = reduced_tensor_product_basis("ijk=jik", j="1o", k="0e")
+    np.testing.assert_array_equal(np.asarray(a.array), np.asarray(b.array))
+
+
+@pytest.mark.parametrize(
+    "formula,kwargs,match",
+    [
+        ("ij=jk", dict(i="1o"), "not a permutation"),
+        ("ij=j", dict(i="1o"), "not a permutation"),
+        ("ii=ii", dict(i="1o"), "repeated index"),
+        ("-ij=ji", dict(i="1o"), "cannot be negated"),
+        ("i1=1i", dict(i="1o"), "malformed"),
+        ("ij==ji", dict(i="1o"), "malformed"),
+        ("ij=ji", dict(i="1o", j="2e"), "should be the same"),
+        ("ijk=jik", dict(i="1o"), "no irreps given for index 'k'"),
+        ("ij=ji", dict(i="1o", k="1o"), "does not appear"),
+        ("ij", dict(i="1o", j="not irreps"), "invalid irreps"),
+    ],
+)
+def test_bad_formula_raises_value_error(formula, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        reduced_tensor_product_basis(formula, **kwargs)
+
+
+def test_bad_formula_is_also_a_runtime_error_like_e3nn_jax():
+    with pytest.raises(RuntimeError):
+        reduced_tensor_product_basis("ij=ji", i="1o", j="2e")
+
+
+def test_other_bad_input():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'ab'"):
+        reduced_tensor_product_basis("ij=ji", ab="1o")
+    with pytest.raises(TypeError, match="formula string or a list"):
+        reduced_tensor_product_basis(3)
+    with pytest.raises(ValueError, match="positive integer"):
+        reduced_symmetric_tensor_product_basis("1o", 0)
+    with pytest.raises(ValueError, match="positive integer"):
+        reduced_antisymmetric_tensor_product_basis("1o", 1.5)
+    with pytest.raises(ValueError, match="keep_ir"):
+        reduced_symmetric_tensor_product_basis("1o", 2, keep_ir=[object()])
