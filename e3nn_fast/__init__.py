@@ -89,6 +89,11 @@ from e3nn_fast.linear import FunctionalLinear
 from e3nn_fast.grad import grad
 from e3nn_fast.activation import norm_activation, normalize_function, scalar_activation, soft_normalization, soft_odd
 from e3nn_fast.gate import gate
+from e3nn_fast.reduced_tensor_product import (
+    reduced_antisymmetric_tensor_product_basis,
+    reduced_symmetric_tensor_product_basis,
+    reduced_tensor_product_basis,
+)
 from e3nn_fast.utils.vmap import vmap
 from e3nn_fast import legacy, utils
 

@@ -165,7 +165,9 @@ def _parse_formula(formula: str) -> Tuple[str, PermGroup]:
         terms.append((sign, indices))
     sign0, f0 = terms[0]
     if sign0 != 1:
-        raise ReducedTensorProductError(f"reduced_tensor_product_basis: the first term of {formula!r} cannot be negated")
+        raise ReducedTensorProductError(
+            f"reduced_tensor_product_basis: the first term of {formula!r} cannot be negated"
+        )
     if len(set(f0)) != len(f0):
         raise ReducedTensorProductError(f"reduced_tensor_product_basis: repeated index in {f0!r} ({formula!r})")
     for _, f in terms:

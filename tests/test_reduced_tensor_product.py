@@ -131,9 +131,10 @@ def test_equivariance(case):
     Q = _ours(_key(case, None))
     R = -rand_matrix(jax.random.PRNGKey(3), dtype=jnp.float64)  # improper rotation: parity is tested too
     rotated = np.asarray(Q.array)
+    # Q maps inputs to outputs: sum_a D_in[a, a2] Q[a, ..., k] = sum_k2 Q[a2, ..., k2] D_out[k, k2]
     for axis, irreps in enumerate(_index_irreps(case)):
         D = np.asarray(irreps.D_from_matrix(R))
-        rotated = np.moveaxis(np.tensordot(D, rotated, axes=([1], [axis])), 0, axis)
+        rotated = np.moveaxis(np.tensordot(D, rotated, axes=([0], [axis])), 0, axis)
     D_out = np.asarray(Q.irreps.D_from_matrix(R))
     np.testing.assert_allclose(rotated, np.asarray(Q.array) @ D_out.T, atol=1e-9)
 

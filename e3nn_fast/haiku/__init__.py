@@ -5,5 +5,6 @@ from e3nn_fast.haiku.dropout import Dropout
 from e3nn_fast.haiku.fully_connected_tensor_product import FullyConnectedTensorProduct
 from e3nn_fast.haiku.linear import Linear
 from e3nn_fast.haiku.mlp import MultiLayerPerceptron
+from e3nn_fast.haiku.symmetric_tensor_product import SymmetricTensorProduct
 
-__all__ = ["BatchNorm", "Dropout", "FullyConnectedTensorProduct", "Linear", "MultiLayerPerceptron"]
+__all__ = ["BatchNorm", "Dropout", "FullyConnectedTensorProduct", "Linear", "MultiLayerPerceptron", "SymmetricTensorProduct"]

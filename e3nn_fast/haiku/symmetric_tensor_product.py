@@ -19,7 +19,9 @@ def _parse_orders(orders: Iterable[int]) -> Tuple[int, ...]:
     try:
         orders = tuple(orders)
     except TypeError as e:
-        raise TypeError(f"SymmetricTensorProduct: orders should be a tuple of positive integers, got {orders!r}") from e
+        raise TypeError(
+            f"SymmetricTensorProduct: orders should be a tuple of positive integers, got {orders!r}"
+        ) from e
     if not orders or not all(isinstance(o, int) and not isinstance(o, bool) and o > 0 for o in orders):
         raise ValueError(f"SymmetricTensorProduct: orders should be a non-empty tuple of positive integers, got {orders}")
     return orders
@@ -28,7 +30,7 @@ def _parse_orders(orders: Iterable[int]) -> Tuple[int, ...]:
 def _parse_keep(keep_irrep_out) -> Optional[Set[Irrep]]:
     if keep_irrep_out is None:
         return None
-    if isinstance(keep_irrep_out, str):
+    if isinstance(keep_irrep_out, (str, Irreps)):
         irreps = Irreps(keep_irrep_out)
         if any(mul != 1 for mul, _ in irreps):
             raise ValueError(f"SymmetricTensorProduct: keep_irrep_out should list irreps once each, got {irreps}")
