@@ -95,7 +95,18 @@ from e3nn_fast.reduced_tensor_product import (
     reduced_tensor_product_basis,
 )
 from e3nn_fast.utils.vmap import vmap
-from e3nn_fast import legacy, utils
+from e3nn_fast.s2grid import (
+    SphericalSignal,
+    from_s2grid,
+    get_s2fft_grid_resolution,
+    legendre_transform_from_s2grid,
+    legendre_transform_to_s2grid,
+    s2_dirac,
+    s2_irreps,
+    to_s2grid,
+    to_s2point,
+)
+from e3nn_fast import legacy, legendre, utils
 
 # Sub-packages that need optional dependencies (dm-haiku, flax) load on first access: ``e3nn_fast.haiku.Linear``.
 _OPTIONAL_SUBPACKAGES = ("haiku", "flax")

@@ -107,6 +107,12 @@ def legendre(lmax: int, x: jax.Array, phase: float, is_normalized: bool = False)
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.result_type(float))
+    return _legendre(int(lmax), x, phase, bool(is_normalized))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _legendre(lmax: int, x: jax.Array, phase, is_normalized: bool) -> jax.Array:
+    """Jitted body of :func:`legendre` (one compilation per degree, shape and dtype instead of one per op)."""
     p = normalized_legendre_table(lmax, x)
     expand = (slice(None), slice(None)) + (None,) * x.ndim
     if not is_normalized:
@@ -122,7 +128,9 @@ def _sh_alpha(l: int, alpha: jax.Array) -> jax.Array:
     """
     alpha = jnp.asarray(alpha)[..., None]
     m = jnp.arange(-l, l + 1, dtype=alpha.dtype)
-    return jnp.where(m < 0, jnp.sqrt(2.0) * jnp.sin(-m * alpha), jnp.where(m > 0, jnp.sqrt(2.0) * jnp.cos(m * alpha), 1.0)).astype(alpha.dtype)
+    root2 = jnp.sqrt(2.0)
+    factors = jnp.where(m < 0, root2 * jnp.sin(-m * alpha), jnp.where(m > 0, root2 * jnp.cos(m * alpha), 1.0))
+    return factors.astype(alpha.dtype)
 
 
 def _sh_beta(lmax: int, cos_betas: jax.Array) -> jax.Array:
@@ -140,17 +148,23 @@ def _flat_lm(lmax: int) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def legendre_spherical_harmonics(lmax: int, x: jax.Array, normalize: bool, normalization: str) -> jax.Array:
+    """See :func:`_legendre_spherical_harmonics` (argument checks here, jitted body there)."""
+    if normalization not in ("integral", "component", "norm"):
+        raise ValueError(f"normalization must be 'integral', 'component' or 'norm', got {normalization!r}.")
+    x = jnp.asarray(x)
+    if x.shape[-1:] != (3,):
+        raise ValueError(f"legendre_spherical_harmonics expects vectors of shape (..., 3), got {x.shape}.")
+    return _legendre_spherical_harmonics(int(lmax), x, bool(normalize), normalization)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+def _legendre_spherical_harmonics(lmax: int, x: jax.Array, normalize: bool, normalization: str) -> jax.Array:
     r"""Real spherical harmonics of vectors ``x`` (``(..., 3)``) up to ``lmax``, built from Legendre functions.
 
     Same layout and conventions as the rest of the library (polar axis ``y``, azimuth ``atan2(x, z)``); returns a
     plain array ``(..., (lmax + 1)**2)``.  ``normalization`` is ``"integral"``, ``"component"`` or ``"norm"``; with
     ``normalize=False`` the degree-``l`` block is scaled by :math:`|x|^l`.
     """
-    if normalization not in ("integral", "component", "norm"):
-        raise ValueError(f"normalization must be 'integral', 'component' or 'norm', got {normalization!r}.")
-    x = jnp.asarray(x)
-    if x.shape[-1:] != (3,):
-        raise ValueError(f"legendre_spherical_harmonics expects vectors of shape (..., 3), got {x.shape}.")
     ls, ms = _flat_lm(lmax)
     alpha = jnp.arctan2(x[..., 0], x[..., 2])
     sh_alpha = _sh_alpha(lmax, alpha)[..., lmax + ms]  # [..., (lmax+1)^2]
