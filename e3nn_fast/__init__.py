@@ -97,10 +97,12 @@ from e3nn_fast.reduced_tensor_product import (
 from e3nn_fast.utils.vmap import vmap
 from e3nn_fast.s2grid import (
     SphericalSignal,
+    betas_to_spherical_signal,
     from_s2grid,
     get_s2fft_grid_resolution,
     legendre_transform_from_s2grid,
     legendre_transform_to_s2grid,
+    m0_values_to_irrepsarray,
     s2_dirac,
     s2_irreps,
     to_s2grid,
