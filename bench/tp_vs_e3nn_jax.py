@@ -9,7 +9,8 @@ Workloads (``--quick`` divides the batch sizes by 4 and runs 3 repeats):
    ``fwd`` (the scaled messages), ``fwd+bwd`` (value and gradient of ``sum(out**2)`` with respect to the features,
    the vectors and the weights) and ``forces`` (the double backward of force training: the gradient with respect to
    the weights of ``||dE/dpositions||**2``, where ``E`` is the sum of the scalar outputs and the edge vectors are
-   ``positions[receivers] - positions[senders]``).
+   ``positions[receivers] - positions[senders]``); XLA prunes every path that does not produce a scalar there, so
+   ``forces-all`` repeats it with ``E`` the sum of the squared norms of all outputs.
 2. ``tp``: ``e3nn.tensor_product`` of ``16x(0e+1o+2e)`` (written ``16x0e+16x1o+16x2e``; both libraries regroup their
    inputs, so the order does not matter) with ``0e+1o+2e``; ``fwd`` and ``fwd+bwd`` (gradient of ``sum(out**2)``
    with respect to both inputs).
@@ -113,10 +114,24 @@ def sh_tp_workload(edges: int, key) -> dict:
 
         return jax.value_and_grad(force_loss)
 
+    def forces_all_outputs(lib):
+        # Same, with an energy that uses every output (the sum of their squared norms), so that XLA cannot prune the
+        # paths that do not produce scalars.
+        def energy(positions, x, w, senders, receivers):
+            return jnp.sum(messages(lib, x, positions[receivers] - positions[senders], w).array ** 2)
+
+        def force_loss(w, positions, x, senders, receivers):
+            f = -jax.grad(energy)(positions, x, w, senders, receivers)
+            return jnp.sum(f**2)
+
+        return jax.value_and_grad(force_loss)
+
+    force_args = (weights, positions, features, senders, receivers)
     return {
         "fwd": (forward, (features, vectors, weights)),
         "fwd+bwd": (forward_backward, (features, vectors, weights)),
-        "forces": (forces, (weights, positions, features, senders, receivers)),
+        "forces": (forces, force_args),
+        "forces-all": (forces_all_outputs, force_args),
     }
 
 

@@ -1,18 +1,21 @@
 """Every JAX-version-dependent import of the kernels, and the one table that picks each kernel family's lowering.
 
-Pallas moves fast: between JAX 0.10 and 0.11 the Triton compiler parameters were renamed and moved
-(``jax.experimental.pallas.triton.CompilerParams``, formerly ``TritonCompilerParams`` in ``pallas.gpu``/``pallas``),
-``pl.dot`` moved to the Triton module, the Triton lowering was deprecated in favour of Mosaic GPU, and the
-primitive-extension API (``jax.extend.core.Primitive``, ``jax.interpreters.ad``/``batching``/``mlir``) lost some
-aliases.  The other kernel modules import these names from here only, so that a JAX upgrade touches one file.
+Pallas moves fast: the Triton compiler parameters were renamed and moved (``TritonCompilerParams`` in ``pallas.gpu``
+or ``pallas`` became ``jax.experimental.pallas.triton.CompilerParams`` in JAX 0.7), the Triton lowering is deprecated
+since JAX 0.11 in favour of Mosaic GPU (whose ``pallas_call`` entry point is itself deprecated for ``plgpu.kernel``),
+and the primitive-extension API (``jax.extend.core.Primitive``, ``jax.interpreters.ad``/``batching``/``mlir``)
+keeps losing aliases.  The other kernel modules import these names from here only, so that a JAX upgrade touches one
+file (checked: JAX 0.10.2 here; the GPU image has 0.11).
 
-Lowering choice (:data:`LOWERING`): the tensor-product kernels read and write *column slices* of their operands at
-offsets fixed at trace time and combine them with elementwise products, lane/row reductions and small matrix
-products.  The Triton lowering handles exactly that (any offsets, masks not needed since blocks are padded); the
-Mosaic GPU lowering of ``pallas_call`` rejects strided/unaligned slices and is itself deprecated for ``pallas_call``
-(in favour of ``plgpu.kernel``), so every family uses ``"triton"``.  Triton demands power-of-two sizes for every
-array a kernel loads, stores or computes: the kernels' packed layout pads multiplicities to powers of two, and the
-batch is padded to a whole number of row blocks (see :mod:`e3nn_fast.kernels.layout`).
+Lowering choice (:data:`LOWERING`; ``E3NN_FAST_PALLAS_LOWERING`` overrides it): the tensor-product kernels read and
+write column slices of their row blocks at offsets fixed at trace time (one component plane of one segment each) and
+combine them with elementwise products, lane/row reductions and small matrix products.  The Triton lowering handles
+that directly: a block is only a base pointer, and each slice is one load or store.  The Mosaic GPU lowering of
+``pallas_call`` instead copies whole blocks into shared memory with TMA, which rejects these blocks (at most 256
+elements per dimension, and the weight matrices exceed shared memory); it would need kernels written for
+``plgpu.kernel`` with per-plane copies.  So every family uses ``"triton"``.  Triton demands power-of-two sizes for
+every array a kernel loads, stores or computes: the kernels' packed layout pads multiplicities to powers of two, and
+the batch is padded to a whole number of row blocks (see :mod:`e3nn_fast.kernels.layout`).
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ from e3nn_fast.kernels.multilinear import MultilinearPlan, Slot
 from e3nn_fast.path_description import Path, TensorProductDescription
 
 TILE_ELEMENTS = 4096  # elements of the per-row outer-product tile
+MATRIX_ELEMENTS = 16384  # elements of a weight-matrix chunk (64 KiB in fp32: a dot operand staged in shared memory)
 ACCUMULATOR_ELEMENTS = 8192  # elements of the weight-gradient accumulator tile
 BROADCAST_ELEMENTS = 16384  # elements of the 3-D broadcast used instead of a small dot
 MAX_SPLITS = 128  # programs along the batch in the weight gradient
@@ -220,7 +221,9 @@ def _product_kernel(plan: FullyConnectedPlan, roles: tuple[int, int, int], rows:
     def pair_product(a_ref, b_ref, m_ref, seg_a: SegmentLayout, seg_b: SegmentLayout, seg_c, a_comp, b_comp):
         pa, pb, pc = seg_a.width, seg_b.width, seg_c.width
         limit = TILE_ELEMENTS if _uses_dot(rows, pb, pc, dtype) else BROADCAST_ELEMENTS // pc
-        chunk = _chunk(pa, pb, rows, max(limit, rows * pb))
+        chunk = _chunk(pa, pb, rows, limit)
+        while chunk > 1 and chunk * pb * pc > MATRIX_ELEMENTS:
+            chunk //= 2
         b = b_ref[:, compat.ds(seg_b.column(b_comp), pb)].astype(dtype)
 
         def step(c, acc):

@@ -24,6 +24,7 @@ import math
 from typing import Optional, Sequence
 
 import jax.numpy as jnp
+import numpy as np
 
 from e3nn_fast.kernels import channelwise, elementwise, fully_connected
 from e3nn_fast.kernels._aligned import aligned_plan
@@ -55,7 +56,7 @@ def qualifies(description: TensorProductDescription, weights: Sequence[Chunk] = 
 
 def _placeholder(path: Path):
     # Without the weights at hand, assume shared weights (the common case for uvw).
-    return jnp.zeros(path.weight_shape) if path.has_weight else None
+    return np.zeros(path.weight_shape) if path.has_weight else None
 
 
 def tensor_product(
