@@ -226,7 +226,7 @@ from e3nn_fast import kernels as _kernels  # noqa: E402
 dispatch.register("tensor_product", "pallas", _kernels.tensor_product_pallas)
 dispatch.register("tensor_product", "pallas-interpret", _kernels.tensor_product_pallas_interpret)
 
-# Optimised pure-jnp executor (path-fused, XLA-friendly): the default on CPU.
+# Optimised pure-jnp executor (CG contraction first, fused broadcast products): the default on CPU.
 from e3nn_fast.xla.tensor_product import tensor_product as _xla_tensor_product  # noqa: E402
 
 dispatch.register("tensor_product", "jnp", _xla_tensor_product)
