@@ -16,6 +16,15 @@ The backend is chosen, in order of precedence, by the innermost ``with e3nn_fast
 otherwise the ``jnp`` executor when the op has one, else the reference.  On CPU ``auto`` never selects interpret
 mode.  A forced backend that an op does not implement falls back to the reference (logged).
 
+The choice is made when an operation is *traced*: a function that ``jax.jit`` has already traced keeps the executor
+it was traced with, so switch backends around the first call of a fresh function (or a fresh ``jax.jit`` of a new
+function object), as with any trace-time setting.
+
+Ops: ``tensor_product`` (every tensor product, legacy instructions and ``FullyConnectedTensorProduct``),
+``linear`` (``FunctionalLinear`` and the ``Linear`` modules; kernels run it as a ``uvw`` product with the constant
+scalar ``1``), ``spherical_harmonics``, and the ops registered by later modules (message passing, symmetric
+contraction).
+
 Set the ``e3nn_fast.dispatch`` logger to ``DEBUG`` (or ``E3NN_FAST_LOG_DISPATCH=1``) to log every decision; the
 decision is made at trace time, so it is logged once per compilation.
 """
@@ -109,6 +118,14 @@ def choose(op: str, *, size: int = 0, qualifies: bool = True, requested: Optiona
         raise ValueError(f"No executor registered for op {op!r}")
     logger.debug("%s: backend=%s platform=%s size=%d qualifies=%s -> %s", op, wanted, platform, size, qualifies, chosen)
     return chosen
+
+
+def implementation(op: str, executor_name: str) -> Callable:
+    """The implementation registered as ``executor_name`` for ``op`` (no choice made)."""
+    try:
+        return _EXECUTORS[op][executor_name]
+    except KeyError:
+        raise ValueError(f"No executor {executor_name!r} registered for op {op!r}; have {available(op)}") from None
 
 
 def executor(op: str, **kwargs) -> Callable:

@@ -11,10 +11,14 @@ parity of the input vector: ``1o`` for a true vector, ``1e`` for a pseudo-vector
 ``irreps_out`` therefore needs an ``IrrepsArray`` input to know that parity (``sh`` reads its plain array as ``1e``,
 like e3nn-jax).
 
+Executors.  The dispatcher's op ``"spherical_harmonics"`` has the ``reference`` executor (one ``lax.scan`` step per
+degree, ladder-rule derivatives: compact for any ``l``) and the ``jnp`` executor of
+:mod:`e3nn_fast.xla.spherical_harmonics` (straight-line code for ``l <= 4``, the default through ``auto``).
+
 ``algorithm``.  e3nn-jax offers several evaluation strategies (``"legendre"`` / ``"recursive"``, ``"dense"`` /
-``"sparse"``, ``"custom_jvp"``).  They all give the same numbers up to rounding, and e3nn_fast has one strategy that
-is fast to compile and differentiable to any order, so the argument (and the ``spherical_harmonics_algorithm``
-configuration) is validated for compatibility and otherwise ignored.
+``"sparse"``, ``"custom_jvp"``).  They all give the same numbers up to rounding, so the argument (and the
+``spherical_harmonics_algorithm`` configuration) is validated for compatibility and otherwise ignored: the executor
+is the dispatcher's choice.
 """
 
 from __future__ import annotations
@@ -26,10 +30,16 @@ from typing import Iterable, List, Optional, Sequence, Tuple, Union
 import jax
 import jax.numpy as jnp
 
+from e3nn_fast import dispatch
 from e3nn_fast.configuration import config
 from e3nn_fast.irreps import Irreps
 from e3nn_fast.irreps_array import IrrepsArray, from_chunks
-from e3nn_fast.reference.spherical_harmonics import NORMALIZATIONS, spherical_harmonics_per_l
+from e3nn_fast.reference import spherical_harmonics as _reference
+from e3nn_fast.reference.spherical_harmonics import NORMALIZATIONS
+from e3nn_fast.xla import spherical_harmonics as _xla
+
+dispatch.register("spherical_harmonics", "reference", _reference.spherical_harmonics_per_l)
+dispatch.register("spherical_harmonics", "jnp", _xla.spherical_harmonics_per_l)
 
 __all__ = ["spherical_harmonics", "sh"]
 
@@ -133,10 +143,16 @@ def _as_vectors(x) -> jax.Array:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2, 3), inline=True)
+@functools.partial(jax.jit, static_argnums=(0, 2, 3, 4), inline=True)
+def _run_per_l(ls: Tuple[int, ...], x: jax.Array, normalize: bool, normalization: str, executor: str) -> List[jax.Array]:
+    # jit: eager calls reuse one compiled program per (degrees, shape, dtype, executor); inside a caller's jit it is
+    # inlined.  The executor is a static argument so that a backend switch is never served from the cache.
+    return dispatch.implementation("spherical_harmonics", executor)(ls, x, normalize, normalization)
+
+
 def _harmonics_per_l(ls: Tuple[int, ...], x: jax.Array, normalize: bool, normalization: str) -> List[jax.Array]:
-    # jit: eager calls reuse one compiled program per (degrees, shape, dtype); inside a caller's jit it is inlined.
-    return spherical_harmonics_per_l(ls, x, normalize, normalization)
+    executor = dispatch.choose("spherical_harmonics", size=x.size)
+    return _run_per_l(ls, x, normalize, normalization, executor)
 
 
 def _chunks(irreps_out: Irreps, x: jax.Array, normalize: bool, normalization: str) -> List[jax.Array]:

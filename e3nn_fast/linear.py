@@ -28,9 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from e3nn_fast import dispatch
 from e3nn_fast.configuration import config
 from e3nn_fast.irreps import Irreps
 from e3nn_fast.irreps_array import IrrepsArray, as_irreps_array, from_chunks
+from e3nn_fast.path_description import describe_linear
 
 __all__ = [
     "Instruction",
@@ -166,6 +168,14 @@ def _result_dtype(*arrays: Any) -> jnp.dtype:
     if not leaves:
         return jnp.dtype(jnp.float32)
     return jax.eval_shape(lambda xs: sum(jnp.sum(x) for x in xs), leaves).dtype
+
+
+def _bias_chunk(irreps_out: Irreps, ins: Instruction, w: jax.Array) -> jax.Array:
+    """A bias instruction's contribution: biases only exist on scalars, so the flat ``(mul_out,)`` vector is the
+    ``(mul_out, 1)`` chunk."""
+    mul_out, ir_out = irreps_out[ins.i_out]
+    bias = w.reshape(w.shape[:-1] + (mul_out, ir_out.dim))
+    return bias if ins.path_weight == 1.0 else ins.path_weight * bias
 
 
 class FunctionalLinear:
@@ -315,11 +325,8 @@ class FunctionalLinear:
         """
         paths = []
         for ins, w in zip(self.instructions, ws):
-            mul_out, ir_out = self.irreps_out[ins.i_out]
             if ins.i_in == -1:
-                # A bias only exists on scalars: its flat (mul_out,) vector is the (mul_out, 1) chunk.
-                bias = w.reshape(w.shape[:-1] + (mul_out, ir_out.dim))
-                paths.append(bias if ins.path_weight == 1.0 else ins.path_weight * bias)
+                paths.append(_bias_chunk(self.irreps_out, ins, w))
                 continue
             x = input.chunks[ins.i_in]
             if x is None:
@@ -367,7 +374,7 @@ class FunctionalLinear:
             raise ValueError(
                 f"FunctionalLinear: leading shapes of input and weights do not broadcast: {lead_shapes}"
             ) from error
-        return self.aggregate_paths(self._paths(ws, input), output_shape, input.dtype)
+        return self._evaluate(ws, input, output_shape)
 
     def __call__(self, ws: Union[List[jax.Array], jax.Array], input: IrrepsArray) -> IrrepsArray:
         """Apply the map to a single (unbatched) input of shape ``(irreps_in.dim,)``.
@@ -382,7 +389,18 @@ class FunctionalLinear:
         if input.ndim != 1:
             raise ValueError(f"FunctionalLinear does not support broadcasting, input shape is {input.shape}")
         ws = self._weight_list(ws, batch_ndim=0)
-        return self.aggregate_paths(self._paths(ws, input), input.shape[:-1], input.dtype)
+        return self._evaluate(ws, input, input.shape[:-1])
+
+    def _evaluate(self, ws: List[jax.Array], input: IrrepsArray, output_shape: Tuple[int, ...]) -> IrrepsArray:
+        """The map, by the executor the dispatcher picks (op ``"linear"``)."""
+        size = max(1, math.prod(output_shape)) * self.irreps_out.dim
+        return dispatch.executor("linear", size=size)(self, ws, input, output_shape)
+
+    def description(self):
+        """The weighted instructions as a :class:`~e3nn_fast.path_description.TensorProductDescription` with the
+        constant scalar ``1x0e`` as second input (what the tensor-product kernels execute)."""
+        connections = tuple((ins.i_in, ins.i_out, ins.path_weight) for ins in self.instructions if ins.i_in >= 0)
+        return describe_linear(self.irreps_in, self.irreps_out, connections)
 
     def matrix(self, ws: Union[List[jax.Array], jax.Array]) -> jax.Array:
         """Dense matrix ``M`` of shape ``(irreps_in.dim, irreps_out.dim)`` such that ``output = input @ M``.
@@ -409,6 +427,44 @@ class FunctionalLinear:
             f"{self.__class__.__name__}({self.irreps_in} -> {self.irreps_out}, "
             f"{len(self.instructions)} instructions, {self.num_weights} weights)"
         )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Executors of the dispatcher's op "linear".  The reference is the per-instruction einsum above (on CPU it is also the
+# fastest: one small matrix product per instruction).  The kernel executors run the weighted instructions as one
+# tensor product with the constant scalar 1 (:meth:`FunctionalLinear.description`), i.e. the fully connected
+# kernels, and add the biases as they are.
+
+
+def _linear_reference(lin: FunctionalLinear, ws: List[jax.Array], input: IrrepsArray, output_shape) -> IrrepsArray:
+    return lin.aggregate_paths(lin._paths(ws, input), output_shape, input.dtype)
+
+
+def _linear_by_tensor_product(executor_name: str):
+    """The linear executor that hands the weighted instructions to the ``executor_name`` tensor-product executor."""
+
+    def run(lin: FunctionalLinear, ws: List[jax.Array], input: IrrepsArray, output_shape) -> IrrepsArray:
+        weighted = [(ins, w) for ins, w in zip(lin.instructions, ws) if ins.i_in >= 0]
+        bias_paths = [_bias_chunk(lin.irreps_out, ins, w) if ins.i_in == -1 else None
+                      for ins, w in zip(lin.instructions, ws)]
+        out = lin.aggregate_paths(bias_paths, output_shape, input.dtype)
+        if not weighted:
+            return out
+        # weights (..., mul_in, mul_out) -> (..., mul_in, 1, mul_out): the uvw layout with mul2 = 1
+        weights = [w[..., :, None, :] for _, w in weighted]
+        one = jnp.ones((1, 1), input.dtype)
+        chunks1 = [jnp.broadcast_to(c, output_shape + c.shape[-2:]) if c is not None else None for c in input.chunks]
+        run_tp = dispatch.implementation("tensor_product", executor_name)
+        chunks = run_tp(lin.description(), weights, chunks1, [one])
+        products = from_chunks(lin.irreps_out, chunks, output_shape, input.dtype)
+        return IrrepsArray(lin.irreps_out, out.array + products.array)
+
+    return run
+
+
+dispatch.register("linear", "reference", _linear_reference)
+dispatch.register("linear", "pallas", _linear_by_tensor_product("pallas"))
+dispatch.register("linear", "pallas-interpret", _linear_by_tensor_product("pallas-interpret"))
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -252,6 +252,26 @@ def describe_elementwise_tensor_product(
     return TensorProductDescription(irreps_in1, irreps_in2, irreps_out, paths)
 
 
+@functools.lru_cache(maxsize=1024)
+def describe_linear(
+    irreps_in: Irreps, irreps_out: Irreps, connections: tuple[tuple[int, int, float], ...]
+) -> TensorProductDescription:
+    """An equivariant linear map as a tensor product with the constant scalar ``1x0e``: one ``uvw`` path per
+    connection ``(i_in, i_out, path_weight)``, weights ``(mul_in, 1, mul_out)``.
+
+    The unit-norm CG block of ``l x 0 -> l`` is the identity over ``sqrt(2l + 1)``, so the coefficient restores that
+    factor: the path computes exactly ``path_weight * sum_u w[u, w] x[u, i]``.  This lets the fully connected
+    kernels run ``Linear`` layers.
+    """
+    scalar = Irreps("0e")
+    paths = tuple(
+        make_path(irreps_in, scalar, irreps_out, i_in, 0, i_out, "uvw", path_weight * math.sqrt(irreps_in[i_in].ir.dim),
+                  has_weight=True)
+        for i_in, i_out, path_weight in connections
+    )
+    return TensorProductDescription(irreps_in, scalar, irreps_out, paths)
+
+
 def _square_factor(normalization: str, normalized_input: bool, ir1: Irrep, ir2: Irrep, ir_out: Irrep) -> float:
     """Squared scale of the paths between two different channels of a tensor square (e3nn's convention)."""
     if normalized_input:

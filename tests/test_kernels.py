@@ -424,7 +424,14 @@ LOWERING_CASES = [
     ("uuu", lambda: describe_elementwise_tensor_product(Irreps("7x0e+2x1o"), Irreps("7x1o+2x2e"), None, "component"),
      None),
     ("uvw", lambda: describe("20x0e+5x1o", "16x0e+1o", "uvw", True, mul_out=24, keep=2, seed=13), "shared"),
+    ("linear", lambda: _linear_description("12x0e+3x1o+5x1o", "7x0e+4x1o"), "shared"),
 ]
+
+
+def _linear_description(irreps_in, irreps_out):
+    from e3nn_fast.linear import FunctionalLinear
+
+    return FunctionalLinear(Irreps(irreps_in), Irreps(irreps_out)).description()
 
 
 LOWERING_TARGETS = [("cuda", "triton", jnp.float32), ("tpu", "tpu_custom_call", jnp.float32)]
@@ -460,7 +467,7 @@ def test_kernels_and_gradient_graphs_lower(platform, marker, dtype, name, make, 
 
     text = jax.jit(everything).trace(weights, chunks1, chunks2).lower(lowering_platforms=(platform,)).as_text()
     assert text.count(marker) >= 6  # forward, gradient and double-backward kernels
-    assert name == "uvw" or "dot_general" not in text  # no reference einsum (uvw kernels use dots inside)
+    assert name in ("uvw", "linear") or "dot_general" not in text  # no reference einsum (uvw kernels use dots inside)
 
 
 def test_lowering_table_is_triton():

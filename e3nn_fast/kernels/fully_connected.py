@@ -304,17 +304,19 @@ def _path_weight_gradient(path: FullyConnectedPath, x1, x2, g, dtype, interpret:
             return acc
 
         acc = jax.lax.fori_loop(jnp.int32(0), jnp.int32(per_split), block, jnp.zeros((tile_rows, po), dtype))
-        out_ref[...] = acc.astype(out_ref.dtype)
+        out_ref[...] = acc.astype(out_ref.dtype)[None]
 
     full = [compat.BlockSpec((padded, x.shape[1]), lambda s, t: (0, 0)) for x in (x1, x2, g)]
+    # One (tile_rows, po) partial per program, on a leading axis: the block's last two dimensions are then the whole
+    # array's, which Mosaic TPU accepts for any tile_rows (it otherwise wants multiples of 8).
     partial = compat.pallas_call(
         kernel,
         family="fully_connected",
         interpret=interpret,
         grid=(splits, tiles),
         in_specs=full,
-        out_specs=compat.BlockSpec((tile_rows, po), lambda s, t: (s * tiles + t, 0)),
-        out_shape=jax.ShapeDtypeStruct((splits * tiles * tile_rows, po), dtype),
+        out_specs=compat.BlockSpec((1, tile_rows, po), lambda s, t: (s * tiles + t, 0, 0)),
+        out_shape=jax.ShapeDtypeStruct((splits * tiles, tile_rows, po), dtype),
         name="e3nn_fully_connected_weights",
     )(pad_rows(x1, padded), pad_rows(x2, padded), pad_rows(g, padded))
     return jnp.sum(partial.reshape(splits, p1 * p2 * po), axis=0)

@@ -272,7 +272,7 @@ def _stacked_harmonics_jvp(lmax: int, normalization: str, primals, tangents):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _check_arguments(x: jax.Array, normalization: str) -> None:
+def check_arguments(x: jax.Array, normalization: str) -> None:
     if x.ndim == 0 or x.shape[-1] != 3:
         raise ValueError(f"spherical harmonics take Cartesian vectors of shape (..., 3), got shape {x.shape}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -299,7 +299,7 @@ def spherical_harmonics_per_l(
         One array of shape ``(..., 2l + 1)`` per entry of ``ls``, dtype of ``x``.
     """
     x = jnp.asarray(x)
-    _check_arguments(x, normalization)
+    check_arguments(x, normalization)
     ls = tuple(int(l) for l in ls)
     if any(l < 0 for l in ls):
         raise ValueError(f"degrees l must be >= 0, got {ls}")
@@ -324,7 +324,7 @@ def spherical_harmonics_concatenated(
     Same arguments as :func:`spherical_harmonics_per_l`; one gather picks the ``(l, m)`` entries of the padded stack.
     """
     x = jnp.asarray(x)
-    _check_arguments(x, normalization)
+    check_arguments(x, normalization)
     if lmax < 0:
         raise ValueError(f"lmax must be >= 0, got {lmax}")
     if normalize:
