@@ -110,8 +110,8 @@ from e3nn_fast.s2grid import (
 )
 from e3nn_fast import legacy, legendre, utils
 
-# Sub-packages that need optional dependencies (dm-haiku, flax) load on first access: ``e3nn_fast.haiku.Linear``.
-_OPTIONAL_SUBPACKAGES = ("haiku", "flax")
+# Sub-packages that need optional dependencies (dm-haiku, flax, flax.nnx) load on first access: ``e3nn_fast.haiku.Linear``.
+_OPTIONAL_SUBPACKAGES = ("haiku", "flax", "nnx")
 
 
 def __getattr__(name):

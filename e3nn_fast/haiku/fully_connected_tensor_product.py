@@ -5,21 +5,12 @@ from __future__ import annotations
 from typing import Optional
 
 import haiku as hk
-import jax.numpy as jnp
 
+from e3nn_fast._parameters import fully_connected_module_call
 from e3nn_fast.irreps import Irreps
-from e3nn_fast.irreps_array import IrrepsArray, as_irreps_array
-from e3nn_fast.legacy.fully_connected import FunctionalFullyConnectedTensorProduct
+from e3nn_fast.irreps_array import IrrepsArray
 
 __all__ = ["FullyConnectedTensorProduct"]
-
-
-def _parameter_name(tp, ins) -> str:
-    """e3nn's parameter name, e.g. ``'w[0,1,2] 4x0e,2x1o,8x1o'``: segment indices then the segments themselves."""
-    return (
-        f"w[{ins.i_in1},{ins.i_in2},{ins.i_out}] "
-        f"{tp.irreps_in1[ins.i_in1]},{tp.irreps_in2[ins.i_in2]},{tp.irreps_out[ins.i_out]}"
-    )
 
 
 class FullyConnectedTensorProduct(hk.Module):
@@ -52,36 +43,12 @@ class FullyConnectedTensorProduct(hk.Module):
         self.irreps_in1 = Irreps(irreps_in1) if irreps_in1 is not None else None
         self.irreps_in2 = Irreps(irreps_in2) if irreps_in2 is not None else None
 
-    def __call__(self, x1: IrrepsArray, x2: IrrepsArray, **kwargs) -> IrrepsArray:
-        unknown = set(kwargs) - {"custom_einsum_jvp", "fused", "sparse"}
-        if unknown:
-            raise TypeError(f"FullyConnectedTensorProduct got unexpected keyword arguments {sorted(unknown)}")
-        x1, x2 = as_irreps_array(x1), as_irreps_array(x2)
-        try:
-            leading_shape = jnp.broadcast_shapes(x1.shape[:-1], x2.shape[:-1])
-        except ValueError as error:
-            raise ValueError(
-                f"FullyConnectedTensorProduct: leading shapes {x1.shape[:-1]} and {x2.shape[:-1]} do not broadcast"
-            ) from error
-        x1 = x1.broadcast_to(leading_shape + (-1,))
-        x2 = x2.broadcast_to(leading_shape + (-1,))
-        if self.irreps_in1 is not None:
-            x1 = x1.rechunk(self.irreps_in1)
-        if self.irreps_in2 is not None:
-            x2 = x2.rechunk(self.irreps_in2)
-        # Segments known to be zero get no parameters (as in e3nn-jax).
-        x1 = x1.remove_zero_chunks().simplify()
-        x2 = x2.remove_zero_chunks().simplify()
+    def _get_parameter(self, name: str, shape, std, dtype):
+        # Created in float32 whatever the input dtype, as e3nn-jax's haiku module does (hk.get_parameter's default).
+        return hk.get_parameter(name, shape=shape, init=hk.initializers.RandomNormal(stddev=std))
 
-        tp = FunctionalFullyConnectedTensorProduct(x1.irreps, x2.irreps, self.irreps_out.simplify())
-        weights = [
-            hk.get_parameter(
-                _parameter_name(tp, ins),
-                shape=ins.path_shape,
-                init=hk.initializers.RandomNormal(stddev=ins.weight_std),
-            )
-            for ins in tp.instructions
-        ]
-        # Batched directly (rather than vmapping left_right): same numbers, one executor call for the whole batch.
-        output = tp.evaluate(weights, x1, x2)
-        return output.rechunk(self.irreps_out)
+    def __call__(self, x1: IrrepsArray, x2: IrrepsArray, **kwargs) -> IrrepsArray:
+        """Weighted tensor product of ``x1`` and ``x2`` (leading axes broadcast), with irreps ``irreps_out``."""
+        return fully_connected_module_call(
+            self.irreps_out, self.irreps_in1, self.irreps_in2, self._get_parameter, x1, x2, **kwargs
+        )
