@@ -108,10 +108,11 @@ from e3nn_fast.s2grid import (
     to_s2grid,
     to_s2point,
 )
-from e3nn_fast import legacy, legendre, utils
+from e3nn_fast.so3grid import SO3Signal
+from e3nn_fast import legacy, legendre, perm, utils
 
 # Sub-packages that need optional dependencies (dm-haiku, flax, flax.nnx) load on first access: ``e3nn_fast.haiku.Linear``.
-_OPTIONAL_SUBPACKAGES = ("haiku", "flax", "nnx")
+_OPTIONAL_SUBPACKAGES = ("haiku", "flax", "nnx", "experimental")
 
 
 def __getattr__(name):

@@ -403,9 +403,15 @@ class IrrepsArray:
     @property
     def chunks(self) -> List[Chunk]:
         """One array of shape ``(..., mul, ir.dim)`` per block of ``irreps``; ``None`` for blocks flagged zero."""
-        if self._chunks is None:
-            object.__setattr__(self, "_chunks", self._compute_chunks())
-        return self._chunks
+        if self._chunks is not None:
+            return self._chunks
+        chunks = self._compute_chunks()
+        # A concrete array sliced while some transformation traces (an IrrepsArray captured by a jitted closure)
+        # yields tracers: caching them would leak them out of the trace, so such chunks are recomputed each time.
+        leaked = not isinstance(self.array, jax.core.Tracer) and any(isinstance(c, jax.core.Tracer) for c in chunks)
+        if not leaked:
+            object.__setattr__(self, "_chunks", chunks)
+        return chunks
 
     def _compute_chunks(self) -> List[Chunk]:
         backend = _infer_backend(self.array)

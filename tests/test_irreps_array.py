@@ -686,3 +686,9 @@ def test_equivariance_of_norm_dot_cross(parity):
     s, _ = make_pair("0o + 1o", (4,), seed=5)
     t, _ = make_pair("1e + 0o", (4,), seed=6)
     np.testing.assert_allclose((rot(s) * rot(t)).array, rot(s * t).array, atol=1e-12)
+
+
+def test_chunks_of_a_captured_array_do_not_leak_tracers():
+    x = IrrepsArray("0e+1o", jnp.ones(4))
+    assert float(jax.jit(lambda: x.chunks[1].sum())()) == 3.0  # chunks first computed while tracing
+    np.testing.assert_allclose(x.chunks[1] + 1, 2.0)  # must not be the cached tracer
