@@ -2,6 +2,7 @@
 
 from e3nn_fast.flax.batchnorm import BatchNorm
 from e3nn_fast.flax.linear import Linear
+from e3nn_fast.flax.message_passing import MessagePassing
 from e3nn_fast.flax.mlp import MultiLayerPerceptron
 
-__all__ = ["BatchNorm", "Linear", "MultiLayerPerceptron"]
+__all__ = ["BatchNorm", "Linear", "MessagePassing", "MultiLayerPerceptron"]

@@ -64,10 +64,11 @@ _MosaicGpuParams = _find_attr([(_pl_mosaic_gpu, "CompilerParams"), (_pl_mosaic_g
 LOWERING: dict[str, str] = {
     "aligned": "triton",  # channelwise (uvu, uvuv with a mul-1 operand) and elementwise (uuu, uuw) products
     "fully_connected": "triton",  # uvw with shared weights: products, and the weight gradient
+    "message_passing": "triton",  # fused gather + channelwise TP + segment sum (kernels/message_passing.py)
 }
 
 # Triton launch parameters per family (warps per program, software-pipelining stages).
-TRITON_WARPS: dict[str, int] = {"aligned": 4, "fully_connected": 4}
+TRITON_WARPS: dict[str, int] = {"aligned": 4, "fully_connected": 4, "message_passing": 4}
 
 
 def lowering(family: str) -> str:

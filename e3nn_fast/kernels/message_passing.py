@@ -1,0 +1,401 @@
+"""Fused message-passing Pallas kernel: gather, channelwise tensor product, edge weights and a deterministic
+segment reduction in one ``pallas_call``, and its gradient kernels (the same kernel, other slot as output).
+
+The form
+--------
+With harmonics of multiplicity one (``irreps_sh`` all ``1x``), every path of the full tensor product pairs channel
+``u`` of the node features with the single channel of the edge attribute into channel ``u`` of the output, so with
+the per-copy edge weights it is a weighted ``uvu`` path, and the whole op is the derivative ``dF/dg`` of the
+multilinear form::
+
+    F(x, sh, w, g) = sum_e sum_terms  c * x[senders[e], .] * sh[e, .] * w[e, .] * g[receivers[e], .]
+
+whose terms (one per path and non-zero Clebsch-Gordan entry, unrolled at trace time from ``Path.sparse_cg``) are
+those of the channel-aligned engine (:func:`e3nn_fast.kernels._aligned.aligned_plan`, packed layout of
+:mod:`e3nn_fast.kernels.layout`).  Every derivative is ``dF/d(slot)`` for another slot, so one kernel builder
+(:func:`_contract_kernel`) evaluates them all; only the way edges meet output rows differs:
+
+=============== ================= ===========================================================================
+output slot     rows              edges of a row
+=============== ================= ===========================================================================
+``out``         nodes (forward)   the edges with that receiver (edges sorted by receiver, segment offsets)
+``x1``          input nodes       the edges with that sender (the reversed graph: sorted by sender), i.e. the
+                                  gradient w.r.t. node features is a message pass with the transposed CG
+``x2``, ``w``   edges             the edge itself: a per-edge product, no node-sized scatter
+=============== ================= ===========================================================================
+
+Each program owns ``BLOCK_ROWS`` output rows; for each it loops over the row's edge range, gathers the node rows of
+the edge (sender row of ``x``, receiver row of the cotangent ``g``) and its edge rows, accumulates every output plane
+in registers (float32 for 16-bit inputs) and writes the row once.  No atomics: the sums are in a fixed order, hence
+bitwise reproducible, and interpret mode is exact (its ``atomic_add`` is wrong for repeated indices, jax#24117).
+No ``(num_edges, irreps_out.dim)`` array exists: the forward reads edges and writes nodes, the ``x``-gradient reads
+the node-sized cotangent through the receiver index, the edge gradients write ``(num_edges, sh/w columns)``.
+
+Differentiability (documented choice): **a JAX primitive**, ``e3nn_fast_message_passing``, in the manner of
+:mod:`e3nn_fast.kernels.multilinear` (whose primitive cannot be reused as is: its slots share one row axis, here the
+node slots are reached through index arrays, which ride along as extra integer operands).  :func:`contract` is linear
+in each operand slot, so
+
+* the JVP w.r.t. slot ``u`` is ``contract(out_slot)`` with the tangent in slot ``u`` (summed over varied slots);
+* the transpose of ``contract(out_slot=t)`` w.r.t. its linear slot ``u`` is ``contract(out_slot=u)`` with the
+  cotangent in slot ``t``;
+* ``vmap`` runs one kernel call per mapped element (``lax.map``).
+
+Every derivative is thus again this kernel: reverse over reverse (forces in the loss), ``jax.jvp``,
+``jax.hessian`` and ``vmap`` all work to any order, and ``mlir.lower_fun`` of the Pallas implementation keeps them
+inside kernels when lowered for the GPU.  (A recursive ``jax.custom_vjp`` would give reverse mode only.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from e3nn_fast.kernels import _pallas_compat as compat
+from e3nn_fast.kernels._aligned import AlignedPlan, _product_groups, _zero_runs, aligned_plan, compute_dtype
+from e3nn_fast.kernels.layout import pack, unpack
+from e3nn_fast.path_description import TensorProductDescription, make_path
+from e3nn_fast.reference.message_passing import MessagePassingSpec
+
+# Output rows per program (a power of two).  Tests shrink it to get several programs and a padded tail.
+BLOCK_ROWS = 16
+# Kernel family whose GPU lowering is used (see _pallas_compat.LOWERING; "message_passing" once it is listed).
+FAMILY = "message_passing" if "message_passing" in compat.LOWERING else "aligned"
+
+# How each slot's row is found from an edge.
+BY_SENDER, BY_EDGE, BY_RECEIVER = "sender", "edge", "receiver"
+_ROW_OF = {"x1": BY_SENDER, "x2": BY_EDGE, "weights_batched": BY_EDGE, "out": BY_RECEIVER}
+
+
+def qualifies(spec: MessagePassingSpec, dtype) -> bool:
+    """Whether the kernel implements ``spec``: every edge-attribute irrep of multiplicity one (so every path is
+    channelwise), at least one path, and a floating dtype."""
+    return (
+        len(spec.irreps_sh) > 0
+        and all(mul == 1 for mul, _ in spec.irreps_sh)
+        and len(spec.description.paths) > 0
+        and jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _channelwise_description(description: TensorProductDescription, weighted: bool) -> TensorProductDescription:
+    """The full tensor product's ``uvuv`` paths (``mul2 = 1``) as ``uvu`` paths, weighted per edge when asked: the
+    same numbers, in the form the channel-aligned plan builder reads."""
+    paths = tuple(
+        make_path(description.irreps_in1, description.irreps_in2, description.irreps_out, p.in1, p.in2, p.out, "uvu",
+                  p.coefficient, weighted)
+        for p in description.paths
+    )
+    return TensorProductDescription(description.irreps_in1, description.irreps_in2, description.irreps_out, paths)
+
+
+def _plan(spec: MessagePassingSpec, weighted: bool) -> tuple[TensorProductDescription, AlignedPlan]:
+    description = _channelwise_description(spec.description, weighted)
+    indices = tuple(range(len(description.paths)))
+    kinds = tuple("batched" if weighted else None for _ in indices)
+    return description, aligned_plan(description, indices, kinds)
+
+
+# --- graph -------------------------------------------------------------------------------------------------------
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass(frozen=True)
+class Graph:
+    """Index arrays of one call: the edges, and the two edge orders with segment offsets (computed once)."""
+
+    senders: jnp.ndarray  # (E,) in [0, num_inputs)
+    receivers: jnp.ndarray  # (E,) in [0, num_nodes]; num_nodes = dropped
+    by_receiver: jnp.ndarray  # (E,) edge ids sorted by receiver
+    receiver_offsets: jnp.ndarray  # (num_nodes + 1,)
+    by_sender: jnp.ndarray  # (E,) edge ids sorted by sender
+    sender_offsets: jnp.ndarray  # (num_inputs + 1,)
+
+    def tree_flatten(self):
+        return tuple(getattr(self, field.name) for field in dataclasses.fields(self)), None  # no deep copy
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+
+def build_graph(senders, receivers, num_inputs: int, num_nodes: int) -> Graph:
+    """Sort the edges by receiver and by sender (stable: ties keep edge order, so sums are reproducible)."""
+    senders, receivers = senders.astype(jnp.int32), receivers.astype(jnp.int32)
+
+    def order(index, size):
+        perm = jnp.argsort(index, stable=True).astype(jnp.int32)
+        # method="sort": one sort instead of a loop of binary-search steps (cheap on GPU, no scan in the graph).
+        offsets = jnp.searchsorted(index[perm], jnp.arange(size + 1, dtype=jnp.int32), side="left", method="sort")
+        return perm, offsets.astype(jnp.int32)
+
+    by_receiver, receiver_offsets = order(receivers, num_nodes)
+    by_sender, sender_offsets = order(senders, num_inputs)
+    return Graph(senders, receivers, by_receiver, receiver_offsets, by_sender, sender_offsets)
+
+
+# --- the kernel --------------------------------------------------------------------------------------------------
+
+
+def _make_kernel(groups, kinds: tuple[str, ...], out_columns: int, block: int, dtype):
+    """Kernel body: for each of ``block`` output rows, sum every group's products over the row's edges."""
+    runs = _zero_runs(out_columns, [(column, width) for column, width, _, _ in groups])
+
+    def kernel(offsets_ref, perm_ref, senders_ref, receivers_ref, *refs):
+        *inputs, out_ref = refs
+        first = compat.program_id(0) * block
+
+        def edge_step(k, accs):
+            edge = perm_ref[k]
+            rows = {BY_EDGE: edge, BY_SENDER: senders_ref[edge], BY_RECEIVER: receivers_ref[edge]}
+            cache: dict = {}
+
+            def load(factor):
+                if factor not in cache:
+                    position, column, width = factor
+                    ref = inputs[position]
+                    cache[factor] = ref[compat.ds(rows[kinds[position]], 1), compat.ds(column, width)].astype(dtype)
+                return cache[factor]
+
+            new = []
+            for (column, width, common, products), acc in zip(groups, accs):
+                partial: dict = {}
+                for coefficient, factors in products:
+                    value = None
+                    for factor in factors:
+                        plane = load(factor)
+                        value = plane if value is None else value * plane
+                    value = jnp.full((1, 1), coefficient, dtype) if value is None else value * coefficient
+                    partial[value.shape] = value if value.shape not in partial else partial[value.shape] + value
+                for value in partial.values():
+                    for factor in common:
+                        value = value * load(factor)
+                    if width == 1 and value.shape[1] != 1:
+                        value = jnp.sum(value, axis=1, keepdims=True)  # single output lane: sum over channels
+                    acc = acc + jnp.broadcast_to(value, (1, width))
+                new.append(acc)
+            return tuple(new)
+
+        def row_step(r, carry):
+            row = first + r
+            start, stop = offsets_ref[row], offsets_ref[row + 1]
+            zeros = tuple(jnp.zeros((1, width), dtype) for _, width, _, _ in groups)
+            accs = jax.lax.fori_loop(start, stop, edge_step, zeros)
+            for (column, width, _, _), acc in zip(groups, accs):
+                out_ref[compat.ds(r, 1), compat.ds(column, width)] = acc.astype(out_ref.dtype)
+            for start_column, size in runs:
+                out_ref[compat.ds(r, 1), compat.ds(start_column, size)] = jnp.zeros((1, size), out_ref.dtype)
+            return carry
+
+        jax.lax.fori_loop(0, block, row_step, 0)
+
+    return kernel
+
+
+def _contract_kernel(plan: AlignedPlan, out_slot: int, operands, graph: Graph, rows: int, interpret: bool):
+    """One ``pallas_call``: ``dF/d(slot out_slot)``, ``(rows, columns)``, from the other slots' operands."""
+    name = plan.slots[out_slot].name
+    out_columns = plan.slots[out_slot].columns
+    inputs = [op for i, op in enumerate(operands) if i != out_slot]
+    kinds = tuple(_ROW_OF[s.name] for i, s in enumerate(plan.slots) if i != out_slot)
+    dtype = jnp.result_type(*inputs)
+    num_edges = graph.senders.shape[0]
+    if rows == 0:
+        return jnp.zeros((0, out_columns), dtype)
+    if name == "out":
+        perm, offsets = graph.by_receiver, graph.receiver_offsets
+    elif name == "x1":
+        perm, offsets = graph.by_sender, graph.sender_offsets
+    else:  # an edge slot: row e is edge e alone
+        perm, offsets = jnp.arange(num_edges, dtype=jnp.int32), jnp.arange(num_edges + 1, dtype=jnp.int32)
+    block = min(BLOCK_ROWS, compat.next_power_of_2(rows))
+    blocks = -(-rows // block)
+    # Rows of the padded tail have empty edge ranges (their offsets repeat the last one): they are written as zeros.
+    offsets = jnp.concatenate([offsets, jnp.full((blocks * block - rows,), offsets[-1], jnp.int32)])
+    if num_edges == 0:
+        perm = senders = receivers = jnp.zeros((1,), jnp.int32)
+    else:
+        senders, receivers = graph.senders, graph.receivers
+    groups = _product_groups(plan, out_slot, frozenset())
+    kernel = _make_kernel(groups, kinds, out_columns, block, compute_dtype(dtype))
+
+    whole = lambda x: compat.BlockSpec(x.shape, lambda i, n=x.ndim: (0,) * n)
+    indices = [offsets, perm, senders, receivers]
+    result = compat.pallas_call(
+        kernel,
+        family=FAMILY,
+        interpret=interpret,
+        grid=(blocks,),
+        in_specs=[whole(x) for x in indices + inputs],
+        out_specs=compat.BlockSpec((block, out_columns), lambda i: (i, 0)),
+        out_shape=jax.ShapeDtypeStruct((blocks * block, out_columns), dtype),
+        name=f"e3nn_message_passing_{name}",
+    )(*indices, *inputs)
+    return result[:rows]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:  # a primitive parameter: hashable (the plan hashes by identity)
+    """Everything static about a contraction: the plan, the row counts of the node slots, interpret mode."""
+
+    plan: AlignedPlan
+    num_inputs: int
+    num_nodes: int
+    interpret: bool
+
+    def rows(self, slot_name: str, num_edges: int) -> int:
+        return {"x1": self.num_inputs, "out": self.num_nodes}.get(slot_name, num_edges)
+
+
+# --- the primitive: derivatives of any order, forward and reverse mode, vmap -----------------------------------
+
+message_passing_p = compat.Primitive("e3nn_fast_message_passing")
+_GRAPH_FIELDS = len(dataclasses.fields(Graph))
+
+
+def contract(static: _Static, out_slot: int, operands: tuple, graph: Graph) -> jnp.ndarray:
+    """``dF/d(slot out_slot)`` (``operands`` has ``None`` there): one kernel, differentiable to any order."""
+    inputs = [op for index, op in enumerate(operands) if index != out_slot]
+    if any(op is None for op in inputs):
+        raise ValueError("contract: every slot but the output needs an operand")
+    return message_passing_p.bind(*inputs, *jax.tree.leaves(graph), static=static, out_slot=out_slot)
+
+
+def _split(args, out_slot: int):
+    """Primitive arguments -> (operands with None at ``out_slot``, graph)."""
+    floats, graph = list(args[: len(args) - _GRAPH_FIELDS]), Graph(*args[len(args) - _GRAPH_FIELDS :])
+    floats.insert(out_slot, None)
+    return floats, graph
+
+
+def _impl(*args, static: _Static, out_slot: int):
+    operands, graph = _split(args, out_slot)
+    slot_out = static.plan.slot_index("out")
+    if out_slot != slot_out:
+        # The cotangent g is read through receivers, and dropped edges point at row num_nodes: a zero row.
+        operands[slot_out] = jnp.pad(operands[slot_out], ((0, 1), (0, 0)))
+    rows = static.rows(static.plan.slots[out_slot].name, graph.senders.shape[0])
+    return _contract_kernel(static.plan, out_slot, operands, graph, rows, static.interpret)
+
+
+def _abstract_eval(*args, static: _Static, out_slot: int):
+    operands, graph = _split(args, out_slot)
+    rows = static.rows(static.plan.slots[out_slot].name, graph.senders.shape[0])
+    dtype = jnp.result_type(*[op.dtype for op in operands if op is not None])
+    return compat.ShapedArray((rows, static.plan.slots[out_slot].columns), dtype)
+
+
+def _jvp(primals, tangents, *, static: _Static, out_slot: int):
+    """Linear in each operand slot: the tangent is the sum of one contraction per varied slot."""
+    out = message_passing_p.bind(*primals, static=static, out_slot=out_slot)
+    operands, graph = _split(primals, out_slot)
+    float_tangents, _ = _split(tangents, out_slot)
+    tangent_out = None
+    for slot, tangent in enumerate(float_tangents):
+        if slot == out_slot or type(tangent) is compat.Zero:
+            continue
+        varied = list(operands)
+        varied[slot] = tangent
+        term = contract(static, out_slot, tuple(varied), graph)
+        tangent_out = term if tangent_out is None else tangent_out + term
+    if tangent_out is None:
+        return out, compat.symbolic_zero_like(out)
+    return out, tangent_out
+
+
+def _transpose(cotangent, *args, static: _Static, out_slot: int):
+    """Transpose w.r.t. the one linear operand slot ``u``: ``contract(out_slot=u)`` with the cotangent at the
+    output slot (for ``u = x1`` a message pass on the reversed graph, for an edge slot a per-edge product)."""
+    undefined = [i for i, x in enumerate(args) if compat.is_undefined_primal(x)]
+    if len(undefined) != 1 or undefined[0] >= len(args) - _GRAPH_FIELDS:
+        raise NotImplementedError("e3nn_fast message passing: transposition needs exactly one linear float operand")
+    position = undefined[0]
+    result: list = [None] * len(args)
+    aval = args[position].aval
+    if type(cotangent) is compat.Zero:
+        result[position] = compat.Zero(aval)
+        return result
+    operands, graph = _split([None if compat.is_undefined_primal(x) else x for x in args], out_slot)
+    linear_slot = [i for i in range(len(operands)) if i != out_slot][position]
+    operands[out_slot] = cotangent
+    operands[linear_slot] = None
+    result[position] = contract(static, linear_slot, tuple(operands), graph).astype(aval.dtype)
+    return result
+
+
+def _batch(args, dims, *, static: _Static, out_slot: int):
+    """``vmap``: one kernel call per mapped element (``lax.map``); the graph may be mapped too."""
+    size = next(x.shape[d] for x, d in zip(args, dims) if d is not None)
+    moved = [x if d is None else jnp.moveaxis(x, d, 0) for x, d in zip(args, dims)]
+
+    def one(index):
+        operands = [x if d is None else x[index] for x, d in zip(moved, dims)]
+        return message_passing_p.bind(*operands, static=static, out_slot=out_slot)
+
+    return jax.lax.map(one, jnp.arange(size)), 0
+
+
+message_passing_p.def_impl(_impl)
+message_passing_p.def_abstract_eval(_abstract_eval)
+compat.primitive_jvps[message_passing_p] = _jvp
+compat.primitive_transposes[message_passing_p] = _transpose
+compat.primitive_batchers[message_passing_p] = _batch
+compat.register_lowering(message_passing_p, compat.lower_fun(_impl, multiple_results=False))
+
+
+# --- the executor ------------------------------------------------------------------------------------------------
+
+
+def message_passing(
+    spec: MessagePassingSpec, x, sh, w, senders, receivers, num_nodes: int, *, interpret: bool = False
+) -> jnp.ndarray:
+    """The Pallas executor (same contract as :func:`e3nn_fast.reference.message_passing.message_passing`)."""
+    if not qualifies(spec, x.dtype):
+        raise ValueError(f"The message-passing kernel needs edge irreps of multiplicity 1, got {spec.irreps_sh}")
+    dtype = x.dtype
+    if sh.shape[0] == 0 or num_nodes == 0:  # nothing to sum (a kernel cannot read rows of an empty array)
+        return jnp.zeros((num_nodes, spec.irreps_out.dim), dtype)
+    description, plan = _plan(spec, w is not None)
+    x1 = pack(plan.layouts["x1"], _segments(spec.irreps_in, x), dtype)
+    x2 = pack(plan.layouts["x2"], _segments(spec.irreps_sh, sh), dtype)
+    operands: list[Optional[jnp.ndarray]] = []
+    for slot in plan.slots:
+        if slot.name == "x1":
+            operands.append(x1)
+        elif slot.name == "x2":
+            operands.append(x2)
+        elif slot.name == "weights_batched":  # path p's weights are the copies of its output segment
+            chunks = {
+                s.index: w[:, spec.placements[description.paths[s.index].out].copy :][:, : s.mul, None]
+                for s in plan.layouts["weights_batched"].segments
+            }
+            operands.append(pack(plan.layouts["weights_batched"], chunks, dtype))
+        else:
+            operands.append(None)
+    graph = build_graph(senders, receivers, x.shape[0], num_nodes)
+    static = _Static(plan, x.shape[0], num_nodes, bool(interpret))
+    packed = contract(static, plan.slot_index("out"), tuple(operands), graph)
+    pieces = {}
+    for segment, chunk in unpack(plan.layouts["out"], packed).items():
+        mul, ir = description.irreps_out[segment]
+        pieces[spec.placements[segment].column] = chunk.reshape(num_nodes, mul * ir.dim)
+    return jnp.concatenate([pieces[c] for c in sorted(pieces)], axis=-1).astype(dtype)
+
+
+def _segments(irreps, array) -> dict[int, jnp.ndarray]:
+    """Chunks ``(rows, mul, 2l+1)`` of a flat array, keyed by segment index."""
+    out, start = {}, 0
+    for index, (mul, ir) in enumerate(irreps):
+        out[index] = array[:, start : start + mul * ir.dim].reshape(array.shape[0], mul, ir.dim)
+        start += mul * ir.dim
+    return out
+
+
+def message_passing_interpret(spec, x, sh, w, senders, receivers, num_nodes: int) -> jnp.ndarray:
+    """:func:`message_passing` in Pallas interpret mode (CPU testing only; slow)."""
+    return message_passing(spec, x, sh, w, senders, receivers, num_nodes, interpret=True)
