@@ -17,6 +17,10 @@ One prepared script for a lent GPU (about 8 minutes on an H100; ``--budget`` sto
 ``--tiny`` runs the same code on CPU with the kernels in interpret mode (``pallas-interpret``) and tiny sizes: a
 smoke test of the script itself, not a measurement.
 
+3. **Fused message passing** (:func:`e3nn_fast.message_passing`) on MACE-large (3,000 nodes, ``--edges`` edges):
+   the unfused ``reference`` composition, the edge-chunked ``jnp`` executor and the fused kernel, forward / backward /
+   forces-style double backward, with compiled temp memory and the fraction of the H100 HBM floor (0.43 ms).
+
 Run from the repository root: ``python bench/gpu_check.py [--tiny] [--edges N] [--budget SECONDS]``.
 """
 
@@ -314,12 +318,78 @@ def run_timings():
         print(" | ".join([f"{row[0]:9s}", f"{row[1]:16s}"] + [f"{c:24s}" for c in row[2:]]))
 
 
+# --- fused message passing (MACE-large: 3,000 nodes, 160,000 edges) ------------------------------------------------
+
+MP_FLOOR_MS = 0.43  # H100 HBM floor of the MACE-large forward (about 9 KB per edge at 3.35 TB/s), from issue 6
+
+
+def message_passing_inputs(nodes: int, edges: int, irreps_x: str, irreps_sh: str):
+    from e3nn_fast.irreps_array import IrrepsArray
+    from e3nn_fast.message_passing import message_passing_irreps_out
+
+    rng = np.random.default_rng(5)
+    x = IrrepsArray(irreps_x, jnp.asarray(rng.standard_normal((nodes, Irreps(irreps_x).dim)), jnp.float32))
+    sh = IrrepsArray(irreps_sh, jnp.asarray(rng.standard_normal((edges, Irreps(irreps_sh).dim)), jnp.float32))
+    w = jnp.asarray(rng.standard_normal((edges, message_passing_irreps_out(irreps_x, irreps_sh).num_irreps)),
+                    jnp.float32)
+    receivers = jnp.asarray(np.sort(rng.integers(0, nodes, edges)), jnp.int32)
+    senders = jnp.asarray(rng.integers(0, nodes, edges), jnp.int32)
+    return x, sh, w, senders, receivers
+
+
+def message_passing_passes(executor: str, nodes: int):
+    from e3nn_fast.message_passing import message_passing
+
+    def out(x, sh, w, senders, receivers):
+        with dispatch.backend(executor):
+            return message_passing(x, sh, w, senders, receivers, nodes).array
+
+    def energy(x, sh, w, senders, receivers):
+        return jnp.sum(jnp.sin(out(x, sh, w, senders, receivers)))
+
+    def forces(x, sh, w, senders, receivers):  # gradient w.r.t. the weights of |dE/dsh|^2, as in force training
+        def loss(w):
+            return jnp.sum(jax.grad(energy, argnums=1)(x, sh, w, senders, receivers).array ** 2)
+        return jax.grad(loss)(w)
+
+    return {
+        "fwd": out,
+        "bwd": jax.grad(energy, argnums=(0, 1, 2)),
+        "2nd": forces,
+    }
+
+
+def run_message_passing_timings():
+    nodes, edges = (10, 40) if ARGS.tiny else (3_000, ARGS.edges)
+    irreps_x = "4x0e+4x1o" if ARGS.tiny else MACE
+    print(f"\n== fused message passing: {irreps_x} (x) {SH}, {nodes} nodes, {edges} edges (fp32; ms; temp MB) ==")
+    args = message_passing_inputs(nodes, edges, irreps_x, SH)
+    executors = [e for e in ("reference", "jnp", KERNEL) if e in dispatch.available("message_passing")]
+    for executor in executors:
+        row = [executor]
+        for pass_name, function in message_passing_passes(executor, nodes).items():
+            if elapsed() > ARGS.budget and not ARGS.tiny:
+                row.append(f"{pass_name} skipped (budget)")
+                continue
+            try:
+                compiled = jax.jit(function).lower(*args).compile()
+                memory = compiled.memory_analysis()
+                temp = getattr(memory, "temp_size_in_bytes", 0) / 1e6 if memory is not None else float("nan")
+                median, compile_time, _ = time_function(function, args, ARGS.repeats)
+                floor = f" floor {MP_FLOOR_MS / (median * 1e3):.0%}" if pass_name == "fwd" and not ARGS.tiny else ""
+                row.append(f"{pass_name} {median * 1e3:.2f} (temp {temp:.0f} MB, c {compile_time:.0f}s){floor}")
+            except Exception as exc:  # noqa: BLE001 - OOM or a compile failure: report and go on
+                row.append(f"{pass_name} ERROR {type(exc).__name__}: {str(exc).splitlines()[0][:80]}")
+        print("  " + " | ".join(row))
+
+
 def main():
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}")
     print(f"kernel executor: {KERNEL}; GPU lowering per family: "
           f"{ {f: _pallas_compat.lowering(f) for f in _pallas_compat.LOWERING} }")
     ok = None if ARGS.skip_checks else run_checks()
     run_timings()
+    run_message_passing_timings()
     print(f"\ntotal {elapsed():.0f}s; checks {'skipped' if ok is None else 'PASS' if ok else 'FAIL'}")
     return 0 if ok is not False else 1
 
