@@ -13,7 +13,7 @@ like e3nn-jax).
 
 Executors.  The dispatcher's op ``"spherical_harmonics"`` has the ``reference`` executor (one ``lax.scan`` step per
 degree, ladder-rule derivatives: compact for any ``l``) and the ``jnp`` executor of
-:mod:`e3nn_fast.xla.spherical_harmonics` (straight-line code for ``l <= 4``, the default through ``auto``).
+:mod:`e3nn_fast.xla.spherical_harmonics` (straight-line code for ``l <= 8``, the default through ``auto``).
 
 ``algorithm``.  e3nn-jax offers several evaluation strategies (``"legendre"`` / ``"recursive"``, ``"dense"`` /
 ``"sparse"``, ``"custom_jvp"``).  They all give the same numbers up to rounding, so the argument (and the

@@ -12,8 +12,8 @@ nothing to gain from the ladder-rule ``custom_jvp`` (measured: plain autodiff ga
 double backward on CPU at ``lmax`` 3 and 8).
 
 The program grows like ``lmax^2`` and its higher derivatives faster still, so :data:`MAX_UNROLLED_DEGREE` bounds
-where this executor is used: ``l <= 4`` covers the edge harmonics of NequIP/MACE/Allegro models; above it the
-reference's loop keeps compile times of second derivatives short.
+where this executor is used: up to ``l = 8`` it compiles no slower than e3nn-jax's generated polynomials and runs
+several times faster on CPU (measured in ``bench/``); above it the reference's loop keeps compile times short.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from e3nn_fast.reference import spherical_harmonics as reference
 from e3nn_fast.reference.spherical_harmonics import legendre_recurrence_coefficients, normalization_factor
 
-MAX_UNROLLED_DEGREE = 4
+MAX_UNROLLED_DEGREE = 8
 
 Value = Union[float, jax.Array]  # a component: an array of the batch shape, or a Python constant
 
