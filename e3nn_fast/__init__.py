@@ -84,6 +84,7 @@ from e3nn_fast.tensor_products import (
     tensor_square,
 )
 from e3nn_fast.message_passing import message_passing, message_passing_irreps_out
+from e3nn_fast.symmetric_contraction import symmetric_contraction, symmetric_contraction_weight_shapes
 from e3nn_fast.radial import bessel, poly_envelope, soft_envelope, soft_one_hot_linspace, sus
 from e3nn_fast.graph import index_add, radius_graph, scatter_max, scatter_mean, scatter_sum
 from e3nn_fast.linear import FunctionalLinear

@@ -65,10 +65,11 @@ LOWERING: dict[str, str] = {
     "aligned": "triton",  # channelwise (uvu, uvuv with a mul-1 operand) and elementwise (uuu, uuw) products
     "fully_connected": "triton",  # uvw with shared weights: products, and the weight gradient
     "message_passing": "triton",  # fused gather + channelwise TP + segment sum (kernels/message_passing.py)
+    "symmetric_contraction": "triton",  # MACE product basis: per-node polynomials over (node, channel) planes
 }
 
 # Triton launch parameters per family (warps per program, software-pipelining stages).
-TRITON_WARPS: dict[str, int] = {"aligned": 4, "fully_connected": 4, "message_passing": 4}
+TRITON_WARPS: dict[str, int] = {"aligned": 4, "fully_connected": 4, "message_passing": 4, "symmetric_contraction": 4}
 
 
 def lowering(family: str) -> str:

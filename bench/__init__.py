@@ -1,0 +1,22 @@
+"""The e3nn_fast benchmark harness: ``python -m bench`` (or ``e3nn-fast-bench``).
+
+One concept per module:
+
+============== =====================================================================================================
+``workloads``  the workload registry: published tensor-product configurations, spherical harmonics and a NequIP-style
+               training step, each sized per suite (``tiny`` for tests, ``quick`` for a CPU, ``full`` for a GPU)
+``model``      the NequIP-style model and the molecule graph (rMD17 aspirin) of the training-step workload
+``passes``     the three timed passes derived from a forward function: fwd, fwd+bwd, forces (double backward)
+``backends``   the backend registry: e3nn_fast executors, e3nn-jax, cuequivariance-jax (whichever import)
+``costs``      FLOPs and bytes of a workload, counted from e3nn_fast's path descriptions
+``devices``    device identification, the table of device peaks and the CPU probe
+``timing``     compile, warm up, time (median, ``block_until_ready``) and memory of one compiled function
+``runner``     runs a suite: every workload x pass x backend, into result rows (errors become rows, not crashes)
+``report``     results.json, results.md, speedup.png and roofline.png
+============== =====================================================================================================
+
+``bench/test_micro.py`` holds pytest-benchmark micro-benchmarks of the hot functions (run it explicitly:
+``python -m pytest bench/test_micro.py``); ``bench/gpu_check.py`` is the standalone kernel check for a lent GPU.
+"""
+
+HARNESS_VERSION = "1"

@@ -1,0 +1,97 @@
+"""``python -m bench`` / ``e3nn-fast-bench``: benchmark e3nn_fast against e3nn-jax (and cuequivariance-jax) on the
+default JAX device.
+
+Examples (from the repository root)::
+
+    python -m bench                                  # quick suite, a few minutes on a CPU
+    python -m bench --suite full                     # GPU-sized workloads
+    python -m bench --workloads 'mace-*' sh-l3 --backends e3nn_fast:jnp e3nn-jax --repeats 10
+    python -m bench --list                           # workloads, sizes and backends, then exit
+
+Outputs go to ``--out`` (default ``bench/results/<UTC timestamp>``): results.json, results.md, speedup.png,
+roofline.png (see :mod:`bench.report` for how to read them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import time
+
+DEFAULT_REPEATS = {"tiny": 2, "quick": 5, "full": 20}
+
+
+def _names(values):
+    """Accept both ``--workloads a b`` and ``--workloads a,b``."""
+    if not values:
+        return None
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from bench.passes import PASSES
+    from bench.runner import DTYPES
+    from bench.workloads import SUITES
+
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", choices=SUITES, default="quick",
+                        help="sizes: quick (default, a CPU in a few minutes), full (a GPU), tiny (tests)")
+    parser.add_argument("--workloads", nargs="+", metavar="NAME", help="workload names or globs (default: all)")
+    parser.add_argument("--backends", nargs="+", metavar="NAME",
+                        help="backend names or globs (default: every available one)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    parser.add_argument("--out", help="output folder (default bench/results/<UTC timestamp>)")
+    parser.add_argument("--repeats", type=int, help=f"timed runs per pass and backend (default {DEFAULT_REPEATS})")
+    parser.add_argument("--passes", nargs="+", choices=PASSES, default=list(PASSES), help="passes to time")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--list", action="store_true", help="list workloads and backends, then exit")
+    return parser.parse_args(argv)
+
+
+def list_everything(suite: str) -> str:
+    from bench import backends, workloads
+
+    lines = [f"workloads ({suite} sizes):"]
+    for w in workloads.WORKLOADS.values():
+        reason = w.unavailable()
+        note = f"  [skipped: {reason}]" if reason else ""
+        lines.append(f"  {w.name:16s} {w.size(suite):>9} {w.unit:9s} {w.summary}{note}")
+    lines.append("backends:")
+    for b in backends.BACKENDS.values():
+        ok, text = b.availability()
+        lines.append(f"  {b.name:22s} {'available ' + text if ok else 'unavailable: ' + text}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from bench import backends, report, runner, workloads
+
+    if args.list:
+        print(list_everything(args.suite))
+        return 0
+    try:
+        chosen_workloads = workloads.select(_names(args.workloads))
+        chosen_backends = backends.select(_names(args.backends))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    settings = runner.Settings(suite=args.suite, dtype=args.dtype,
+                               repeats=args.repeats or DEFAULT_REPEATS[args.suite], seed=args.seed,
+                               passes=tuple(args.passes), progress=not args.no_progress)
+    out = args.out or os.path.join(
+        "bench", "results", datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S"))
+    start = time.perf_counter()
+    results = runner.run_suite(chosen_workloads, chosen_backends, settings)
+    paths = report.write_all(results, out)
+    print(report.summary_table(results))
+    print(f"\n{len(results['rows'])} rows in {time.perf_counter() - start:.0f} s; wrote "
+          + ", ".join(paths.values()), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Writing a run's results: results.json (everything), results.md (tables), speedup.png and roofline.png.
+
+How to read them:
+
+* ``results.json``: ``environment`` (date, command, machine, device, device peaks, versions, settings, wall time),
+  ``backends`` (available or the reason not), ``workloads`` (sizes), ``skipped_workloads`` (with the reason) and
+  ``rows``, one per workload x pass x backend with every figure (times of every run, compile time, memory, FLOPs,
+  bytes, rates, fractions of peak, speedup vs e3nn-jax, largest difference from the baseline's output) or the error.
+* ``results.md``: a summary table (median milliseconds per backend, in brackets the speedup relative to e3nn-jax:
+  above 1 means faster than e3nn-jax) and a detailed table.
+* ``speedup.png``: speedup vs e3nn-jax per workload, one panel per pass (log scale; 1 = parity).
+* ``roofline.png``: achieved GFLOP/s against arithmetic intensity (FLOPs per compulsory byte), with the device's
+  compute and bandwidth roofs.  Small CPU workloads fit in cache and can sit above the measured DRAM-bandwidth roof.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Optional
+
+from bench.backends import BASELINE
+
+
+def _clean(value):
+    """JSON-safe copy: NaN/inf become None, tuples lists, numpy scalars Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(results: dict, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(_clean(results), f, indent=1, allow_nan=False)
+
+
+# ----------------------------------------------------------------------------------------------------- markdown
+
+
+def _fmt(value, spec: str, scale: float = 1.0) -> str:
+    return "" if value is None else format(value * scale, spec)
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
+def _backends_with_rows(results: dict) -> list[str]:
+    seen = []
+    for row in results["rows"]:
+        if row["backend"] not in seen:
+            seen.append(row["backend"])
+    return [b for b in results["backends"] if b in seen]
+
+
+def _rows_by_key(results: dict) -> dict:
+    return {(r["workload"], r["pass"], r["backend"]): r for r in results["rows"]}
+
+
+def summary_table(results: dict) -> str:
+    """Workload x pass rows, one column per backend: median ms and (speedup vs e3nn-jax)."""
+    names = _backends_with_rows(results)
+    rows = _rows_by_key(results)
+    lines = ["| workload | size | pass | " + " | ".join(names) + " |",
+             "|---|---:|---|" + "---:|" * len(names)]
+    for workload, info in results["workloads"].items():
+        if workload in results["skipped_workloads"]:
+            continue
+        for pass_name in results["environment"]["settings"]["passes"]:
+            cells = []
+            for name in names:
+                row = rows.get((workload, pass_name, name))
+                if row is None:
+                    cells.append("–")
+                elif row["status"] != "ok":
+                    cells.append("error")
+                else:
+                    speedup = row.get("speedup_vs_e3nn_jax")
+                    cells.append(_ms(row["median_ms"]) + (f" ({speedup:.2f}×)" if speedup is not None else ""))
+            lines.append(f"| {workload} | {info['size']} {info['unit']} | {pass_name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def detail_table(results: dict) -> str:
+    """One line per workload x pass x backend with every headline figure."""
+    lines = ["| workload | pass | backend | median ms | × e3nn-jax | compile s | temp MiB | peak MiB | GFLOP/s "
+             "| GB/s | % peak FLOP/s | % peak BW | max rel diff |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in results["rows"]:
+        head = f"| {row['workload']} | {row['pass']} | {row['backend']} |"
+        if row["status"] != "ok":
+            lines.append(head + f" error: {row.get('error', '')[:120].replace('|', '/')} |" + " |" * 9)
+            continue
+        memory = row.get("memory") or {}
+        lines.append(head + " | ".join([
+            f" {_ms(row['median_ms'])}",
+            _fmt(row.get("speedup_vs_e3nn_jax"), ".2f"),
+            _fmt(row.get("compile_s"), ".2f"),
+            _fmt(memory.get("temp_bytes"), ".1f", 2**-20),
+            _fmt(row.get("peak_memory_bytes"), ".0f", 2**-20),
+            _fmt(row.get("gflops_per_s"), ".3g"),
+            _fmt(row.get("gbytes_per_s"), ".3g"),
+            _fmt(row.get("fraction_peak_flops"), ".2g", 100),
+            _fmt(row.get("fraction_peak_bandwidth"), ".2g", 100),
+            _fmt(row.get("max_rel_diff"), ".1e"),
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def markdown(results: dict) -> str:
+    """The whole results.md."""
+    env = results["environment"]
+    device, versions, settings = env["device"], env["versions"], env["settings"]
+    peaks = env.get("peaks")
+    lines = [
+        f"# e3nn_fast benchmark: {settings['suite']} suite, {settings['dtype']}",
+        "",
+        f"- date: {env['date']}; wall time {env.get('wall_s', 0):.0f} s; median of {settings['repeats']} runs",
+        f"- device: {device['device_kind']} ({device['platform']}, {device['device_count']} device(s)); host "
+        f"{env['machine']['machine']}, {env['machine']['cpu_count']} CPU cores",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v is not None),
+    ]
+    if peaks:
+        flops = peaks["flops"].get(settings["dtype"])
+        lines.append(f"- peaks ({peaks['source']}): {_fmt(flops, '.3g', 1e-9)} GFLOP/s {settings['dtype']}, "
+                     f"{peaks['bandwidth'] / 1e9:.3g} GB/s")
+    missing = {n: b["reason"] for n, b in results["backends"].items() if not b["available"]}
+    for name, reason in missing.items():
+        lines.append(f"- backend {name} not run: {reason}")
+    with_rows = set(_backends_with_rows(results))
+    for name, backend in results["backends"].items():
+        if backend["available"] and name not in with_rows:
+            lines.append(f"- backend {name} available but no selected workload has a builder for its API "
+                         f"({backend['api']!r})")
+    for name, reason in results["skipped_workloads"].items():
+        lines.append(f"- workload {name} skipped: {reason}")
+    lines += ["", "Median milliseconds per pass; in brackets the speedup relative to e3nn-jax (above 1: faster).", "",
+              summary_table(results), "", "## Details", "", detail_table(results), ""]
+    errors = [r for r in results["rows"] if r["status"] != "ok"]
+    if errors:
+        lines += ["## Errors", ""] + [f"- {r['workload']} {r['pass']} {r['backend']}: {r.get('error')}"
+                                      for r in errors] + [""]
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_speedup(results: dict, path: str) -> None:
+    """One panel per pass, grouped bars per workload: speedup vs e3nn-jax of every other backend (log scale, 1 =
+    parity); without an e3nn-jax baseline the bars are median milliseconds."""
+    plt = _pyplot()
+    ok = [r for r in results["rows"] if r["status"] == "ok"]
+    has_baseline = any("speedup_vs_e3nn_jax" in r for r in ok)
+    names = [b for b in _backends_with_rows(results) if not (has_baseline and b == BASELINE)]
+    workload_names = [w for w in results["workloads"] if any(r["workload"] == w for r in ok)]
+    passes = results["environment"]["settings"]["passes"]
+    values = {(r["workload"], r["pass"], r["backend"]):
+              r.get("speedup_vs_e3nn_jax") if has_baseline else r["median_ms"] for r in ok}
+    fig, axes = plt.subplots(len(passes), 1, sharex=True, squeeze=False,
+                             figsize=(max(6.0, 0.35 * len(workload_names) * max(1, len(names)) + 2), 2.4 * len(passes)))
+    width = 0.8 / max(1, len(names))
+    for ax, pass_name in zip(axes[:, 0], passes):
+        for i, name in enumerate(names):
+            xs = [j + i * width for j, w in enumerate(workload_names) if values.get((w, pass_name, name))]
+            ys = [values[(w, pass_name, name)] for w in workload_names if values.get((w, pass_name, name))]
+            ax.bar(xs, ys, width, label=name, color=f"C{i}")
+        ax.set_yscale("log")
+        if has_baseline:
+            ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_ylabel(pass_name + (" speedup" if has_baseline else " ms"))
+    axes[-1, 0].set_xticks([j + 0.4 - width / 2 for j in range(len(workload_names))], workload_names, rotation=45,
+                           ha="right", fontsize=8)
+    device = results["environment"]["device"]["device_kind"]
+    what = "speedup vs e3nn-jax (median; above 1: faster)" if has_baseline else "median ms (no e3nn-jax baseline)"
+    axes[0, 0].set_title(f"e3nn_fast on {device}: {what}")
+    if names:
+        axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_roofline(results: dict, path: str) -> None:
+    """Achieved GFLOP/s vs FLOPs per byte for every ok row with a cost, under the device's roofs."""
+    plt = _pyplot()
+    env = results["environment"]
+    dtype = env["settings"]["dtype"]
+    points = [r for r in results["rows"] if r["status"] == "ok" and r.get("intensity")]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    markers = "osD^v<>pxh"
+    for i, name in enumerate(_backends_with_rows(results)):
+        mine = [r for r in points if r["backend"] == name]
+        if mine:
+            ax.scatter([r["intensity"] for r in mine], [r["gflops_per_s"] for r in mine], marker=markers[i % 10],
+                       label=name, alpha=0.75)
+    peaks: Optional[dict] = env.get("peaks")
+    intensities = [r["intensity"] for r in points] or [1.0]
+    if peaks and peaks["flops"].get(dtype):
+        low, high = min(intensities) / 4, max(intensities) * 4
+        xs = [low * (high / low) ** (k / 99) for k in range(100)]
+        ys = [min(peaks["flops"][dtype], x * peaks["bandwidth"]) / 1e9 for x in xs]
+        ax.plot(xs, ys, color="black", linewidth=1, label=f"roof ({peaks['source']})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP / compulsory byte)")
+    ax.set_ylabel(f"achieved GFLOP/s ({dtype})")
+    ax.set_title(f"roofline on {env['device']['device_kind']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_all(results: dict, folder: str) -> dict:
+    """Write the four outputs into ``folder`` (created); their paths.  A plotting failure (e.g. no matplotlib)
+    leaves the JSON and markdown written and is recorded in the returned dict as an error string."""
+    os.makedirs(folder, exist_ok=True)
+    paths = {"json": os.path.join(folder, "results.json"), "markdown": os.path.join(folder, "results.md"),
+             "speedup": os.path.join(folder, "speedup.png"), "roofline": os.path.join(folder, "roofline.png")}
+    write_json(results, paths["json"])
+    with open(paths["markdown"], "w") as f:
+        f.write(markdown(results))
+    for key, plot in (("speedup", plot_speedup), ("roofline", plot_roofline)):
+        try:
+            plot(results, paths[key])
+        except ImportError as error:
+            paths[key] = f"not written: {error}"
+    return paths

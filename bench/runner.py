@@ -1,0 +1,237 @@
+"""Runs a suite: every selected workload x pass x backend, into result rows.
+
+For each workload the inputs are made once and shared by all backends.  For each pass every backend's function is
+compiled (timed) and run once (warm-up; its result is compared with the baseline's), then all backends are timed
+together, runs interleaved (see :mod:`bench.timing`).  Anything a backend raises while building, compiling or running
+becomes that backend's error row for the pass and the run goes on.  Rows carry the FLOPs and bytes of the pass (from
+:mod:`bench.costs`), the achieved rates and fractions of the device's peaks (:mod:`bench.devices`), memory, and the
+speedup relative to e3nn-jax (baseline median / this median: above 1 is faster than e3nn-jax).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import sys
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from bench import backends as backends_module
+from bench import costs, devices, timing
+from bench.passes import PASSES, cotangent_like
+from bench.workloads import Workload
+
+DTYPES = ("float32", "float64")
+
+
+@dataclasses.dataclass
+class Settings:
+    suite: str = "quick"
+    dtype: str = "float32"
+    repeats: int = 5
+    seed: int = 0
+    progress: bool = True
+    passes: tuple = PASSES
+
+
+def error_text(error: BaseException) -> str:
+    """One line naming the exception, short enough for a table cell."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def environment(settings: Settings, peaks: Optional[devices.DevicePeaks]) -> dict:
+    """Machine, device, versions and settings for results.json."""
+    versions = {"jax": jax.__version__}
+    for module in ("jaxlib", "e3nn_fast", "e3nn_jax", "cuequivariance_jax", "haiku", "flax"):
+        try:
+            versions[module] = str(getattr(__import__(module), "__version__", "?"))
+        except ImportError:
+            versions[module] = None
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "machine": devices.machine_description(),
+        "device": devices.device_description(),
+        "peaks": None if peaks is None else dataclasses.asdict(peaks),
+        "versions": versions,
+        "settings": dataclasses.asdict(settings),
+    }
+
+
+class _Progress:
+    """A tqdm bar when asked for and installed, else nothing."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, unit="pass", file=sys.stderr, dynamic_ncols=True)
+            except ImportError:
+                pass
+
+    def step(self, text: str, done: bool):
+        if self.bar is not None:
+            self.bar.set_description(text)
+            if done:
+                self.bar.update(1)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _rates(row: dict, cost: Optional[costs.Cost], pass_name: str, peaks, dtype: str) -> None:
+    """Add FLOPs, bytes, achieved rates and fractions of peak to an ok row."""
+    if cost is None:
+        return
+    flops, nbytes = cost.for_pass(pass_name)
+    seconds = row["median_ms"] / 1e3
+    row.update({"flops": flops, "bytes": nbytes, "intensity": flops / nbytes if nbytes else None,
+                "gflops_per_s": flops / seconds / 1e9, "gbytes_per_s": nbytes / seconds / 1e9})
+    if peaks is not None:
+        row["fraction_peak_flops"] = costs.fraction(flops / seconds, peaks.peak_flops(dtype))
+        row["fraction_peak_bandwidth"] = costs.fraction(nbytes / seconds, peaks.bandwidth)
+
+
+def _run_pass(workload, pass_name, forwards, inputs, args, settings, cost, peaks) -> list[dict]:
+    """Rows of one pass of one workload for every backend that built a forward."""
+    base = {"workload": workload.name, "group": workload.group, "pass": pass_name,
+            "size": workload.size(settings.suite), "unit": workload.unit, "dtype": settings.dtype}
+    rows, compiled, outputs = {}, {}, {}
+    for name, (backend, forward) in forwards.items():
+        row = rows[name] = dict(base, backend=name, status="ok")
+        try:
+            function = workload.passes(forward, inputs)[pass_name]
+            compiled[name] = timing.compile_function(function, args, backend.context)
+            outputs[name] = timing.run_once(compiled[name], args)
+            row["compile_s"] = compiled[name].compile_s
+            row["memory"] = compiled[name].memory
+            row["peak_memory_bytes"] = devices.peak_memory_bytes()
+        except Exception as error:  # noqa: BLE001 - a failing backend is an error row, not a crash
+            compiled.pop(name, None)
+            row.update(status="error", error=error_text(error))
+    for name, times in timing.time_interleaved(compiled, args, settings.repeats).items():
+        if isinstance(times, BaseException):
+            rows[name].update(status="error", error=error_text(times))
+            continue
+        rows[name].update(timing.summarize(times))
+        _rates(rows[name], cost, pass_name, peaks, settings.dtype)
+    baseline = rows.get(backends_module.BASELINE)
+    for name, row in rows.items():
+        if row["status"] != "ok":
+            continue
+        if baseline is not None and baseline["status"] == "ok":
+            row["speedup_vs_e3nn_jax"] = baseline["median_ms"] / row["median_ms"]
+        reference = _reference_for(name, rows, forwards)
+        if reference is not None:
+            row["compared_to"] = reference
+            row["max_rel_diff"] = timing.max_relative_difference(outputs[name], outputs[reference])
+    return list(rows.values())
+
+
+def _reference_for(name: str, rows: dict, forwards: dict) -> Optional[str]:
+    """The backend whose output ``name``'s is compared with: e3nn-jax when it ran, else the first backend that ran;
+    only among backends of the same API (others lay their outputs out differently)."""
+    api = forwards[name][0].api
+    same = [n for n, r in rows.items() if r["status"] == "ok" and forwards[n][0].api == api]
+    if backends_module.BASELINE in same:
+        return backends_module.BASELINE
+    return same[0] if same else None
+
+
+def _forwards(workload: Workload, backends: list, available: dict, passes: tuple) -> tuple[dict, list[dict]]:
+    """``{backend name: (backend, forward)}`` for the available backends with a builder for the workload, and the
+    error rows of backends whose build raised."""
+    forwards, errors = {}, []
+    for backend in backends:
+        if not available[backend.name]["available"] or backend.api not in workload.builders:
+            continue
+        try:
+            with backend.context():
+                forwards[backend.name] = (backend, workload.builders[backend.api](backend.load()))
+        except Exception as error:  # noqa: BLE001
+            for pass_name in passes:
+                errors.append({"workload": workload.name, "group": workload.group, "pass": pass_name,
+                               "backend": backend.name, "status": "error", "error": error_text(error)})
+    return forwards, errors
+
+
+def _cotangent(workload: Workload, forwards: dict, inputs, key, rows: list, passes: tuple):
+    """A cotangent for the forward's output, traced with the first backend that can; backends that fail to trace
+    are removed from ``forwards`` with error rows (they would fail every pass)."""
+    for name, (backend, forward) in list(forwards.items()):
+        try:
+            with backend.context():
+                return cotangent_like(forward, inputs, key)
+        except Exception as error:  # noqa: BLE001
+            del forwards[name]
+            for pass_name in passes:
+                rows.append({"workload": workload.name, "group": workload.group, "pass": pass_name,
+                             "backend": name, "status": "error", "error": error_text(error)})
+    return None
+
+
+def run_suite(workloads: list[Workload], backends: list, settings: Settings) -> dict:
+    """Measure ``workloads`` x passes x ``backends``; the whole results document (see :mod:`bench.report`)."""
+    if settings.dtype not in DTYPES:
+        raise ValueError(f"dtype {settings.dtype!r} is not one of {DTYPES}")
+    unknown = [p for p in settings.passes if p not in PASSES]
+    if unknown or not settings.passes:
+        raise ValueError(f"passes {list(settings.passes)} must be a non-empty subset of {PASSES}")
+    if settings.repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {settings.repeats}")
+    if settings.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    dtype = jnp.dtype(settings.dtype)
+    started = time.perf_counter()
+    peaks = devices.device_peaks()
+    available = {}
+    for backend in backends:
+        ok, text = backend.availability()
+        available[backend.name] = {"available": ok, ("version" if ok else "reason"): text, "api": backend.api,
+                                   "description": backend.description}
+    results = {"environment": environment(settings, peaks), "backends": available, "skipped_workloads": {},
+               "workloads": {}, "rows": []}
+    progress = _Progress(len(workloads) * len(settings.passes), settings.progress)
+    try:
+        for index, workload in enumerate(workloads):
+            size = workload.size(settings.suite)
+            results["workloads"][workload.name] = {"group": workload.group, "summary": workload.summary,
+                                                   "size": size, "unit": workload.unit}
+            reason = workload.unavailable()
+            forwards = {}
+            if reason is None:
+                try:
+                    inputs = workload.make_inputs(size, dtype, jax.random.PRNGKey(settings.seed + index))
+                    forwards, error_rows = _forwards(workload, backends, available, settings.passes)
+                    results["rows"].extend(error_rows)
+                except Exception as error:  # noqa: BLE001 - e.g. an unreadable data file
+                    reason = f"inputs failed: {error_text(error)}"
+            if reason is not None:
+                results["skipped_workloads"][workload.name] = reason
+            if not forwards:
+                for _ in settings.passes:
+                    progress.step(f"{workload.name}: skipped", done=True)
+                continue
+            cotangent = _cotangent(workload, forwards, inputs, jax.random.PRNGKey(settings.seed + 1000 + index),
+                                   results["rows"], settings.passes)
+            if cotangent is None:  # every backend failed to trace the forward: their error rows are recorded
+                for _ in settings.passes:
+                    progress.step(f"{workload.name}: failed", done=True)
+                continue
+            args = (*inputs.arrays, cotangent)
+            cost = workload.cost(size, dtype.itemsize) if workload.cost is not None else None
+            for pass_name in settings.passes:
+                progress.step(f"{workload.name} {pass_name}", done=False)
+                results["rows"].extend(_run_pass(workload, pass_name, forwards, inputs, args, settings, cost, peaks))
+                progress.step(f"{workload.name} {pass_name}", done=True)
+    finally:
+        progress.close()
+    results["environment"]["wall_s"] = time.perf_counter() - started
+    return results

@@ -1,0 +1,165 @@
+"""MACE's symmetric contraction (product basis) with per-species weights, as a functional op.
+
+For every node ``a`` of species ``s = species[a]`` and every channel ``c``, each output irrep ``ir`` is::
+
+    out[a, c, ir] = sum_{n in orders} sum_m  w{n}_{ir}[s, m, c] * < U_n[ir, m] / mul, x[a, c]^(x)n >
+
+where ``U_n`` is the reduced basis of the symmetric ``n``-th tensor power of ``irreps_in`` (see
+:func:`~e3nn_fast.reduced_tensor_product.reduced_symmetric_tensor_product_basis`).  With one species this is exactly
+the haiku ``SymmetricTensorProduct`` (and e3nn-jax's) with weights ``w{n}_{ir}[0]``; the weight names are the
+module's parameter names, with a leading species axis.
+
+The maths (the bases, dense and as sparse symmetry-folded terms) is described once by
+:func:`~e3nn_fast.symmetric_tensor_product.describe_symmetric_contraction`; the dispatcher op
+``"symmetric_contraction"`` runs it with the reference (dense Horner einsums per node), the optimised ``jnp``
+executor (the default on CPU) or the Pallas kernels (``pallas``, ``pallas-interpret``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from e3nn_fast import dispatch
+from e3nn_fast.irreps import Irreps
+from e3nn_fast.irreps_array import IrrepsArray
+from e3nn_fast.reference import symmetric_contraction as _reference
+from e3nn_fast.symmetric_tensor_product import (
+    SymmetricContractionDescription,
+    describe_symmetric_contraction,
+    parse_keep,
+    parse_orders,
+)
+from e3nn_fast.xla import symmetric_contraction as _xla
+
+__all__ = ["symmetric_contraction", "symmetric_contraction_weight_shapes", "describe"]
+
+OP = "symmetric_contraction"
+
+
+def describe(irreps_in, orders, keep_irrep_out=None) -> SymmetricContractionDescription:
+    """The cached description of the contraction of ``irreps_in`` (orders and ``keep_irrep_out`` as in the op)."""
+    orders = parse_orders(orders)
+    keep = parse_keep(keep_irrep_out)
+    return describe_symmetric_contraction(Irreps(irreps_in), orders, None if keep is None else frozenset(keep))
+
+
+def symmetric_contraction_weight_shapes(
+    irreps_in, num_channel: int, num_species: int, orders, keep_irrep_out=None
+) -> Dict[str, Tuple[int, int, int]]:
+    """``{name: (num_species, mul, num_channel)}``: the weights :func:`symmetric_contraction` expects.
+
+    Initialise them with unit-variance normal values (the bases are normalised for that), e.g.
+    ``{k: jax.random.normal(key_k, shape) for k, shape in ...items()}``.
+    """
+    description = describe(irreps_in, orders, keep_irrep_out)
+    return {block.name: (int(num_species), block.mul, int(num_channel)) for block in description.blocks}
+
+
+def _check_inputs(x, species, weights, description) -> Tuple[jax.Array, Tuple[jax.Array, ...]]:
+    if not isinstance(x, IrrepsArray):
+        raise TypeError(f"symmetric_contraction: x should be an IrrepsArray, got {type(x).__name__}")
+    if x.ndim < 2:
+        raise ValueError(
+            f"symmetric_contraction: x should have shape (..., num_channel, irreps), got shape {x.shape}"
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"symmetric_contraction: x should be a floating-point array, got dtype {x.dtype}")
+    species = jnp.asarray(species)
+    if not jnp.issubdtype(species.dtype, jnp.integer):
+        raise TypeError(f"symmetric_contraction: species should be an integer array, got dtype {species.dtype}")
+    if species.shape != x.shape[:-2]:
+        raise ValueError(
+            f"symmetric_contraction: species should have shape {x.shape[:-2]} (x's leading axes), got {species.shape}"
+        )
+    if not isinstance(weights, Mapping):
+        raise TypeError(f"symmetric_contraction: weights should be a dict {{name: array}}, got {type(weights).__name__}")
+    expected = description.weight_muls
+    missing = [name for name in expected if name not in weights]
+    unexpected = [name for name in weights if name not in expected]
+    if missing or unexpected:
+        raise ValueError(
+            f"symmetric_contraction: weights should be exactly {sorted(expected)} for {description.irreps_in} and "
+            f"orders {description.orders}; missing {missing}, unexpected {unexpected}"
+        )
+    num_channel = x.shape[-2]
+    arrays, num_species = [], None
+    for name in description.weight_names:
+        w = jnp.asarray(weights[name])
+        shape = (w.shape[0] if w.ndim == 3 else None, expected[name], num_channel)
+        if w.ndim != 3 or w.shape[1:] != shape[1:]:
+            raise ValueError(
+                f"symmetric_contraction: weight {name} should have shape (num_species, {expected[name]}, "
+                f"{num_channel}), got {w.shape}"
+            )
+        if num_species is not None and w.shape[0] != num_species:
+            raise ValueError(
+                f"symmetric_contraction: every weight needs the same num_species; {name} has {w.shape[0]}, "
+                f"others {num_species}"
+            )
+        if not jnp.issubdtype(w.dtype, jnp.floating):
+            raise TypeError(f"symmetric_contraction: weight {name} should be floating-point, got {w.dtype}")
+        num_species = w.shape[0]
+        arrays.append(w)
+    return species, tuple(arrays)
+
+
+def symmetric_contraction(
+    x: IrrepsArray,
+    species: Any,
+    weights: Mapping[str, jax.Array],
+    orders,
+    keep_irrep_out=None,
+) -> IrrepsArray:
+    r"""MACE's product basis with per-species weights.
+
+    Args:
+        x: IrrepsArray of shape ``(..., num_channel, irreps_in)``, e.g. ``(num_nodes, 128, "0e+1o+2e+3o")``.
+        species: integers of shape ``(...)`` (``x``'s leading axes), each in ``[0, num_species)``; a value outside
+            that range selects all-zero weights (a zero output: padding nodes).
+        weights: ``{f"w{order}_{ir}": array (num_species, mul, num_channel)}``, the haiku
+            ``SymmetricTensorProduct`` parameter names with a leading species axis (see
+            :func:`symmetric_contraction_weight_shapes`).
+        orders: the tensor powers to include, e.g. ``(1, 2, 3)``.
+        keep_irrep_out: the output irreps to keep (irreps string, Irreps or a set of irreps); all if None.
+
+    Returns:
+        IrrepsArray of shape ``(..., num_channel, irreps_out)``, ``irreps_out`` the sorted kept irreps, each once.
+    """
+    if not isinstance(x, IrrepsArray):
+        raise TypeError(f"symmetric_contraction: x should be an IrrepsArray, got {type(x).__name__}")
+    description = describe(x.irreps, orders, keep_irrep_out)
+    species, arrays = _check_inputs(x, species, weights, description)
+    leading = x.shape[:-2]
+    num_channel = x.shape[-2]
+    nodes = int(np.prod(leading)) if leading else 1
+    dtype = jnp.result_type(x.dtype, *[w.dtype for w in arrays])
+    array = x.array.astype(dtype).reshape(nodes, num_channel, x.irreps.dim)
+    arrays = tuple(w.astype(dtype) for w in arrays)
+    if not description.blocks:  # keep_irrep_out excludes every irrep the powers contain: an empty output
+        return IrrepsArray(description.irreps_out, jnp.zeros(leading + (num_channel, 0), dtype))
+    qualifies = max(description.orders) <= 3
+    run = dispatch.executor(OP, size=nodes * num_channel * description.irreps_out.dim, qualifies=qualifies)
+    out = run(description, array, species.reshape(nodes), arrays)
+    return IrrepsArray(description.irreps_out, out.reshape(leading + (num_channel, description.irreps_out.dim)))
+
+
+def _pallas(description, x, species, weights):
+    from e3nn_fast.kernels.symmetric_contraction import symmetric_contraction as kernel
+
+    return kernel(description, x, species, weights, interpret=False)
+
+
+def _pallas_interpret(description, x, species, weights):
+    from e3nn_fast.kernels.symmetric_contraction import symmetric_contraction as kernel
+
+    return kernel(description, x, species, weights, interpret=True)
+
+
+dispatch.register(OP, "reference", _reference.symmetric_contraction)
+dispatch.register(OP, "jnp", _xla.symmetric_contraction)
+dispatch.register(OP, "pallas", _pallas)
+dispatch.register(OP, "pallas-interpret", _pallas_interpret)

@@ -1,0 +1,119 @@
+"""The benchmark harness (``python -m bench``) on CPU with the tiny suite: it runs end to end, writes valid JSON, a
+markdown table and PNGs, reports a missing optional backend cleanly, turns a failing backend into error rows, and
+skips the molecule workload when its data file is absent."""
+
+import json
+import os
+import types
+
+import jax.numpy as jnp
+import pytest
+
+import e3nn_fast
+from bench import backends, costs, report, runner, workloads
+from bench.__main__ import main
+from bench.passes import PASSES
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _tiny(workload_names, backend_names, passes=PASSES, repeats=2):
+    settings = runner.Settings(suite="tiny", repeats=repeats, progress=False, passes=passes)
+    return runner.run_suite(workloads.select(workload_names), backends.select(backend_names), settings)
+
+
+def test_cli_tiny_suite_writes_json_markdown_and_pngs(tmp_path, capsys):
+    out = tmp_path / "results"
+    code = main(["--suite", "tiny", "--workloads", "high-l5", "--backends", "e3nn_fast:jnp", "e3nn-jax",
+                 "--out", str(out), "--no-progress"])
+    assert code == 0
+    with open(out / "results.json") as f:
+        results = json.load(f)  # valid JSON (NaN would fail: allow_nan=False when writing)
+    assert results["environment"]["versions"]["e3nn_fast"] == e3nn_fast.__version__
+    assert results["environment"]["device"]["platform"] == "cpu"
+    assert results["environment"]["peaks"]["source"] == "measured"
+    rows = results["rows"]
+    assert {(r["workload"], r["pass"], r["backend"]) for r in rows} == {
+        (w, p, b) for w in ("high-l5",) for p in PASSES for b in ("e3nn_fast:jnp", "e3nn-jax")}
+    for row in rows:
+        assert row["status"] == "ok", row
+        assert row["median_ms"] > 0 and row["compile_s"] > 0 and len(row["times_ms"]) == 2
+        assert row["memory"]["output_bytes"] > 0  # compiled memory_analysis on CPU
+        assert row["flops"] > 0 and row["bytes"] > 0 and row["fraction_peak_flops"] > 0
+        assert row["max_rel_diff"] < 1e-4  # e3nn_fast agrees with e3nn-jax on every pass
+        assert row["speedup_vs_e3nn_jax"] > 0
+    baseline = [r for r in rows if r["backend"] == "e3nn-jax"]
+    assert all(r["speedup_vs_e3nn_jax"] == 1.0 for r in baseline)
+    text = (out / "results.md").read_text()
+    assert "| workload | size | pass | e3nn_fast:jnp | e3nn-jax |" in text
+    assert "| high-l5 | 8 edges | forces |" in text
+    for name in ("speedup.png", "roofline.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    assert "| high-l5 | 8 edges | fwd |" in capsys.readouterr().out
+
+
+def test_missing_optional_backend_is_reported_not_run(monkeypatch):
+    missing = backends.Backend("not-installed", "e3nn", lambda: __import__("no_such_module_for_the_bench"))
+    monkeypatch.setitem(backends.BACKENDS, missing.name, missing)
+    results = _tiny(["sh-l3"], ["e3nn_fast:reference", "not-installed"], passes=("fwd",))
+    assert results["backends"]["not-installed"]["available"] is False
+    assert "not importable" in results["backends"]["not-installed"]["reason"]
+    assert {r["backend"] for r in results["rows"]} == {"e3nn_fast:reference"}
+    assert all(r["status"] == "ok" for r in results["rows"])
+    # no e3nn-jax in this run: outputs are compared with the first backend and no ratio is claimed
+    assert all("speedup_vs_e3nn_jax" not in r and r["compared_to"] == "e3nn_fast:reference" for r in results["rows"])
+    assert "backend not-installed not run: not importable" in report.markdown(results)
+
+
+def test_failing_backend_becomes_error_rows(monkeypatch, tmp_path):
+    def broken_spherical_harmonics(*args, **kwargs):
+        raise RuntimeError("kernel exploded")
+
+    broken_lib = types.SimpleNamespace(**{n: getattr(e3nn_fast, n) for n in ("IrrepsArray", "tensor_product")},
+                                       spherical_harmonics=broken_spherical_harmonics)
+    broken = backends.Backend("broken", "e3nn", lambda: broken_lib)
+    monkeypatch.setitem(backends.BACKENDS, broken.name, broken)
+    results = _tiny(["sh-l3", "high-l5"], ["e3nn_fast:jnp", "broken"], passes=("fwd", "forces"))
+    by_backend = {}
+    for row in results["rows"]:
+        by_backend.setdefault(row["backend"], []).append(row)
+    assert all(r["status"] == "ok" for r in by_backend["e3nn_fast:jnp"])
+    errors = [r for r in by_backend["broken"] if r["status"] == "error"]
+    assert {(r["workload"], r["pass"]) for r in errors} == {("sh-l3", "fwd"), ("sh-l3", "forces")}
+    assert all("RuntimeError: kernel exploded" in r["error"] for r in errors)
+    # the broken backend still ran the workload it did not break
+    assert all(r["status"] == "ok" for r in by_backend["broken"] if r["workload"] == "high-l5")
+    paths = report.write_all(results, str(tmp_path))
+    assert "## Errors" in open(paths["markdown"]).read()
+    assert json.load(open(paths["json"]))["rows"]
+
+
+def test_molecule_workload_skipped_without_data_file(monkeypatch):
+    monkeypatch.setenv("E3NN_FAST_BENCH_MOLECULE", os.path.join("no", "such", "aspirin.xyz"))
+    results = _tiny(["nequip-train"], ["e3nn_fast:jnp"], passes=("fwd",))
+    assert "not found" in results["skipped_workloads"]["nequip-train"]
+    assert results["rows"] == []
+    assert "workload nequip-train skipped" in report.markdown(results)
+
+
+def test_costs_follow_the_path_description():
+    description = workloads.channelwise_description("128x5e", "1x3e", "5e")
+    cost = costs.tensor_product_cost(description, 10, 4, channel_scale=True)
+    assert cost.flops == 10 * (description.flops_per_sample() + 128 * 11)
+    assert cost.input_bytes == 10 * 4 * (128 * 11 + 7 + 128)  # x1, x2 and one weight per output channel
+    assert cost.output_bytes == 10 * 4 * 128 * 11
+    assert cost.for_pass("fwd+bwd")[0] == 3 * cost.flops
+    assert costs.spherical_harmonics_flops(3) > costs.spherical_harmonics_flops(2)
+
+
+def test_selection_rejects_unknown_names():
+    assert [w.name for w in workloads.select(["sh-l*"])] == ["sh-l3", "sh-l8"]
+    with pytest.raises(ValueError, match="no workload matches"):
+        workloads.select(["nope"])
+    with pytest.raises(ValueError, match="no backend matches"):
+        backends.select(["nope"])
+    with pytest.raises(ValueError, match="dtype"):
+        runner.run_suite([], [], runner.Settings(dtype="int8"))
+    with pytest.raises(ValueError, match="passes"):
+        runner.run_suite([], [], runner.Settings(passes=("backward",)))
+    assert main(["--workloads", "nope"]) == 2
