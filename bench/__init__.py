@@ -5,6 +5,8 @@ One concept per module:
 ============== =====================================================================================================
 ``workloads``  the workload registry: published tensor-product configurations, spherical harmonics and a NequIP-style
                training step, each sized per suite (``tiny`` for tests, ``quick`` for a CPU, ``full`` for a GPU)
+``fused``      the fused-op workloads: message passing (MACE-large/-medium, NequIP-benzene) and MACE's symmetric
+               contraction, e3nn_fast's fused ops against the op by op composition and e3nn-jax
 ``model``      the NequIP-style model and the molecule graph (rMD17 aspirin) of the training-step workload
 ``passes``     the three timed passes derived from a forward function: fwd, fwd+bwd, forces (double backward)
 ``backends``   the backend registry: e3nn_fast executors, e3nn-jax, cuequivariance-jax (whichever import)

@@ -58,11 +58,11 @@ def list_everything(suite: str) -> str:
     for w in workloads.WORKLOADS.values():
         reason = w.unavailable()
         note = f"  [skipped: {reason}]" if reason else ""
-        lines.append(f"  {w.name:16s} {w.size(suite):>9} {w.unit:9s} {w.summary}{note}")
+        lines.append(f"  {w.name:18s} {w.size(suite):>9} {w.unit:9s} {w.summary}{note}")
     lines.append("backends:")
     for b in backends.BACKENDS.values():
         ok, text = b.availability()
-        lines.append(f"  {b.name:22s} {'available ' + text if ok else 'unavailable: ' + text}")
+        lines.append(f"  {b.name:24s} {'available ' + text if ok else 'unavailable: ' + text}")
     return "\n".join(lines)
 
 

@@ -9,12 +9,16 @@ plus, optionally, a context entered while tracing.  The defaults:
 ``e3nn_fast:pallas``    e3nn_fast with the Pallas kernels, only on a GPU/TPU (interpret mode is never timed)
 ``e3nn-jax``            e3nn-jax itself, when importable: the baseline of every ratio
 ``cuequivariance``      cuequivariance-jax, when importable; runs the workloads that have a builder for its API
+``e3nn_fast:fused-jnp``    e3nn_fast's fused ops (``message_passing``, ``symmetric_contraction``; API
+                           ``"e3nn_fast.fused"``, :mod:`bench.fused`), jnp executor
+``e3nn_fast:fused-pallas`` the same with the Pallas kernels, only on a GPU/TPU
 ==================== ====================================================================================
 
 A backend that is not available here (library not importable, no accelerator) is listed in results.json with the
 reason and produces no rows; a backend that raises while building, compiling or running a workload produces an error
-row.  :func:`register` adds more, e.g. a future fused ``e3nn_fast.message_passing`` op as API ``"message_passing"``
-together with :func:`bench.workloads.add_builder` for the MACE/NequIP workloads.
+row.  :func:`register` adds more, together with :func:`bench.workloads.add_builder` for the workloads they run.
+The fused backends have no ``reference`` variant: the reference executor of ``message_passing`` is the op by op
+composition that ``e3nn_fast:reference`` already runs.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ BASELINE = "e3nn-jax"
 @dataclasses.dataclass(frozen=True)
 class Backend:
     """``load()`` returns the library module (raises ImportError when missing); ``context()`` is entered while
-    tracing; ``requirement()`` returns why the backend cannot run on this machine, or None."""
+    tracing; ``requirement()`` returns why the backend cannot run on this machine, or None; ``layout`` names the
+    API whose output layout this backend's outputs share (its own API when empty): outputs are compared between
+    backends of the same layout."""
 
     name: str
     api: str
@@ -41,6 +47,11 @@ class Backend:
     context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     requirement: Callable[[], Optional[str]] = lambda: None
     description: str = ""
+    layout: str = ""
+
+    @property
+    def output_layout(self) -> str:
+        return self.layout or self.api
 
     def availability(self) -> tuple[bool, str]:
         """(available, version or the reason it is not)."""
@@ -88,15 +99,16 @@ def _e3nn_fast_executor(executor: str) -> Callable[[], contextlib.AbstractContex
     return context
 
 
-def _needs_executor(executor: str, accelerator: bool) -> Callable[[], Optional[str]]:
+def _needs_executor(executor: str, accelerator: bool, ops=("tensor_product",)) -> Callable[[], Optional[str]]:
     def requirement():
         if accelerator and not devices.is_accelerator():
             return "needs a GPU/TPU (interpret mode is never timed)"
+        import e3nn_fast  # noqa: F401  (registers every op's executors)
         from e3nn_fast import dispatch
-        import e3nn_fast.tensor_products  # noqa: F401  (registers the tensor-product executors)
 
-        if executor not in dispatch.available("tensor_product"):
-            return f"no {executor!r} tensor-product executor registered"
+        for op in ops:
+            if executor not in dispatch.available(op):
+                return f"no {executor!r} executor registered for op {op!r}"
         return None
 
     return requirement
@@ -109,6 +121,12 @@ for _executor, _accelerator, _text in (
 ):
     register(Backend(f"e3nn_fast:{_executor}", "e3nn", _import("e3nn_fast"), _e3nn_fast_executor(_executor),
                      _needs_executor(_executor, _accelerator), _text))
+FUSED_API = "e3nn_fast.fused"  # the fused ops' builders live in bench.fused
+for _executor, _accelerator in (("jnp", False), ("pallas", True)):
+    register(Backend(f"e3nn_fast:fused-{_executor}", FUSED_API, _import("e3nn_fast"), _e3nn_fast_executor(_executor),
+                     _needs_executor(_executor, _accelerator, ("message_passing", "symmetric_contraction")),
+                     f"e3nn_fast fused ops (message_passing, symmetric_contraction), {_executor} executor",
+                     layout="e3nn"))
 register(Backend(BASELINE, "e3nn", _import("e3nn_jax"), description="e3nn-jax (baseline of the ratios)"))
 def _load_cuequivariance():
     """cuequivariance_jax, after registering its workload builders (:mod:`bench.cue`)."""

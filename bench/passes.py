@@ -21,6 +21,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 PASSES = ("fwd", "fwd+bwd", "forces")
 
@@ -38,10 +39,21 @@ class Inputs:
     trained: tuple
 
 
+def host_rng(key) -> np.random.Generator:
+    """A NumPy generator seeded by a JAX key: random inputs drawn on the host compile nothing (``jax.random`` compiles
+    one kernel per shape, about a second each on a small CPU, which dominated the tiny suite)."""
+    return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+
+
+def host_normal(rng: np.random.Generator, shape, dtype) -> jax.Array:
+    """Standard normal values of ``shape`` and ``dtype``, drawn by ``rng``."""
+    return jnp.asarray(rng.standard_normal(shape), dtype)
+
+
 def cotangent_like(forward: Callable, inputs: Inputs, key) -> jax.Array:
-    """A fixed random array of the forward output's shape and dtype (computed abstractly, nothing runs)."""
+    """A fixed random array of the forward output's shape and dtype (the shape computed abstractly)."""
     shape = jax.eval_shape(forward, *inputs.arrays)
-    return jax.random.normal(key, shape.shape, shape.dtype)
+    return host_normal(host_rng(key), shape.shape, shape.dtype)
 
 
 def derived_passes(forward: Callable, inputs: Inputs) -> dict:

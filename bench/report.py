@@ -7,7 +7,10 @@ How to read them:
   ``rows``, one per workload x pass x backend with every figure (times of every run, compile time, memory, FLOPs,
   bytes, rates, fractions of peak, speedup vs e3nn-jax, largest difference from the baseline's output) or the error.
 * ``results.md``: a summary table (median milliseconds per backend, in brackets the speedup relative to e3nn-jax:
-  above 1 means faster than e3nn-jax) and a detailed table.
+  above 1 means faster than e3nn-jax), time and memory side by side (median ms, the compiled executable's temporary
+  bytes from ``memory_analysis``, and on a GPU the allocator's peak), the memory-bound floors of the fused-op
+  workloads (counted compulsory bytes at the device's peak bandwidth, and published floors such as issue 6's 0.43 ms
+  for MACE-large forward on an H100) with the fraction each backend reaches, and a detailed table.
 * ``speedup.png``: speedup vs e3nn-jax per workload, one panel per pass (log scale; 1 = parity).
 * ``roofline.png``: achieved GFLOP/s against arithmetic intensity (FLOPs per compulsory byte), with the device's
   compute and bandwidth roofs.  Small CPU workloads fit in cache and can sit above the measured DRAM-bandwidth roof.
@@ -88,6 +91,64 @@ def summary_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _mib(value) -> str:
+    return f"{value / 2**20:.3g}" if value < 100 * 2**20 else f"{value / 2**20:.0f}"
+
+
+def time_memory_table(results: dict) -> str:
+    """Workload x pass rows, one column per backend: ``median ms / temp MiB`` (compiled ``memory_analysis``), and
+    ``/ peak MiB`` where the device allocator reports one (a process-wide high-water mark: an upper bound)."""
+    names = _backends_with_rows(results)
+    rows = _rows_by_key(results)
+    lines = ["| workload | size | pass | " + " | ".join(f"{n} ms / temp MiB" for n in names) + " |",
+             "|---|---:|---|" + "---:|" * len(names)]
+    for workload, info in results["workloads"].items():
+        if workload in results["skipped_workloads"]:
+            continue
+        for pass_name in results["environment"]["settings"]["passes"]:
+            cells = []
+            for name in names:
+                row = rows.get((workload, pass_name, name))
+                if row is None or row["status"] != "ok":
+                    cells.append("–" if row is None else "error")
+                    continue
+                cell = _ms(row["median_ms"])
+                temp = (row.get("memory") or {}).get("temp_bytes")
+                cell += " / " + (_mib(temp) if temp is not None else "?")
+                if row.get("peak_memory_bytes") is not None:
+                    cell += f" / peak {_mib(row['peak_memory_bytes'])}"
+                cells.append(cell)
+            lines.append(f"| {workload} | {info['size']} {info['unit']} | {pass_name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+FLOOR_GROUPS = ("message passing", "product basis")  # workloads whose bytes count a fused op's compulsory traffic
+
+
+def floor_lines(results: dict) -> list[str]:
+    """One line per forward pass of the fused-op workloads: the floor of the counted bytes at the device's peak
+    bandwidth and the fraction of it each backend reaches; then every published floor with its fractions."""
+    lines = []
+    by_pass: dict = {}
+    for row in results["rows"]:
+        if row["status"] == "ok" and row.get("floor_ms") is not None and row["pass"] == "fwd" \
+                and row.get("group") in FLOOR_GROUPS:
+            by_pass.setdefault(row["workload"], []).append(row)
+    for workload, rows in by_pass.items():
+        fractions = ", ".join(f"{r['backend']} {100 * r['floor_ms'] / r['median_ms']:.3g}%" for r in rows)
+        lines.append(f"- {workload} fwd: floor {rows[0]['floor_ms']:.3g} ms ({rows[0]['bytes'] / 1e6:.4g} MB at "
+                     f"peak bandwidth); achieved fraction: {fractions}")
+    published: dict = {}
+    for row in results["rows"]:
+        if row["status"] == "ok" and row.get("fraction_published_floor") is not None:
+            published.setdefault((row["workload"], row["pass"]), []).append(row)
+    for (workload, pass_name), rows in published.items():
+        fractions = ", ".join(f"{r['backend']} {100 * r['fraction_published_floor']:.3g}%" for r in rows)
+        lines.append(f"- {workload} {pass_name}: published floor {rows[0]['published_floor_ms']:.3g} ms "
+                     f"({rows[0]['published_floor_source']}); achieved fraction: {fractions}")
+    return lines
+
+
 def detail_table(results: dict) -> str:
     """One line per workload x pass x backend with every headline figure."""
     lines = ["| workload | pass | backend | median ms | × e3nn-jax | compile s | temp MiB | peak MiB | GFLOP/s "
@@ -142,7 +203,16 @@ def markdown(results: dict) -> str:
     for name, reason in results["skipped_workloads"].items():
         lines.append(f"- workload {name} skipped: {reason}")
     lines += ["", "Median milliseconds per pass; in brackets the speedup relative to e3nn-jax (above 1: faster).", "",
-              summary_table(results), "", "## Details", "", detail_table(results), ""]
+              summary_table(results), "",
+              "## Time and memory", "",
+              "Median ms / temporary MiB of the compiled executable (its memory_analysis; on a GPU also the "
+              "allocator's peak, a process-wide high-water mark).", "", time_memory_table(results), ""]
+    floors = floor_lines(results)
+    if floors:
+        lines += ["## Memory-bound floors", "",
+                  "Fused-op workloads, forward: the counted compulsory bytes at the device's peak bandwidth, and the "
+                  "fraction of that floor each backend reaches (floor / median).", ""] + floors + [""]
+    lines += ["## Details", "", detail_table(results), ""]
     errors = [r for r in results["rows"] if r["status"] != "ok"]
     if errors:
         lines += ["## Errors", ""] + [f"- {r['workload']} {r['pass']} {r['backend']}: {r.get('error')}"

@@ -19,6 +19,8 @@ fctp                    e3nn-jax's FCTP benchmark: fully connected ``128x0e+128x
                         itself, shared weights
 sh-l3 / sh-l8           ``spherical_harmonics(l <= 3 / 8, normalize=True)`` of random vectors                1M vectors
 nequip-train            a NequIP-style training step with forces on rMD17 aspirin (:mod:`bench.model`)       64 molecules
+mp-* / sc-mace          e3nn_fast's fused message passing and symmetric contraction against the op by op     see
+                        composition (:mod:`bench.fused`)                                                     there
 ======================= ================================================================================= ===========
 
 The convolutions are written as their models write them with e3nn-jax's API: ``tensor_product(x, sh,
@@ -27,8 +29,8 @@ weights that the radial MLP produces).  The fully connected ones use ``legacy.Fu
 with ``jax.vmap(tp.left_right)`` over the batch.
 
 Extending: :func:`register` adds a workload; :func:`add_builder` adds an implementation of an existing workload for
-another backend API (e.g. a future fused ``e3nn_fast.message_passing`` op for the MACE/NequIP workloads, or
-cuequivariance-jax's API); a backend runs exactly the workloads that have a builder for its API.
+another backend API (e.g. cuequivariance-jax's, or e3nn_fast's fused ops in :mod:`bench.fused`); a backend runs
+exactly the workloads that have a builder for its API.
 """
 
 from __future__ import annotations
@@ -53,7 +55,9 @@ class Workload:
 
     ``builders`` maps a backend API to ``build(lib) -> forward`` where ``forward(*inputs.arrays)`` is the operation;
     ``passes(forward, inputs)`` turns it into the timed passes; ``cost(size, itemsize)`` gives FLOPs and bytes (or
-    None when there is no description to count from); ``unavailable()`` says why it cannot run here (or None)."""
+    None when there is no description to count from); ``unavailable()`` says why it cannot run here (or None);
+    ``details(size)`` adds facts about a size to results.json (e.g. the node count of a graph of ``size`` edges);
+    ``published_floor`` is a published lower bound on a pass's time that the runner reports the fraction of."""
 
     name: str
     group: str
@@ -65,11 +69,28 @@ class Workload:
     passes: Callable = derived_passes
     cost: Optional[Callable[[int, int], Optional[costs.Cost]]] = None
     unavailable: Callable[[], Optional[str]] = lambda: None
+    details: Optional[Callable[[int], dict]] = None
+    published_floor: Optional["PublishedFloor"] = None
 
     def size(self, suite: str) -> int:
         if suite not in self.sizes:
             raise ValueError(f"unknown suite {suite!r}; expected one of {SUITES}")
         return self.sizes[suite]
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishedFloor:
+    """A published lower bound: pass ``pass_name`` of ``size`` items takes at least ``ms`` on the device whose
+    :class:`bench.devices.DevicePeaks` is named ``peaks_name``; it scales linearly with the size."""
+
+    peaks_name: str
+    pass_name: str
+    ms: float
+    size: int
+    source: str
+
+    def floor_ms(self, size: int) -> float:
+        return self.ms * size / self.size
 
 
 WORKLOADS: dict[str, Workload] = {}
@@ -258,3 +279,6 @@ register(Workload(
     "nequip-train", "model", "NequIP-style step with forces, rMD17 aspirin, 5 Å", "molecules",
     {"tiny": 1, "quick": 2, "full": 64}, model.make_inputs, {E3NN_API: model.energy_function},
     passes=model.training_passes, unavailable=model.unavailable_reason))
+
+# The fused-op workloads register themselves (after the ones above, which they build on).
+from bench import fused  # noqa: E402,F401

@@ -158,6 +158,7 @@ def _shtp_equivariance(params, R):
     return out
 
 
+@pytest.mark.slow  # equivariance also follows from the parity tests with e3nn-jax
 def test_linear_shtp_is_equivariant():
     init, _ = _make_shtp(True, jnp.float64)
     params = _random_params(jax.eval_shape(init))
@@ -385,6 +386,7 @@ def _voxel_conv_for_equivariance():
     )
 
 
+@pytest.mark.slow  # equivariance also follows from the parity tests with e3nn-jax
 def test_voxel_convolution_is_equivariant():
     values = jnp.asarray(_rng(5).randn(1, 5, 5, 3, 9))
     conv = _voxel_conv_for_equivariance()
