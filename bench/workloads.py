@@ -244,6 +244,92 @@ def spherical_harmonics(name: str, lmax: int, sizes: dict) -> Workload:
                     {E3NN_API: build}, cost=cost)
 
 
+# --------------------------------------------------------------------- issue 3's CPU workloads (e3nn_fast vs e3nn-jax)
+
+
+def sh_tensor_product(name: str, features: str, lmax: int, sizes: dict) -> Workload:
+    """``tensor_product(x, spherical_harmonics(vectors)) * w``: harmonics computed inside, so ``forces`` (gradient
+    w.r.t. the weights of ``|d/dvectors|^2``) is the double backward of force training through both."""
+    sh_irreps = "+".join(f"{l}{'e' if l % 2 == 0 else 'o'}" for l in range(lmax + 1))
+    description = describe_full(features, sh_irreps)
+    num_channels = description.irreps_out.num_irreps
+
+    def make_inputs(edges, dtype, key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        arrays = (_random(k1, (edges, irreps(features).dim), dtype), _random(k2, (edges, 3), dtype),
+                  _random(k3, (edges, num_channels), dtype))
+        return Inputs(arrays, differentiable=(0, 1, 2), force=1, trained=(2,))
+
+    def build(lib):
+        def forward(x, vectors, w):
+            sh = lib.spherical_harmonics(list(range(lmax + 1)), lib.IrrepsArray("1o", vectors), normalize=True)
+            return (lib.tensor_product(lib.IrrepsArray(features, x), sh) * w).array
+
+        return forward
+
+    def cost(edges, itemsize):
+        return costs.tensor_product_cost(description, edges, itemsize, channel_scale=True)
+
+    return Workload(name, "convolution", f"{features} ⊗ Y(l ≤ {lmax}) of the edge vectors, per-edge weights",
+                    "edges", sizes, make_inputs, {E3NN_API: build}, cost=cost)
+
+
+def plain_tensor_product(name: str, in1: str, in2: str, sizes: dict) -> Workload:
+    """``tensor_product(x1, x2)``, every path, no weights."""
+    description = describe_full(in1, in2)
+
+    def make_inputs(rows, dtype, key):
+        k1, k2 = jax.random.split(key)
+        arrays = (_random(k1, (rows, irreps(in1).dim), dtype), _random(k2, (rows, irreps(in2).dim), dtype))
+        return Inputs(arrays, differentiable=(0, 1), force=1, trained=(0,))
+
+    def build(lib):
+        return lambda x1, x2: lib.tensor_product(lib.IrrepsArray(in1, x1), lib.IrrepsArray(in2, x2)).array
+
+    def cost(rows, itemsize):
+        return costs.tensor_product_cost(description, rows, itemsize)
+
+    return Workload(name, "tensor product", f"{in1} ⊗ {in2}, all paths", "samples", sizes, make_inputs,
+                    {E3NN_API: build}, cost=cost)
+
+
+def describe_full(in1: str, in2: str):
+    from e3nn_fast.path_description import describe_full_tensor_product
+
+    return describe_full_tensor_product(irreps(in1), irreps(in2), None, "component")
+
+
+def haiku_linear(name: str, features: str, sizes: dict) -> Workload:
+    """haiku ``Linear(features)`` on ``features``; parameters initialised once per library with the same key."""
+
+    def make_inputs(rows, dtype, key):
+        return Inputs((_random(key, (rows, irreps(features).dim), dtype),), differentiable=(0,), force=0,
+                      trained=(0,))
+
+    def build(lib):
+        import haiku as hk
+
+        transformed = hk.without_apply_rng(hk.transform(lambda x: lib.haiku.Linear(features)(x)))
+        example = lib.IrrepsArray(features, jnp.zeros((1, irreps(features).dim), jnp.float32))
+        params = transformed.init(jax.random.PRNGKey(0), example)
+
+        def forward(x):
+            p = jax.tree.map(lambda a: a.astype(x.dtype), params)
+            return transformed.apply(p, lib.IrrepsArray(features, x)).array
+
+        return forward
+
+    def unavailable():
+        try:
+            import haiku  # noqa: F401
+        except ImportError:
+            return "needs dm-haiku"
+        return None
+
+    return Workload(name, "linear", f"haiku Linear on {features}", "samples", sizes, make_inputs,
+                    {E3NN_API: build}, unavailable=unavailable)
+
+
 # --------------------------------------------------------------------------------------------------- the registry
 
 MACE_SH = "0e+1o+2e+3o"
@@ -279,6 +365,10 @@ register(Workload(
     "nequip-train", "model", "NequIP-style step with forces, rMD17 aspirin, 5 Å", "molecules",
     {"tiny": 1, "quick": 2, "full": 64}, model.make_inputs, {E3NN_API: model.energy_function},
     passes=model.training_passes, unavailable=model.unavailable_reason))
+
+register(sh_tensor_product("sh-tp", "32x0e+32x1o+32x2e", 3, {"tiny": 8, "quick": 4_000, "full": 160_000}))
+register(plain_tensor_product("tp-16", "16x0e+16x1o+16x2e", "0e+1o+2e", {"tiny": 8, "quick": 4_096, "full": 200_000}))
+register(haiku_linear("linear-128", "128x0e+128x1o+128x2e", {"tiny": 8, "quick": 4_096, "full": 200_000}))
 
 # The fused-op workloads register themselves (after the ones above, which they build on).
 from bench import fused  # noqa: E402,F401
