@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 from bench.backends import BASELINE
 
@@ -67,11 +67,12 @@ def _rows_by_key(results: dict) -> dict:
     return {(r["workload"], r["pass"], r["backend"]): r for r in results["rows"]}
 
 
-def summary_table(results: dict) -> str:
-    """Workload x pass rows, one column per backend: median ms and (speedup vs e3nn-jax)."""
+def _backend_table(results: dict, column: Callable[[str], str], cell: Callable[[dict], str]) -> str:
+    """Workload x pass rows, one column per backend that produced rows: ``cell(row)`` for a successful row,
+    ``error`` for a failed one, ``–`` where the backend has no row."""
     names = _backends_with_rows(results)
     rows = _rows_by_key(results)
-    lines = ["| workload | size | pass | " + " | ".join(names) + " |",
+    lines = ["| workload | size | pass | " + " | ".join(column(n) for n in names) + " |",
              "|---|---:|---|" + "---:|" * len(names)]
     for workload, info in results["workloads"].items():
         if workload in results["skipped_workloads"]:
@@ -80,15 +81,19 @@ def summary_table(results: dict) -> str:
             cells = []
             for name in names:
                 row = rows.get((workload, pass_name, name))
-                if row is None:
-                    cells.append("–")
-                elif row["status"] != "ok":
-                    cells.append("error")
-                else:
-                    speedup = row.get("speedup_vs_e3nn_jax")
-                    cells.append(_ms(row["median_ms"]) + (f" ({speedup:.2f}×)" if speedup is not None else ""))
+                cells.append("–" if row is None else "error" if row["status"] != "ok" else cell(row))
             lines.append(f"| {workload} | {info['size']} {info['unit']} | {pass_name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def summary_table(results: dict) -> str:
+    """Workload x pass rows, one column per backend: median ms and (speedup vs e3nn-jax)."""
+
+    def cell(row: dict) -> str:
+        speedup = row.get("speedup_vs_e3nn_jax")
+        return _ms(row["median_ms"]) + (f" ({speedup:.2f}×)" if speedup is not None else "")
+
+    return _backend_table(results, lambda name: name, cell)
 
 
 def _mib(value) -> str:
@@ -98,28 +103,15 @@ def _mib(value) -> str:
 def time_memory_table(results: dict) -> str:
     """Workload x pass rows, one column per backend: ``median ms / temp MiB`` (compiled ``memory_analysis``), and
     ``/ peak MiB`` where the device allocator reports one (a process-wide high-water mark: an upper bound)."""
-    names = _backends_with_rows(results)
-    rows = _rows_by_key(results)
-    lines = ["| workload | size | pass | " + " | ".join(f"{n} ms / temp MiB" for n in names) + " |",
-             "|---|---:|---|" + "---:|" * len(names)]
-    for workload, info in results["workloads"].items():
-        if workload in results["skipped_workloads"]:
-            continue
-        for pass_name in results["environment"]["settings"]["passes"]:
-            cells = []
-            for name in names:
-                row = rows.get((workload, pass_name, name))
-                if row is None or row["status"] != "ok":
-                    cells.append("–" if row is None else "error")
-                    continue
-                cell = _ms(row["median_ms"])
-                temp = (row.get("memory") or {}).get("temp_bytes")
-                cell += " / " + (_mib(temp) if temp is not None else "?")
-                if row.get("peak_memory_bytes") is not None:
-                    cell += f" / peak {_mib(row['peak_memory_bytes'])}"
-                cells.append(cell)
-            lines.append(f"| {workload} | {info['size']} {info['unit']} | {pass_name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+
+    def cell(row: dict) -> str:
+        temp = (row.get("memory") or {}).get("temp_bytes")
+        text = _ms(row["median_ms"]) + " / " + (_mib(temp) if temp is not None else "?")
+        if row.get("peak_memory_bytes") is not None:
+            text += f" / peak {_mib(row['peak_memory_bytes'])}"
+        return text
+
+    return _backend_table(results, lambda name: f"{name} ms / temp MiB", cell)
 
 
 FLOOR_GROUPS = ("message passing", "product basis")  # workloads whose bytes count a fused op's compulsory traffic

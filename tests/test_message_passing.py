@@ -388,21 +388,7 @@ def test_kernel_qualifies_and_falls_back():
     assert_close(out, unfused(x, sh, w, senders, receivers, 9).array, jnp.float64)
 
 
-def _pallas_cannot_lower(platform):
-    """Why this jax cannot lower any Pallas kernel for ``platform`` (a copy kernel), or None when it can."""
-    from e3nn_fast.kernels import _pallas_compat as compat
-    from e3nn_fast.kernels.message_passing import FAMILY
-
-    def kernel(x_ref, o_ref):
-        o_ref[...] = x_ref[...]
-
-    try:
-        call = compat.pallas_call(kernel, family=FAMILY, interpret=False,
-                                  out_shape=jax.ShapeDtypeStruct((8, 128), jnp.float32))
-        jax.jit(call).trace(jnp.zeros((8, 128), jnp.float32)).lower(lowering_platforms=(platform,))
-    except Exception as error:  # noqa: BLE001 - any failure means this jax cannot lower Pallas there at all
-        return f"this jax cannot lower Pallas for {platform}: {type(error).__name__}: {error}"
-    return None
+from pallas_lowering import pallas_cannot_lower as _pallas_cannot_lower  # noqa: E402
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(jnp.bfloat16, marks=pytest.mark.slow)])
