@@ -26,22 +26,7 @@ DTYPES = [np.float32, np.float64]
 IRREPS = ["3x0e + 2x0o + 1o + 0e", "4x0e", "2x0o + 2e + 0e + 0o"]
 
 
-def tol(dtype):
-    return dict(rtol=1e-6, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-13)
-
-
-def random_inputs(irreps, leading_shape, dtype, seed=0):
-    """The same random data as an e3nn_fast and an e3nn_jax IrrepsArray."""
-    irreps = str(Irreps(irreps))
-    array = np.random.default_rng(seed).normal(size=leading_shape + (Irreps(irreps).dim,)).astype(dtype)
-    return IrrepsArray(irreps, jnp.asarray(array)), e3nn_jax.IrrepsArray(irreps, jnp.asarray(array))
-
-
-def assert_same(ours, ref, dtype):
-    assert str(ours.irreps) == str(ref.irreps)
-    assert ours.shape == ref.shape and ours.dtype == ref.dtype == dtype
-    assert tuple(ours.zero_flags) == tuple(ref.zero_flags)
-    np.testing.assert_allclose(np.asarray(ours.array), np.asarray(ref.array), **tol(dtype))
+from parity import assert_same, random_inputs, tol  # noqa: E402,F401
 
 
 def odd_cubic(x):
