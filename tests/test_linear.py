@@ -426,6 +426,7 @@ def test_linear_through_kernels_matches_reference():
 
     expected = run()
     with e3nn_fast.backend("pallas-interpret"):
+        assert dispatch.choose("linear") == "pallas-interpret"
         got = run()
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
@@ -443,5 +444,6 @@ def test_haiku_linear_with_indexed_weights_through_kernels():
     params = build().init(jax.random.PRNGKey(1), x, index)
     expected = jax.jit(build().apply)(params, x, index)
     with e3nn_fast.backend("pallas-interpret"):
+        assert e3nn_fast.dispatch.choose("linear") == "pallas-interpret"
         got = jax.jit(build().apply)(params, x, index)
     np.testing.assert_allclose(got.array, expected.array, rtol=1e-10, atol=1e-12)
