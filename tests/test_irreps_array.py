@@ -369,6 +369,31 @@ def test_rechunk_with_cached_chunks_keeps_zero_blocks():
     assert_same(lazy_f.rechunk("5x0e + 5x0e"), lazy_r.rechunk("5x0e + 5x0e"))
 
 
+def _primitives(jaxpr) -> set:
+    return {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
+
+
+@pytest.mark.parametrize("to", [None, "2x0e + 3x0e + 1x0e + 2x1o + 2x1o"])
+def test_chunk_gradients_are_one_concatenate(to):
+    """Chunks (and re-cut chunks) are cut with one ``split``: the backward is one ``concatenate``, never a sum of
+    zero-padded slices (which XLA's CPU backend turns into per-element chains of selects)."""
+    irreps = "6x0e + 4x1o"
+
+    def f(array):
+        x = IrrepsArray(irreps, array)
+        x = x if to is None else x.rechunk(to)
+        return sum(jnp.sum(c * (n + 1)) for n, c in enumerate(x.chunks))
+
+    array = jnp.arange(18.0)
+    gradient_jaxpr = jax.make_jaxpr(jax.grad(f))(array)
+    assert "pad" not in _primitives(gradient_jaxpr)
+    assert "concatenate" in _primitives(gradient_jaxpr)
+    expected = np.concatenate([np.full(6, 1.0), np.full(12, 2.0)]) if to is None else np.concatenate(
+        [np.full(2, 1.0), np.full(3, 2.0), np.full(1, 3.0), np.full(6, 4.0), np.full(6, 5.0)]
+    )
+    np.testing.assert_allclose(jax.grad(f)(array), expected)
+
+
 def test_axis_to_mul_and_axis_to_irreps_on_inner_axes():
     # e3nn-jax mislays the data for ``axis != -2`` when the leading axes differ in size; these follow the definition
     x, _ = make_pair("2x0e + 1o", (2, 3, 4))

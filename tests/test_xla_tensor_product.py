@@ -289,6 +289,27 @@ def test_registered_as_the_jnp_executor():
     assert dispatch.executor("tensor_product", requested="jnp") is fast
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="checks XLA's CPU compilation")
+def test_stage_a_stays_a_dot_with_harmonics_computed_in_the_same_jit():
+    """Stage A must compile to matrix products even when the other input is built from single components (spherical
+    harmonics of vectors computed in the same jit): otherwise XLA fuses the harmonics and the CG products into the
+    wide output loop and recomputes them once per channel (the ``sh-tp`` forward was 2x slower)."""
+    import e3nn_fast as e3nn
+
+    def f(x, vectors):
+        sh = e3nn.spherical_harmonics([0, 1, 2, 3], IrrepsArray("1o", vectors), normalize=True)
+        with dispatch.backend("jnp"):
+            return e3nn.tensor_product(IrrepsArray("4x0e+4x1o+4x2e", x), sh).array
+
+    x, vectors = jnp.ones((16, 36)), jnp.ones((16, 3))
+    hlo = jax.jit(f).lower(x, vectors).compile().as_text()
+    matmuls = hlo.count(" dot(") + hlo.count('"kind":"__ynn_fusion"')
+    assert matmuls >= 3, "stage A was rewritten into fused broadcasts"
+    np.testing.assert_allclose(
+        jax.jit(f)(x, vectors), e3nn.tensor_product(IrrepsArray("4x0e+4x1o+4x2e", x),
+        e3nn.spherical_harmonics([0, 1, 2, 3], IrrepsArray("1o", vectors), normalize=True)).array, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_public_api_with_jnp_backend_matches_e3nn_jax(dtype):
     import e3nn_fast.tensor_products as tp

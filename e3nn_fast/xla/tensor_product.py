@@ -7,12 +7,8 @@ the *key* (its ``2l+1`` components are summed last) and the other is contracted 
 
 1. **Stage A**: one matmul of the other input with the path's constant, coefficient-scaled CG block,
    ``T[..., o, m, k] = other[..., o, j] C[j, m, k]`` (``o`` the other input's channel, ``m`` the key's component).
-   ``T`` is small: it has no key channel.  When the other input is a multiplicity-1 chunk (spherical harmonics,
-   an edge attribute), stage A of all such paths is *one* matmul of the concatenated chunks with the paths' blocks
-   side by side (:class:`_SharedStageA`).  That keeps ``T`` a materialised ``dot``: per path, XLA's CPU backend
-   rewrites the tiny ``K = 2l + 1`` products with the constant block into broadcasts and fuses them -- together with
-   whatever computed the other input, e.g. the spherical harmonics of the edge vectors -- into the loop writing the
-   wide output, recomputing them once per key channel (``sh-tp`` forward 2x slower).
+   ``T`` is small: it has no key channel.  The constant is kept opaque to XLA's simplifier (:func:`_unfoldable`) so
+   that ``T`` stays a materialised ``dot`` rather than being recomputed inside the output loop.
 2. **Stage B**: ``z[..., u, v, k] = sum_m key[..., ., m] T[..., ., m, k]`` written as ``2l+1`` broadcast products.
    XLA fuses them into the loop that writes the output (and the ``* w`` or concatenation after it), where e3nn-jax's
    per-path ``einsum`` runs a batched ``dot`` of tiny matrices and writes an intermediate.
@@ -25,10 +21,11 @@ itself plain differentiable JAX, so the executor stays differentiable to any ord
 
 Measured on CPU (``bench/tp_vs_e3nn_jax.py``) and kept that way on purpose:
 
-* Stage B is per path.  One stage-B product per group of paths was no faster forward (XLA splits the fused product
-  per output anyway) and defeats dead-code elimination: when only some outputs are used (e.g. the scalars feeding an
-  energy), XLA must still compute the whole group, and its derivatives (a forces step got 2-20x slower).  The shared
-  stage A is cheap by comparison (it has no key channel), so computing it for unused paths costs little.
+* Everything is per path.  Stacking the CG blocks of several paths into one stage-A matrix, or one stage-B product
+  per group of paths, was no faster forward (XLA splits the fused product per output anyway) and defeats dead-code
+  elimination: when only some outputs are used (e.g. the scalars feeding an energy), XLA must still compute the whole
+  group, and its derivatives (a forces step got 2-20x slower; one shared stage-A matmul made ``tp-16``'s forces
+  pass 1.4x slower).
 * ``uuu``/``uuw`` pair channel ``u`` with channel ``u`` (only ``z[..., u, k]`` is formed); ``uvu<v`` gathers the
   pairs ``u < v`` of both inputs first and is then computed like ``uuu``.  The modes whose weights mix channels
   into new ones (``uvw``, ``u<vw``) use the reference's per-path einsum, which contracts the weights in a good order.
@@ -50,7 +47,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from e3nn_fast.irreps_array import split_last_axes
 from e3nn_fast.path_description import Path, TensorProductDescription
 from e3nn_fast.reference.tensor_product import path_output as reference_path_output
 
@@ -101,97 +97,37 @@ def _step(index: int, path: Path) -> _Step:
     return _Step(index, path, key_is_1, layout, matrix)
 
 
-@dataclasses.dataclass(frozen=True)
-class _SharedStageA:
-    """Stage A of every step whose other input is a multiplicity-1 chunk of input ``side`` (1 or 2), as one matmul:
-    ``T_all[..., n] = concatenate(other chunks)[..., d] matrix[d, n]``, where each step's block ``(j, m * k)`` sits in
-    the rows of its chunk and in its own columns (``columns[step index] = (start, m, k)``)."""
-
-    side: int
-    chunks: tuple[int, ...]
-    columns: dict = dataclasses.field(compare=False, hash=False)
-    matrix: np.ndarray = dataclasses.field(compare=False, hash=False)
-
-
-def _other_chunk(step: _Step) -> tuple[int, int, int]:
-    """``(side, chunk index, multiplicity)`` of the step's other (non-key) input."""
-    path = step.path
-    return (2, path.in2, path.mul2) if step.key_is_1 else (1, path.in1, path.mul1)
-
-
-def _shared_stage_a(steps: Sequence[_Step], side: int) -> Optional[_SharedStageA]:
-    """The shared stage A of the steps whose other input is a multiplicity-1 chunk of input ``side`` (None if none).
-
-    ``uvu<v`` steps are left out: they gather channel pairs of both inputs before stage A."""
-    members = [s for s in steps if s.path.mode != "uvu<v" and _other_chunk(s)[0] == side and _other_chunk(s)[2] == 1]
-    if not members:
-        return None
-    chunks = tuple(sorted({_other_chunk(s)[1] for s in members}))
-    rows, row = {}, 0
-    for chunk in chunks:
-        dim = next(s.matrix.shape[0] for s in members if _other_chunk(s)[1] == chunk)
-        rows[chunk] = (row, dim)
-        row += dim
-    width = sum(s.matrix.shape[1] * s.matrix.shape[2] for s in members)
-    matrix = np.zeros((row, width), np.float64)
-    columns, column = {}, 0
-    for s in members:
-        j, m, k = s.matrix.shape
-        start, _ = rows[_other_chunk(s)[1]]
-        matrix[start : start + j, column : column + m * k] = s.matrix.reshape(j, m * k)
-        columns[s.index] = (column, m, k)
-        column += m * k
-    return _SharedStageA(side, chunks, columns, matrix)
-
-
 @functools.lru_cache(maxsize=512)
 def _plan(description: TensorProductDescription, present1: tuple[bool, ...], present2: tuple[bool, ...]):
-    """For each active path in order: its :class:`_Step`, or its index when the reference einsum evaluates it; and
-    the shared stage A of each input (:class:`_SharedStageA` or None).
+    """For each active path in order: its :class:`_Step`, or its index when the reference einsum evaluates it.
 
     Cached per description and pattern of zero chunks: building the CG matrices costs Python time at every trace.
     """
-    order = tuple(
+    return tuple(
         _step(n, path) if path.mode in _PAIRS_EQUAL_CHANNELS else n
         for n, path in enumerate(description.paths)
         if _is_active(path, present1, present2)
     )
-    steps = [s for s in order if isinstance(s, _Step)]
-    return order, tuple(g for g in (_shared_stage_a(steps, 1), _shared_stage_a(steps, 2)) if g is not None)
-
-
-def _run_shared_stage_a(group: _SharedStageA, chunks1, chunks2, dtype) -> jnp.ndarray:
-    """``T_all`` of a shared stage A: the other input's chunks flattened, concatenated and multiplied once."""
-    chunks = chunks1 if group.side == 1 else chunks2
-    flat = [chunks[i].astype(dtype).reshape(chunks[i].shape[:-2] + (-1,)) for i in group.chunks]
-    other = flat[0] if len(flat) == 1 else jnp.concatenate(flat, axis=-1)
-    return jnp.matmul(other, _unfoldable(group.matrix, dtype))
-
-
-def _unfoldable(matrix: np.ndarray, dtype) -> jnp.ndarray:
-    """The constant ``matrix`` written as ``identity @ matrix``, so that XLA keeps the stage-A product a ``dot``.
-
-    XLA's algebraic simplifier splits ``dot(concatenate(pieces), constant)`` into one product per piece; with the
-    other input assembled from single components (the spherical harmonics), each becomes a broadcast multiply that is
-    fused into -- and recomputed by -- every loop that reads ``T``.  The identity product is folded only later, so the
-    ``dot`` survives (measured with jax 0.10.2 on CPU; the cost is a ``D x D`` matmul of constants at worst)."""
-    return jnp.matmul(jnp.eye(matrix.shape[0], dtype=dtype), jnp.asarray(matrix, dtype=dtype))
-
-
-def _shared_ts(group: _SharedStageA, t_all: jnp.ndarray) -> dict:
-    """``{step index: T (..., 1, m, k)}``, cut out of ``T_all`` with one split (see ``split_last_axes``)."""
-    indices = list(group.columns)  # in column order
-    pieces = split_last_axes(t_all, [group.columns[n][1] * group.columns[n][2] for n in indices], -1, jnp)
-    return {
-        n: piece.reshape(t_all.shape[:-1] + (1,) + group.columns[n][1:]) for n, piece in zip(indices, pieces)
-    }
 
 
 def _stage_a(other: jnp.ndarray, matrix: np.ndarray) -> jnp.ndarray:
-    """``T[..., o, m, k] = other[..., o, j] C[j, m, k]``: one matmul with a constant."""
+    """``T[..., o, m, k] = other[..., o, j] C[j, m, k]``: one matmul with a constant (see :func:`_unfoldable`)."""
     j, m, k = matrix.shape
-    flat = jnp.matmul(other, jnp.asarray(matrix.reshape(j, m * k), dtype=other.dtype))
+    flat = jnp.matmul(other, _unfoldable(matrix.reshape(j, m * k), other.dtype))
     return flat.reshape(flat.shape[:-1] + (m, k))
+
+
+def _unfoldable(matrix: np.ndarray, dtype) -> jnp.ndarray:
+    """The constant ``matrix`` written as ``identity @ matrix``, so that XLA keeps stage A a ``dot``.
+
+    XLA's algebraic simplifier splits ``dot(concatenate(pieces), constant)`` into one product per piece.  A chunk of
+    spherical harmonics computed in the same jit is such a concatenation of single components, so each product
+    becomes a broadcast multiply that is fused into -- and recomputed by -- the loop writing the wide output, once per
+    key channel (the ``sh-tp`` forward was 2x slower).  The identity product is folded only after that rewrite, so
+    the ``dot`` survives and ``T`` is computed once (measured with jax 0.10.2 on CPU; at worst it costs a ``j x j``
+    matmul of constants).
+    """
+    return jnp.matmul(jnp.eye(matrix.shape[0], dtype=dtype), jnp.asarray(matrix, dtype=dtype))
 
 
 def _contract_dot(layout: str, key: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:
@@ -261,17 +197,13 @@ def _finish(path: Path, weight: Chunk, z: jnp.ndarray) -> jnp.ndarray:
     raise ValueError(f"Connection mode {mode!r} is not evaluated by stage B")
 
 
-def _path_output(
-    step: _Step, weight: Chunk, x1: jnp.ndarray, x2: jnp.ndarray, t: Optional[jnp.ndarray] = None
-) -> jnp.ndarray:
-    """Stages A and B and the mode's reduction for one path (``t``: its stage A, when computed already)."""
+def _path_output(step: _Step, weight: Chunk, x1: jnp.ndarray, x2: jnp.ndarray) -> jnp.ndarray:
+    """Stages A and B and the mode's reduction for one path."""
     if step.path.mode == "uvu<v":  # the pairs u < v of the channels, then pair q of one input with pair q of the other
         u, v = _pairs(step.path.mul1)
         x1, x2 = x1[..., u, :], x2[..., v, :]
     key, other = (x1, x2) if step.key_is_1 else (x2, x1)
-    if t is None:
-        t = _stage_a(other, step.matrix)
-    z = _contract(step.layout, key, t)
+    z = _contract(step.layout, key, _stage_a(other, step.matrix))
     return _finish(step.path, weight, z)
 
 
@@ -303,16 +235,12 @@ def tensor_product(
     arrays = [c for c in list(chunks1) + list(chunks2) if c is not None]
     dtype = jnp.result_type(*arrays) if arrays else None
 
-    order, shared = _plan(description, present1, present2)
-    shared_t = {}  # step index -> T from a shared stage A
-    for group in shared:
-        shared_t.update(_shared_ts(group, _run_shared_stage_a(group, chunks1, chunks2, dtype)))
     outputs: list[Chunk] = [None] * len(description.irreps_out)
-    for step in order:  # in path order, summed as the reference sums
+    for step in _plan(description, present1, present2):  # in path order, summed as the reference sums
         if isinstance(step, _Step):
             path = step.path
             x1, x2 = chunks1[path.in1].astype(dtype), chunks2[path.in2].astype(dtype)
-            contribution = _path_output(step, weights[step.index], x1, x2, shared_t.get(step.index))
+            contribution = _path_output(step, weights[step.index], x1, x2)
         else:
             path = description.paths[step]
             contribution = reference_path_output(path, weights[step], chunks1[path.in1], chunks2[path.in2])
