@@ -146,7 +146,7 @@ def _default_float_dtype():
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def split_last_axes(array, sizes: Sequence[int], axis: int, backend) -> List[Any]:
+def split_by_sizes(array, sizes: Sequence[int], axis: int, backend) -> List[Any]:
     """``array`` cut along ``axis`` into consecutive pieces of ``sizes`` with one ``split``.
 
     One split rather than one slice per piece: the transpose of JAX's ``split`` is a single ``concatenate``, whereas
@@ -172,7 +172,7 @@ def _rechunk_pieces(
 
     The old blocks are consumed as a queue of ``(mul, ir, zero)`` pieces; each new block takes ``mul`` copies from the
     front of the queue, cutting a piece along the multiplicity axis when it is too long.  The cuts of each old block
-    are planned first, so that it is split once (see :func:`split_last_axes`).  A new block is zero only if every copy
+    are planned first, so that it is split once (see :func:`split_by_sizes`).  A new block is zero only if every copy
     it takes is zero; zero pieces inside a non-zero block are materialised as zeros.
     """
     old = [(i, mul, zero) for i, ((mul, _), zero) in enumerate(zip(old_irreps, old_zero_flags)) if mul > 0]
@@ -197,7 +197,7 @@ def _rechunk_pieces(
     if old_chunks is None:
         return new_flags, None
     pieces = {
-        i: [None] * len(sizes) if old_chunks[i] is None else split_last_axes(old_chunks[i], sizes, -2, backend)
+        i: [None] * len(sizes) if old_chunks[i] is None else split_by_sizes(old_chunks[i], sizes, -2, backend)
         for i, sizes in cuts.items()
     }
     new_chunks: List[Chunk] = []
@@ -433,7 +433,7 @@ class IrrepsArray:
         if len(self.irreps) == 1:  # a single block is a pure reshape, no slicing needed
             (mul, ir), zero = self.irreps[0], self.zero_flags[0]
             return [None if zero else backend.reshape(self.array, leading_shape + (mul, ir.dim))]
-        pieces = split_last_axes(self.array, [mul_ir.dim for mul_ir in self.irreps], -1, backend)
+        pieces = split_by_sizes(self.array, [mul_ir.dim for mul_ir in self.irreps], -1, backend)
         return [
             None if zero else backend.reshape(piece, leading_shape + (mul, ir.dim))
             for zero, piece, (mul, ir) in zip(self.zero_flags, pieces, self.irreps)

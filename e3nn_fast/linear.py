@@ -31,7 +31,7 @@ import numpy as np
 from e3nn_fast import dispatch
 from e3nn_fast.configuration import config
 from e3nn_fast.irreps import Irreps
-from e3nn_fast.irreps_array import IrrepsArray, as_irreps_array, from_chunks
+from e3nn_fast.irreps_array import IrrepsArray, as_irreps_array, from_chunks, split_by_sizes
 from e3nn_fast.path_description import describe_linear
 
 __all__ = [
@@ -279,13 +279,9 @@ class FunctionalLinear:
                 f"FunctionalLinear ({self.irreps_in} -> {self.irreps_out}): flat weights must have shape "
                 f"({self.num_weights},), got {weights.shape}"
             )
-        pieces = []
-        cursor = 0
-        for ins in self.instructions:
-            size = math.prod(ins.path_shape)
-            pieces.append(weights[cursor : cursor + size].reshape(ins.path_shape))
-            cursor += size
-        return pieces
+        sizes = [math.prod(ins.path_shape) for ins in self.instructions]
+        pieces = split_by_sizes(weights, sizes, 0, jnp) if sizes else []
+        return [piece.reshape(ins.path_shape) for piece, ins in zip(pieces, self.instructions)]
 
     def _weight_list(self, ws: Union[List[jax.Array], jax.Array], batch_ndim: Optional[int]) -> List[jax.Array]:
         """Normalise ``ws`` to one array per instruction and check shapes (``batch_ndim=None``: any leading axes)."""

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from e3nn_fast.irreps import Irreps
-from e3nn_fast.irreps_array import IrrepsArray, from_chunks, zeros
+from e3nn_fast.irreps_array import IrrepsArray, from_chunks, split_by_sizes, zeros
 from e3nn_fast.legacy.instruction import Instruction
 from e3nn_fast.legacy.path_weights import irrep_normalization_name, normalization_exponent, normalize_path_weights
 from e3nn_fast.path_description import TensorProductDescription, make_path
@@ -192,12 +192,9 @@ class FunctionalTensorProduct:
                 f"{self.__class__.__name__}: flat weights must have shape ({total},), got {weights.shape} "
                 "(use jax.vmap to map over a batch of weights)"
             )
-        out, start = [], 0
-        for ins in expected:
-            size = math.prod(ins.path_shape)
-            out.append(weights[start : start + size].reshape(ins.path_shape))
-            start += size
-        return out
+        sizes = [math.prod(ins.path_shape) for ins in expected]
+        pieces = split_by_sizes(weights, sizes, 0, jnp) if sizes else []  # one split: its gradient is one concatenate
+        return [piece.reshape(ins.path_shape) for piece, ins in zip(pieces, expected)]
 
     # -- inputs --------------------------------------------------------------------------------------------------
 
