@@ -235,6 +235,25 @@ def test_third_derivative_matches_reference():
     np.testing.assert_allclose(ours, theirs, rtol=1e-10)
 
 
+def test_high_l_keys_use_the_dot_form_and_match_reference():
+    """Keys with ``l >= 4`` run stage B as a ``dot`` forward too; values and first and second derivatives agree."""
+    from e3nn_fast.xla.tensor_product import DOT_STAGE_B_MIN_COMPONENTS
+
+    description = describe_full_tensor_product(Irreps("3x4e+2x5o+2x1o"), Irreps("0e+1o+4e"), None, "component")
+    assert Irreps("4e").dim >= DOT_STAGE_B_MIN_COMPONENTS > Irreps("3o").dim
+    compare(description, jnp.float64, lead1=(2,), lead2=(2,))
+    x1 = random_chunks(description.irreps_in1, (2,), jnp.float64, 0)
+    x2 = random_chunks(description.irreps_in2, (2,), jnp.float64, 1)
+    c = random_chunks(description.irreps_out, (2,), jnp.float64, 3)
+    w = [None] * len(description.paths)
+
+    def forces_style(executor):
+        grad_x2 = jax.grad(_quadratic_loss(executor, description, c), 2)
+        return jax.jit(jax.grad(lambda x1, x2: sum(jnp.sum(g**2) for g in grad_x2(w, x1, x2)), (0, 1)))(x1, x2)
+
+    assert_trees_close(forces_style(fast), forces_style(reference), 1e-11)
+
+
 def test_mixed_description_matches_reference():
     compare(mixed_description(), jnp.float32, lead1=(3, 1), lead2=(2,), lead_w=(2,))
 
