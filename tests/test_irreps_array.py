@@ -373,23 +373,37 @@ def _primitives(jaxpr) -> set:
     return {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
 
 
-@pytest.mark.parametrize("to", [None, "2x0e + 3x0e + 1x0e + 2x1o + 2x1o"])
-def test_chunk_gradients_are_one_concatenate(to):
-    """Chunks (and re-cut chunks) are cut with one ``split``: the backward is one ``concatenate``, never a sum of
-    zero-padded slices (which XLA's CPU backend turns into per-element chains of selects)."""
-    irreps = "6x0e + 4x1o"
+@pytest.mark.parametrize("pieces", [2, ia.SLICE_MAX_PIECES + 1, 9])
+def test_split_by_sizes_backward(pieces):
+    """Few pieces are slices (their gradient: summed pads, one fused loop); many pieces are one ``split``, whose
+    gradient is one ``concatenate`` (summed pads would cost one select per piece and element)."""
+    sizes = [1 + n % 3 for n in range(pieces)]
+    f = lambda a: sum(jnp.sum(p * (n + 1)) for n, p in enumerate(ia.split_by_sizes(a, sizes, -1, jnp)))
+    array = jnp.ones((2, sum(sizes)))
+    primitives = _primitives(jax.make_jaxpr(jax.grad(f))(array))
+    if pieces <= ia.SLICE_MAX_PIECES:
+        assert "concatenate" not in primitives
+    else:
+        assert "concatenate" in primitives and "pad" not in primitives
+    expected = np.concatenate([np.full(size, n + 1.0) for n, size in enumerate(sizes)])
+    np.testing.assert_allclose(jax.grad(f)(array), np.broadcast_to(expected, array.shape))
+
+
+@pytest.mark.parametrize("to", [None, "2x0e + 3x0e + 1x0e + 2x0e + 4x0e + 2x1o + 2x1o"])
+def test_chunk_gradients(to):
+    """Chunks and re-cut chunks (cut with :func:`split_by_sizes`) have the right gradients."""
+    irreps = "12x0e + 4x1o"
 
     def f(array):
         x = IrrepsArray(irreps, array)
         x = x if to is None else x.rechunk(to)
         return sum(jnp.sum(c * (n + 1)) for n, c in enumerate(x.chunks))
 
-    array = jnp.arange(18.0)
-    gradient_jaxpr = jax.make_jaxpr(jax.grad(f))(array)
-    assert "pad" not in _primitives(gradient_jaxpr)
-    assert "concatenate" in _primitives(gradient_jaxpr)
-    expected = np.concatenate([np.full(6, 1.0), np.full(12, 2.0)]) if to is None else np.concatenate(
-        [np.full(2, 1.0), np.full(3, 2.0), np.full(1, 3.0), np.full(6, 4.0), np.full(6, 5.0)]
+    array = jnp.arange(24.0)
+    expected = (
+        np.concatenate([np.full(12, 1.0), np.full(12, 2.0)])
+        if to is None
+        else np.concatenate([np.full(m, n + 1.0) for n, m in enumerate([2, 3, 1, 2, 4, 6, 6])])
     )
     np.testing.assert_allclose(jax.grad(f)(array), expected)
 
