@@ -280,7 +280,7 @@ class FunctionalLinear:
                 f"({self.num_weights},), got {weights.shape}"
             )
         sizes = [math.prod(ins.path_shape) for ins in self.instructions]
-        pieces = split_by_sizes(weights, sizes, 0, jnp) if sizes else []
+        pieces = split_by_sizes(weights, sizes, 0, jnp)
         return [piece.reshape(ins.path_shape) for piece, ins in zip(pieces, self.instructions)]
 
     def _weight_list(self, ws: Union[List[jax.Array], jax.Array], batch_ndim: Optional[int]) -> List[jax.Array]:

@@ -15,6 +15,7 @@ from e3nn_fast.configuration import config
 from e3nn_fast.irreps import Irreps
 from e3nn_fast.irreps_array import IrrepsArray
 from e3nn_fast.linear import FunctionalLinear
+from parity import random_inputs
 
 # (irreps_in, irreps_out): scalars only, mixed parities, repeated and unsorted blocks, zero multiplicities,
 # outputs not reachable from the input, and an input with nothing in common with the output.
@@ -35,13 +36,6 @@ CONFIGS = [
 
 def tol(dtype):
     return dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
-
-
-def random_inputs(irreps, leading_shape, dtype, seed=0):
-    """The same random data as an e3nn_fast and an e3nn_jax IrrepsArray."""
-    irreps = str(Irreps(irreps))
-    array = np.random.default_rng(seed).normal(size=leading_shape + (Irreps(irreps).dim,)).astype(dtype)
-    return IrrepsArray(irreps, jnp.asarray(array)), e3nn_jax.IrrepsArray(irreps, jnp.asarray(array))
 
 
 def assert_same_irreps_array(ours, ref, dtype):

@@ -193,7 +193,7 @@ class FunctionalTensorProduct:
                 "(use jax.vmap to map over a batch of weights)"
             )
         sizes = [math.prod(ins.path_shape) for ins in expected]
-        pieces = split_by_sizes(weights, sizes, 0, jnp) if sizes else []  # one split: its gradient is one concatenate
+        pieces = split_by_sizes(weights, sizes, 0, jnp)
         return [piece.reshape(ins.path_shape) for piece, ins in zip(pieces, expected)]
 
     # -- inputs --------------------------------------------------------------------------------------------------
