@@ -42,7 +42,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--backends", nargs="+", metavar="NAME",
                         help="backend names or globs (default: every available one)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
-    parser.add_argument("--out", help="output folder (default bench/results/<UTC timestamp>)")
+    parser.add_argument("--out", help="output folder (default bench/results/<UTC timestamp>; none when only --jsonl "
+                                      "is given)")
+    parser.add_argument("--jsonl", metavar="FILE",
+                        help="append every row to FILE as one JSON line as soon as its pass is measured")
+    parser.add_argument("--tag", default="", help="free text stored in every streamed row (e.g. the kernel knobs "
+                                                   "of a sweep)")
+    parser.add_argument("--min-sample-ms", type=float,
+                        help="queue calls back to back until a timed sample lasts this long (default: 2 on a "
+                             "GPU/TPU, 0 on a CPU)")
+    parser.add_argument("--measure-bandwidth", action="store_true",
+                        help="on a GPU/TPU, measure the copy bandwidth and count floors against it")
     parser.add_argument("--repeats", type=int, help=f"timed runs per pass and backend (default {DEFAULT_REPEATS})")
     parser.add_argument("--passes", nargs="+", choices=PASSES, default=list(PASSES), help="passes to time")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
@@ -81,15 +91,25 @@ def main(argv=None) -> int:
         return 2
     settings = runner.Settings(suite=args.suite, dtype=args.dtype,
                                repeats=args.repeats or DEFAULT_REPEATS[args.suite], seed=args.seed,
-                               passes=tuple(args.passes), progress=not args.no_progress)
-    out = args.out or os.path.join(
-        "bench", "results", datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S"))
+                               passes=tuple(args.passes), progress=not args.no_progress,
+                               min_sample_s=None if args.min_sample_ms is None else args.min_sample_ms / 1e3,
+                               measure_bandwidth=args.measure_bandwidth)
+    out = args.out
+    if out is None and args.jsonl is None:
+        out = os.path.join("bench", "results", datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S"))
     start = time.perf_counter()
-    results = runner.run_suite(chosen_workloads, chosen_backends, settings)
-    paths = report.write_all(results, out)
+    sink = report.JsonLines(args.jsonl, tag=args.tag) if args.jsonl else None
+    try:
+        results = runner.run_suite(chosen_workloads, chosen_backends, settings, on_row=sink)
+    finally:
+        if sink is not None:
+            sink.close()
+    written = list(report.write_all(results, out).values()) if out else []
+    if args.jsonl:
+        written.append(args.jsonl)
     print(report.summary_table(results))
-    print(f"\n{len(results['rows'])} rows in {time.perf_counter() - start:.0f} s; wrote "
-          + ", ".join(paths.values()), file=sys.stderr)
+    print(f"\n{len(results['rows'])} rows in {time.perf_counter() - start:.0f} s; wrote " + ", ".join(written),
+          file=sys.stderr)
     return 0
 
 

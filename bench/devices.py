@@ -79,12 +79,33 @@ def probe_cpu(size: int = 1024, stream_mib: int = 128, repeats: int = 5) -> Devi
                        {"float32": flops, "float64": flops / 2}, bandwidth, "measured")
 
 
-def device_peaks(device=None) -> Optional[DevicePeaks]:
-    """Peaks of ``device`` (default: the first default device): measured on a CPU, from :data:`PEAKS` otherwise."""
+def probe_copy_bandwidth(gib: float = 2.0, repeats: int = 10) -> float:
+    """Bytes/s of a device-to-device copy of ``gib`` GiB of float32 (``x + 1``: read once, written once), median of
+    ``repeats`` runs on the default device: the bandwidth a memory-bound kernel can actually reach here."""
+    x = jnp.zeros((int(gib * 2**30) // 4,), jnp.float32) + 1.0
+    copy = jax.jit(lambda v: v + 1.0)
+    warm_until = time.perf_counter() + 0.5  # an idle GPU clocks down: run it up before timing
+    while time.perf_counter() < warm_until:
+        jax.block_until_ready(copy(x))
+    seconds = _median_seconds(copy, (x,), repeats)
+    del x
+    return 2 * gib * 2**30 / seconds
+
+
+def device_peaks(device=None, *, measure_bandwidth: bool = False) -> Optional[DevicePeaks]:
+    """Peaks of ``device`` (default: the first default device): measured on a CPU, from :data:`PEAKS` otherwise;
+    with ``measure_bandwidth`` an accelerator's bandwidth is :func:`probe_copy_bandwidth`'s instead of the
+    datasheet's (floors then count against what a copy reaches on this very device)."""
     device = device or jax.devices()[0]
     if device.platform == "cpu":
         return probe_cpu()
-    return table_peaks(device.device_kind)
+    peaks = table_peaks(device.device_kind)
+    if measure_bandwidth:
+        bandwidth = probe_copy_bandwidth()
+        if peaks is None:
+            return DevicePeaks(device.device_kind, {}, bandwidth, "measured bandwidth")
+        return dataclasses.replace(peaks, bandwidth=bandwidth, source="datasheet FLOP/s, measured bandwidth")
+    return peaks
 
 
 def is_accelerator(device=None) -> bool:

@@ -290,6 +290,30 @@ def plot_roofline(results: dict, path: str) -> None:
     plt.close(fig)
 
 
+class JsonLines:
+    """Appends rows to a file as JSON lines, flushed one by one (a crash or a kill keeps every finished row);
+    each row gets ``tag``, the kernel knobs in force and the device kind, so that lines from several runs stay
+    self-describing."""
+
+    def __init__(self, path: str, tag: str = ""):
+        import jax
+
+        from e3nn_fast.kernels import tuning
+
+        folder = os.path.dirname(path)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        self._file = open(path, "a")
+        self._extra = {"tag": tag, "kernel_knobs": tuning.current(), "device_kind": jax.devices()[0].device_kind}
+
+    def __call__(self, row: dict) -> None:
+        self._file.write(json.dumps(_clean({**row, **self._extra}), allow_nan=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
 def write_all(results: dict, folder: str) -> dict:
     """Write the four outputs into ``folder`` (created); their paths.  A plotting failure (e.g. no matplotlib)
     leaves the JSON and markdown written and is recorded in the returned dict as an error string."""

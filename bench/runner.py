@@ -14,7 +14,7 @@ import dataclasses
 import datetime
 import sys
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +35,11 @@ class Settings:
     seed: int = 0
     progress: bool = True
     passes: tuple = PASSES
+    min_sample_s: Optional[float] = None  # per timed sample; None: 0 on CPU, MIN_SAMPLE_S_ACCELERATOR on GPU/TPU
+    measure_bandwidth: bool = False  # replace the datasheet bandwidth by a measured copy on an accelerator
+
+
+MIN_SAMPLE_S_ACCELERATOR = 2e-3
 
 
 def error_text(error: BaseException) -> str:
@@ -51,7 +56,10 @@ def environment(settings: Settings, peaks: Optional[devices.DevicePeaks]) -> dic
             versions[module] = str(getattr(__import__(module), "__version__", "?"))
         except ImportError:
             versions[module] = None
+    from e3nn_fast.kernels import tuning
+
     return {
+        "kernel_knobs": tuning.current(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
         "machine": devices.machine_description(),
@@ -113,15 +121,19 @@ def _run_pass(workload, pass_name, forwards, inputs, args, settings, cost, peaks
             outputs[name] = timing.run_once(compiled[name], args)
             row["compile_s"] = compiled[name].compile_s
             row["memory"] = compiled[name].memory
+            row["executable_bytes"] = timing.executable_bytes(compiled[name].memory)
             row["peak_memory_bytes"] = devices.peak_memory_bytes()
         except Exception as error:  # noqa: BLE001 - a failing backend is an error row, not a crash
             compiled.pop(name, None)
             row.update(status="error", error=error_text(error))
-    for name, times in timing.time_interleaved(compiled, args, settings.repeats).items():
-        if isinstance(times, BaseException):
-            rows[name].update(status="error", error=error_text(times))
+    min_sample_s = settings.min_sample_s
+    if min_sample_s is None:
+        min_sample_s = MIN_SAMPLE_S_ACCELERATOR if devices.is_accelerator() else 0.0
+    for name, measured in timing.time_interleaved(compiled, args, settings.repeats, min_sample_s).items():
+        if isinstance(measured, BaseException):
+            rows[name].update(status="error", error=error_text(measured))
             continue
-        rows[name].update(timing.summarize(times))
+        rows[name].update(timing.summarize(*measured))
         _rates(rows[name], cost, pass_name, peaks, settings.dtype)
         _published_floor(rows[name], workload, settings.suite, peaks)
     baseline = rows.get(backends_module.BASELINE)
@@ -190,8 +202,12 @@ def _cotangent(workload: Workload, forwards: dict, inputs, key, rows: list, pass
     return None
 
 
-def run_suite(workloads: list[Workload], backends: list, settings: Settings) -> dict:
-    """Measure ``workloads`` x passes x ``backends``; the whole results document (see :mod:`bench.report`)."""
+def run_suite(workloads: list[Workload], backends: list, settings: Settings,
+              on_row: Optional[Callable[[dict], None]] = None) -> dict:
+    """Measure ``workloads`` x passes x ``backends``; the whole results document (see :mod:`bench.report`).
+
+    ``on_row`` is called with every row as soon as its pass is measured (to stream rows to a file, so that a crash
+    or a time limit loses only the pass in flight)."""
     if settings.dtype not in DTYPES:
         raise ValueError(f"dtype {settings.dtype!r} is not one of {DTYPES}")
     unknown = [p for p in settings.passes if p not in PASSES]
@@ -203,14 +219,14 @@ def run_suite(workloads: list[Workload], backends: list, settings: Settings) -> 
         jax.config.update("jax_enable_x64", True)
     dtype = jnp.dtype(settings.dtype)
     started = time.perf_counter()
-    peaks = devices.device_peaks()
+    peaks = devices.device_peaks(measure_bandwidth=settings.measure_bandwidth)
     available = {}
     for backend in backends:
         ok, text = backend.availability()
         available[backend.name] = {"available": ok, ("version" if ok else "reason"): text, "api": backend.api,
                                    "description": backend.description}
     results = {"environment": environment(settings, peaks), "backends": available, "skipped_workloads": {},
-               "workloads": {}, "rows": []}
+               "workloads": {}, "rows": _StreamedRows(on_row)}
     progress = _Progress(len(workloads) * len(settings.passes), settings.progress)
     try:
         for index, workload in enumerate(workloads):
@@ -249,4 +265,22 @@ def run_suite(workloads: list[Workload], backends: list, settings: Settings) -> 
     finally:
         progress.close()
     results["environment"]["wall_s"] = time.perf_counter() - started
+    results["rows"] = list(results["rows"])
     return results
+
+
+class _StreamedRows(list):
+    """The results' row list, handing each row to ``on_row`` as it is added."""
+
+    def __init__(self, on_row: Optional[Callable[[dict], None]]):
+        super().__init__()
+        self._on_row = on_row
+
+    def append(self, row: dict) -> None:
+        super().append(row)
+        if self._on_row is not None:
+            self._on_row(row)
+
+    def extend(self, rows) -> None:
+        for row in rows:
+            self.append(row)

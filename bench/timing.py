@@ -9,6 +9,7 @@ a busy second.
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 from typing import Callable, Optional, Sequence
@@ -44,6 +45,16 @@ def memory_analysis(compiled) -> dict:
     return {ours: int(getattr(analysis, theirs)) for ours, theirs in fields.items() if hasattr(analysis, theirs)}
 
 
+def executable_bytes(memory: dict) -> Optional[int]:
+    """Device bytes one run of the executable holds at its peak, by XLA's own accounting: arguments, outputs and
+    temporaries, less what outputs alias (None where the backend reported nothing).  Unlike the allocator's
+    process-wide high-water mark this belongs to one pass of one backend alone."""
+    if not memory:
+        return None
+    return (memory.get("argument_bytes", 0) + memory.get("output_bytes", 0) + memory.get("temp_bytes", 0)
+            - memory.get("alias_bytes", 0))
+
+
 def compile_function(fn: Callable, args: Sequence, context: Optional[Callable] = None) -> Compiled:
     """``jax.jit(fn)`` lowered and compiled for ``args``; the seconds of tracing + compiling are the compile time.
 
@@ -64,30 +75,61 @@ def run_once(compiled: Compiled, args: Sequence):
     return jax.block_until_ready(compiled.run(*args))
 
 
-def time_interleaved(functions: dict, args: Sequence, repeats: int) -> dict:
-    """Seconds of ``repeats`` blocking runs of each compiled function, runs interleaved between the functions.
+MAX_CALLS_PER_SAMPLE = 64
+
+
+def calls_per_sample(seconds_per_call: float, min_sample_s: float) -> int:
+    """How many back-to-back calls one timed sample makes so that it lasts at least ``min_sample_s``.
+
+    On a GPU a millisecond kernel is comparable to the host's cost of launching a jitted call and waiting for it;
+    queuing several calls before one wait measures the device's time per call instead (as graph replay or
+    ``triton.testing.do_bench`` do).  One call per sample when ``min_sample_s`` is 0 (the CPU default)."""
+    if min_sample_s <= 0 or seconds_per_call <= 0:
+        return 1
+    return max(1, min(MAX_CALLS_PER_SAMPLE, math.ceil(min_sample_s / seconds_per_call)))
+
+
+def _timed_sample(compiled: Compiled, args: Sequence, calls: int) -> float:
+    """Seconds per call of ``calls`` calls queued back to back, then one wait."""
+    start = time.perf_counter()
+    result = None
+    for _ in range(calls):
+        result = compiled.run(*args)
+    jax.block_until_ready(result)
+    return (time.perf_counter() - start) / calls
+
+
+def time_interleaved(functions: dict, args: Sequence, repeats: int, min_sample_s: float = 0.0) -> dict:
+    """Seconds per call of each compiled function, ``repeats`` samples each, samples interleaved between the
+    functions; a sample queues :func:`calls_per_sample` calls (sized by one untimed calibration call each).
 
     A function that raises during timing gets the exception as its value instead of a list of times."""
     times: dict = {name: [] for name in functions}
+    calls: dict = {}
+    for name, compiled in functions.items():
+        try:
+            once = min(_timed_sample(compiled, args, 1) for _ in range(2))  # the first may still be warming up
+            calls[name] = calls_per_sample(once, min_sample_s)
+        except Exception as error:  # noqa: BLE001 - reported as an error row by the runner
+            times[name] = error
     for _ in range(repeats):
         for name, compiled in functions.items():
             if not isinstance(times[name], list):
                 continue
             try:
-                start = time.perf_counter()
-                jax.block_until_ready(compiled.run(*args))
-                times[name].append(time.perf_counter() - start)
+                times[name].append(_timed_sample(compiled, args, calls[name]))
             except Exception as error:  # noqa: BLE001 - reported as an error row by the runner
                 times[name] = error
-    return times
+    return {name: value if not isinstance(value, list) else (value, calls[name]) for name, value in times.items()}
 
 
-def summarize(seconds: list) -> dict:
-    """Median and minimum in milliseconds, and every run."""
+def summarize(seconds: list, calls: int = 1) -> dict:
+    """Median and minimum in milliseconds per call, every sample, and the calls queued per sample."""
     return {
         "median_ms": 1e3 * statistics.median(seconds),
         "min_ms": 1e3 * min(seconds),
         "times_ms": [1e3 * s for s in seconds],
+        "calls_per_sample": calls,
     }
 
 

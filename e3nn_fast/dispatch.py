@@ -32,6 +32,7 @@ decision is made at trace time, so it is logged once per compilation.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -51,10 +52,52 @@ if os.environ.get("E3NN_FAST_LOG_DISPATCH"):
 # op name -> executor name -> implementation
 _EXECUTORS: dict[str, dict[str, Callable]] = {}
 
+@dataclasses.dataclass(frozen=True)
+class MeasuredWin:
+    """Where a kernel was *measured* faster than the jnp executor: sizes of at least ``min_size`` (the ``size`` the op
+    passes to :func:`choose`), the smallest size measured winning, from the committed results files ``sources``
+    (paths from the repository root).
+    Smaller sizes keep the jnp executor until a measurement says otherwise."""
+
+    min_size: int
+    sources: tuple
+    evidence: str
+
+    def __call__(self, size: int) -> bool:
+        return size >= self.min_size
+
+
 # (op, platform) -> predicate(size) saying where a kernel was measured faster than the jnp path on that platform.
-KERNEL_PAYS_OFF: dict[tuple[str, str], Callable[[int], bool]] = {}
+# Every entry cites the committed measurement it comes from; an op without an entry never gets a kernel from auto.
+KERNEL_PAYS_OFF: dict[tuple[str, str], Callable[[int], bool]] = {
+    # MACE-large, 128x0e+128x1o+128x2e (x) 0e+1o+2e+3o -> l <= 3, 3,000 nodes, 160,000 edges, fp32 on an H200
+    # (size = 160,000 edges x 9,088 output components): fused kernel 3.7 / 10.9 / 9.0 ms against the jnp
+    # executor's 52.6 / 611 ms (fwd / fwd+bwd / forces; its forces pass was not finished within the part's limit).
+    ("message_passing", "gpu"): MeasuredWin(
+        min_size=160_000 * 9_088,
+        sources=("bench/results/gpu/2026-12-04-h200/run1-timings.jsonl",
+                 "bench/results/gpu/2026-12-04-h200/run2-timings.jsonl"),
+        evidence="mp-mace-large fp32 H200: fused-pallas 3.7 ms fwd, 10.9 ms fwd+bwd vs fused-jnp 52.6 / 611 ms"),
+}
 
 _local = threading.local()
+
+
+@contextlib.contextmanager
+def recorded_choices() -> Iterator[list]:
+    """Collect the ``(op, executor)`` decisions made while tracing inside the block, in order.
+
+    For checks that must know which executor really ran (a forced ``pallas`` falls back to ``jnp`` for a
+    configuration its kernels do not implement): trace a fresh function inside the block, then read the list."""
+    stack = getattr(_local, "recorders", None)
+    if stack is None:
+        stack = _local.recorders = []
+    choices: list = []
+    stack.append(choices)
+    try:
+        yield choices
+    finally:
+        stack.remove(choices)
 
 
 def _validate(name: str) -> str:
@@ -117,6 +160,8 @@ def choose(op: str, *, size: int = 0, qualifies: bool = True, requested: Optiona
     if chosen not in executors:
         raise ValueError(f"No executor registered for op {op!r}")
     logger.debug("%s: backend=%s platform=%s size=%d qualifies=%s -> %s", op, wanted, platform, size, qualifies, chosen)
+    for choices in getattr(_local, "recorders", ()):
+        choices.append((op, chosen))
     return chosen
 
 

@@ -123,7 +123,7 @@ CPU_PEAKS = devices.DevicePeaks("test CPU", {"float32": 50e9, "float64": 25e9}, 
 
 
 def test_fused_workloads_compare_with_e3nn_jax_and_report_memory_and_floors(monkeypatch):
-    monkeypatch.setattr(devices, "device_peaks", lambda: CPU_PEAKS)  # fixed peaks: no probe, a known floor
+    monkeypatch.setattr(devices, "device_peaks", lambda **_: CPU_PEAKS)  # fixed peaks: no probe, a known floor
     # forward only: the fused ops' gradient graphs take long to compile (the CLI's default runs all passes)
     results = _tiny(["mp-mace-medium", "sc-mace"], ["e3nn_fast:fused-jnp", "e3nn-jax"], passes=("fwd",))
     rows = {(r["workload"], r["backend"]): r for r in results["rows"]}

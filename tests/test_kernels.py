@@ -403,7 +403,8 @@ def test_family_classification():
 # --- CUDA / TPU lowering -------------------------------------------------------------------------------------------
 
 
-from pallas_lowering import pallas_cannot_lower as _pallas_cannot_lower  # noqa: E402
+from pallas_lowering import lower_for_platform as _lower_for_platform  # noqa: E402
+from pallas_lowering import require_pallas_lowering as _require_pallas_lowering  # noqa: E402
 
 
 LOWERING_CASES = [
@@ -432,9 +433,7 @@ LOWERING_TARGETS = [("cuda", "triton", jnp.float32), ("tpu", "tpu_custom_call", 
 def test_kernels_and_gradient_graphs_lower(platform, marker, dtype, name, make, weight_kind):
     """Forward, gradient and forces-style double backward of each family lower for the accelerator, every product
     inside kernels (a kernel that cannot lower fails here, on the CPU machine)."""
-    reason = _pallas_cannot_lower(platform)
-    if reason:
-        pytest.skip(reason)
+    _require_pallas_lowering(platform)  # fails (never skips) when this jax cannot lower Pallas there at all
     description = make()
     weights, chunks1, chunks2 = _inputs(description, (37,), weight_kind, dtype=dtype)
     compiled_tp = lambda *a: kernel_tp(*a, interpret=False)
@@ -452,7 +451,7 @@ def test_kernels_and_gradient_graphs_lower(platform, marker, dtype, name, make, 
         second = jax.grad(forces_loss, argnums=(0, 1))(weights, chunks1, chunks2)
         return out, first, second
 
-    text = jax.jit(everything).trace(weights, chunks1, chunks2).lower(lowering_platforms=(platform,)).as_text()
+    text = _lower_for_platform(everything, (weights, chunks1, chunks2), platform).as_text()
     assert text.count(marker) >= 6  # forward, gradient and double-backward kernels
     assert name in ("uvw", "linear") or "dot_general" not in text  # no reference einsum (uvw kernels use dots inside)
 
@@ -534,3 +533,25 @@ def test_bad_weights_raise():
         interpret_tp(description, [None] * len(description.paths), chunks1, chunks2)
     with pytest.raises(ValueError, match="one per path"):
         interpret_tp(description, [], chunks1, chunks2)
+
+
+def test_auto_kernel_choices_cite_committed_measurements():
+    """Every entry of KERNEL_PAYS_OFF names results files committed under bench/results/gpu that hold a kernel row of
+    that op; and auto picks the kernel only at sizes measured, on the platform measured."""
+    import json
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert dispatch.KERNEL_PAYS_OFF, "auto has no measured kernel choice at all"
+    for (op, platform), entry in dispatch.KERNEL_PAYS_OFF.items():
+        assert isinstance(entry, dispatch.MeasuredWin), (op, platform)
+        kernel_rows = []
+        for source in entry.sources:
+            assert source.startswith("bench/results/gpu/"), source
+            with open(os.path.join(root, source)) as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+            kernel_rows += [r for r in rows if r["backend"].startswith("e3nn_fast:") and "pallas" in r["backend"]]
+        assert any(r["status"] == "ok" for r in kernel_rows), entry.sources
+        assert entry(entry.min_size) and not entry(entry.min_size - 1)
+    with e3nn.backend("auto"):
+        assert dispatch.choose("message_passing", size=10**10) == "jnp"  # this CPU: never a kernel

@@ -200,19 +200,18 @@ def test_public_op_through_interpret_backend_with_leading_axes():
     np.testing.assert_allclose(np.asarray(ours.array), np.asarray(expected.array), atol=1e-12)
 
 
-from pallas_lowering import pallas_cannot_lower as _pallas_cannot_lower  # noqa: E402
+from pallas_lowering import lower_for_platform as _lower_for_platform  # noqa: E402
+from pallas_lowering import require_pallas_lowering as _require_pallas_lowering  # noqa: E402
 
 
 @pytest.mark.parametrize("platform,marker", [("cuda", "triton"), ("tpu", "tpu_custom_call")])
 def test_kernels_and_gradient_graphs_lower(platform, marker):
-    reason = _pallas_cannot_lower(platform)
-    if reason:
-        pytest.skip(reason)
+    _require_pallas_lowering(platform)  # fails (never skips) when this jax cannot lower Pallas there at all
     # 130 channels: padded to 256, two channel blocks of 128 (TPU tiles need 128 lanes); 37 nodes: a padded tail
     description, x, species, weights = make_inputs("0e+1o", (1, 2, 3), "0e+1o", 37, 130, 3, np.float32)
     compiled = lambda d, x, s, w: kernel_module.symmetric_contraction(d, x, s, w, interpret=False)
     everything = derivatives(compiled, description, species)
-    text = everything.trace(x, weights).lower(lowering_platforms=(platform,)).as_text()
+    text = _lower_for_platform(everything, (x, weights), platform).as_text()
     assert marker in text
     # forward, 3 + 1 first-derivative kernels, and the second-order ones
     assert text.count("e3nn_symmetric_contraction") >= 8

@@ -68,8 +68,10 @@ LOWERING: dict[str, str] = {
     "symmetric_contraction": "triton",  # MACE product basis: per-node polynomials over (node, channel) planes
 }
 
-# Triton launch parameters per family (warps per program, software-pipelining stages).
+# Triton launch parameters per family: warps per program, and software-pipelining stages (0: Pallas's default).
+# Defaults only: ``E3NN_FAST_TUNE`` (:mod:`e3nn_fast.kernels.tuning`) overrides them at trace time.
 TRITON_WARPS: dict[str, int] = {"aligned": 4, "fully_connected": 4, "message_passing": 4, "symmetric_contraction": 4}
+TRITON_STAGES: dict[str, int] = {"aligned": 0, "fully_connected": 0, "message_passing": 0, "symmetric_contraction": 0}
 
 
 def lowering(family: str) -> str:
@@ -85,7 +87,11 @@ def compiler_params(family: str):
     if lowering(family) == "triton":
         if _TritonParams is None:
             raise ImportError("This JAX has no Pallas Triton compiler parameters; set the family to 'mosaic_gpu'")
-        return _TritonParams(num_warps=TRITON_WARPS[family])
+        from e3nn_fast.kernels import tuning
+
+        warps = tuning.value(f"{family}.num_warps", TRITON_WARPS[family])
+        stages = tuning.value(f"{family}.num_stages", TRITON_STAGES[family])
+        return _TritonParams(num_warps=warps, num_stages=stages or None)
     if _MosaicGpuParams is None:
         raise ImportError("This JAX has no Pallas Mosaic GPU lowering")
     return _MosaicGpuParams()

@@ -9,8 +9,9 @@ Per non-zero pair ``(i, j)`` of CG entries this is one matrix product: the per-r
 is added, times ``c_ijk``, into every output plane ``k`` of the pair.  Large multiplicities are cut into chunks of
 ``u`` so that the outer product stays a register tile (``rows x G V`` elements); products with a side shorter than 16
 (Triton's minimum ``dot`` tile; 8 for float64 outputs) are done by broadcasting and summing instead of ``dot``.
-Matrix products use full float32 precision (``Precision.HIGHEST``: IEEE, not TF32) and float32 accumulation for
-16-bit inputs.
+Matrix products follow ``jax_default_matmul_precision`` as XLA does (:func:`matmul_precision`: TF32 on tensor-core
+GPUs unless ``highest`` is asked for) and accumulate 16-bit inputs in float32.  Block sizes are the
+``fully_connected.*`` knobs of :mod:`e3nn_fast.kernels.tuning`.
 
 The form ``F = sum_b sum c W x1 x2 g`` is symmetric in its three batched operands up to a transposition of ``W``, so
 the gradients w.r.t. ``x1`` and ``x2`` are the same kernel with roles permuted (``dx1`` multiplies the outer product
@@ -30,12 +31,14 @@ import jax
 import jax.numpy as jnp
 
 from e3nn_fast.kernels import _pallas_compat as compat
+from e3nn_fast.kernels import tuning
 from e3nn_fast.kernels._aligned import compute_dtype
 from e3nn_fast.kernels.layout import OperandLayout, SegmentLayout, block_rows, build_layout, pad_rows
 from e3nn_fast.kernels.multilinear import MultilinearPlan, Slot
 from e3nn_fast.path_description import Path, TensorProductDescription
 
 TILE_ELEMENTS = 4096  # elements of the per-row outer-product tile
+MIN_BLOCK_ROWS = 16  # Triton's smallest dot tile
 MATRIX_ELEMENTS = 16384  # elements of a weight-matrix chunk (64 KiB in fp32: a dot operand staged in shared memory)
 ACCUMULATOR_ELEMENTS = 8192  # elements of the weight-gradient accumulator tile
 BROADCAST_ELEMENTS = 16384  # elements of the 3-D broadcast used instead of a small dot
@@ -120,6 +123,30 @@ def pack_weights(plan: FullyConnectedPlan, weights) -> jnp.ndarray:
 # --- shared helpers ----------------------------------------------------------------------------------------------
 
 
+def _tile_elements() -> int:
+    return tuning.value("fully_connected.tile_elements", TILE_ELEMENTS)
+
+
+def _min_block_rows() -> int:
+    return tuning.value("fully_connected.min_block_rows", MIN_BLOCK_ROWS)
+
+
+# ``jax_default_matmul_precision`` values asking for full float32 products (IEEE FMA, no tensor cores).
+_FULL_PRECISION = ("highest", "float32", "fp32")
+
+
+def matmul_precision() -> jax.lax.Precision:
+    """Precision of the kernels' float32 matrix products: the same as XLA's for ``jnp`` code under the current
+    ``jax_default_matmul_precision`` (read at trace time, so ``with jax.default_matmul_precision("highest"):``
+    applies).  Unset, that is TF32 on tensor-core GPUs, as XLA (and so e3nn-jax and the jnp executor) does by
+    default; ``highest``/``float32`` give IEEE float32 products, slower by choice.  float64 products are exact
+    either way."""
+    setting = jax.config.jax_default_matmul_precision
+    if setting is not None and str(setting).lower() in _FULL_PRECISION:
+        return jax.lax.Precision.HIGHEST
+    return jax.lax.Precision.DEFAULT
+
+
 def _uses_dot(m: int, k: int, n: int, dtype) -> bool:
     """Whether ``(m, k) @ (k, n)`` is large enough for Triton's ``dot`` (the broadcast-and-sum path otherwise)."""
     return m >= 16 and k >= 16 and n >= (8 if jnp.dtype(dtype) == jnp.float64 else 16)
@@ -131,7 +158,7 @@ def _matmul(a, b, dtype, *, transpose_a: bool = False):
     if _uses_dot(m, k, b.shape[1], dtype):
         contracting = ((0,), (0,)) if transpose_a else ((1,), (0,))
         return jax.lax.dot_general(
-            a, b, (contracting, ((), ())), precision=jax.lax.Precision.HIGHEST, preferred_element_type=dtype
+            a, b, (contracting, ((), ())), precision=matmul_precision(), preferred_element_type=dtype
         )
     if transpose_a:
         return jnp.sum(a[:, :, None] * b[:, None, :], axis=0)
@@ -189,7 +216,7 @@ def _product(plan: FullyConnectedPlan, out_slot: int, operands, interpret: bool)
         matrices.append(w.reshape(shape[role_a] * shape[role_b], shape[role_c]))
 
     widths = [max(s.width for s in path.segments) for path in plan.paths]
-    rows = block_rows(batch, max(widths), min_rows=16)
+    rows = block_rows(batch, max(widths), min_rows=_min_block_rows())
     blocks = -(-batch // rows)
     kernel = _product_kernel(plan, (role_a, role_b, role_c), rows, accumulate)
     specs = [compat.BlockSpec((rows, x.shape[1]), lambda i: (i, 0)) for x in (a, b)]
@@ -220,7 +247,7 @@ def _product_kernel(plan: FullyConnectedPlan, roles: tuple[int, int, int], rows:
 
     def pair_product(a_ref, b_ref, m_ref, seg_a: SegmentLayout, seg_b: SegmentLayout, seg_c, a_comp, b_comp):
         pa, pb, pc = seg_a.width, seg_b.width, seg_c.width
-        limit = TILE_ELEMENTS if _uses_dot(rows, pb, pc, dtype) else BROADCAST_ELEMENTS // pc
+        limit = _tile_elements() if _uses_dot(rows, pb, pc, dtype) else BROADCAST_ELEMENTS // pc
         chunk = _chunk(pa, pb, rows, limit)
         while chunk > 1 and chunk * pb * pc > MATRIX_ELEMENTS:
             chunk //= 2
@@ -273,13 +300,14 @@ def _path_weight_gradient(path: FullyConnectedPath, x1, x2, g, dtype, interpret:
     seg1, seg2, seg_out = path.segments
     p1, p2, po = path.padded_shape
     batch = x1.shape[0]
-    rows = block_rows(batch, max(p1, p2, po), min_rows=16)
-    chunk = _chunk(p1, p2, rows, TILE_ELEMENTS)
+    rows = block_rows(batch, max(p1, p2, po), min_rows=_min_block_rows())
+    chunk = _chunk(p1, p2, rows, _tile_elements())
     while chunk > 1 and chunk * p2 * po > ACCUMULATOR_ELEMENTS:
         chunk //= 2
     tiles = p1 // chunk
     blocks = -(-batch // rows)
-    splits = max(1, min(blocks, MAX_SPLITS // tiles, MAX_PARTIAL_ELEMENTS // path.weight_size))
+    max_splits = tuning.value("fully_connected.max_splits", MAX_SPLITS)
+    splits = max(1, min(blocks, max(1, max_splits // tiles), MAX_PARTIAL_ELEMENTS // path.weight_size))
     per_split = -(-blocks // splits)
     padded = splits * per_split * rows
     tile_rows = chunk * p2

@@ -56,6 +56,7 @@ import jax
 import jax.numpy as jnp
 
 from e3nn_fast.kernels import _pallas_compat as compat
+from e3nn_fast.kernels import tuning
 from e3nn_fast.kernels._aligned import AlignedPlan, _product_groups, _zero_runs, aligned_plan, compute_dtype
 from e3nn_fast.kernels.layout import pack, unpack
 from e3nn_fast.path_description import TensorProductDescription, make_path
@@ -213,7 +214,7 @@ def _contract_kernel(plan: AlignedPlan, out_slot: int, operands, graph: Graph, r
         perm, offsets = graph.by_sender, graph.sender_offsets
     else:  # an edge slot: row e is edge e alone
         perm, offsets = jnp.arange(num_edges, dtype=jnp.int32), jnp.arange(num_edges + 1, dtype=jnp.int32)
-    block = min(BLOCK_ROWS, compat.next_power_of_2(rows))
+    block = min(tuning.value("message_passing.block_rows", BLOCK_ROWS), compat.next_power_of_2(rows))
     blocks = -(-rows // block)
     # Rows of the padded tail have empty edge ranges (their offsets repeat the last one): they are written as zeros.
     offsets = jnp.concatenate([offsets, jnp.full((blocks * block - rows,), offsets[-1], jnp.int32)])

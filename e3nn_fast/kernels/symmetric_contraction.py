@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from e3nn_fast.kernels import _pallas_compat as compat
+from e3nn_fast.kernels import tuning
 from e3nn_fast.kernels._aligned import compute_dtype
 from e3nn_fast.kernels.layout import pad_rows
 from e3nn_fast.kernels.multilinear import contract
@@ -95,8 +96,8 @@ def _make_kernel(programs, out_planes: int, tile, dtype):
 
 def blocks_for(rows: int, channels: int) -> tuple[int, int]:
     """(node block, channel block): powers of two, ~``TILE_ELEMENTS`` per plane."""
-    channel_block = min(channels, MAX_CHANNEL_BLOCK)
-    node_block = max(1, TILE_ELEMENTS // channel_block)
+    channel_block = min(channels, tuning.value("symmetric_contraction.max_channel_block", MAX_CHANNEL_BLOCK))
+    node_block = max(1, tuning.value("symmetric_contraction.tile_elements", TILE_ELEMENTS) // channel_block)
     node_block = min(node_block, compat.next_power_of_2(max(rows, 1)))
     return node_block, channel_block
 

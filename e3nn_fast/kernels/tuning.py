@@ -1,0 +1,127 @@
+"""Launch and block-size knobs of the Pallas kernels, settable without editing code.
+
+Every knob has a default in the kernel module that uses it (for example ``message_passing.BLOCK_ROWS``); the
+``E3NN_FAST_TUNE`` environment variable overrides any of them, read each time a kernel is *traced*::
+
+    E3NN_FAST_TUNE="message_passing.block_rows=32,fully_connected.num_stages=1,aligned.num_warps=8"
+
+so that a device session can sweep values (one process per setting: a function ``jax.jit`` has already traced keeps
+the values it was traced with) and the winners can then become the defaults.  :func:`override` does the same
+inside one process for a ``with`` block (tests, notebooks).
+
+Knobs (``family.name``):
+
+=================================== ===================================================================================
+``<family>.num_warps``              Triton warps per program (families: aligned, fully_connected, message_passing,
+                                    symmetric_contraction)
+``<family>.num_stages``             Triton software-pipelining stages (0 = Pallas's own default)
+``aligned.tile_elements``           target elements of one ``(rows, width)`` plane of a row block
+``aligned.max_block_rows``          upper bound on the rows of a block
+``fully_connected.tile_elements``   elements of the per-row outer-product tile
+``fully_connected.min_block_rows``  lower bound on the rows of a block (Triton's ``dot`` needs 16)
+``fully_connected.max_splits``      programs along the batch in the weight gradient
+``message_passing.block_rows``      receiver (or sender) rows per program
+``symmetric_contraction.tile_elements``      elements of one (node block, channel block) plane
+``symmetric_contraction.max_channel_block``  upper bound on the channels of a block
+=================================== ===================================================================================
+
+Block sizes must be powers of two (Triton's arrays are); a malformed or unknown entry raises ``ValueError`` naming
+it, when a kernel is traced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from typing import Iterator, Optional
+
+ENV = "E3NN_FAST_TUNE"
+FAMILIES = ("aligned", "fully_connected", "message_passing", "symmetric_contraction")
+
+# knob -> whether its value must be a power of two
+_BLOCK_KNOBS = {
+    "aligned.tile_elements": True,
+    "aligned.max_block_rows": True,
+    "fully_connected.tile_elements": True,
+    "fully_connected.min_block_rows": True,
+    "fully_connected.max_splits": False,
+    "message_passing.block_rows": True,
+    "symmetric_contraction.tile_elements": True,
+    "symmetric_contraction.max_channel_block": True,
+}
+KNOBS: dict[str, bool] = {
+    **{f"{family}.num_warps": True for family in FAMILIES},
+    **{f"{family}.num_stages": False for family in FAMILIES},
+    **_BLOCK_KNOBS,
+}
+
+_local = threading.local()
+
+
+def parse(text: str) -> dict[str, int]:
+    """``"a.b=1,c.d=2"`` -> ``{"a.b": 1, "c.d": 2}``, each name a known knob with a valid value."""
+    settings: dict[str, int] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep:
+            raise ValueError(f"{ENV}: entry {item!r} is not of the form family.knob=integer")
+        if name not in KNOBS:
+            raise ValueError(f"{ENV}: unknown knob {name!r}; known knobs: {', '.join(sorted(KNOBS))}")
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"{ENV}: {name} must be an integer, got {value.strip()!r}") from None
+        _check(name, number)
+        settings[name] = number
+    return settings
+
+
+def _check(name: str, value: int) -> None:
+    minimum = 0 if name.endswith(".num_stages") else 1
+    if value < minimum:
+        raise ValueError(f"{ENV}: {name} must be at least {minimum}, got {value}")
+    if KNOBS[name] and value & (value - 1):
+        raise ValueError(f"{ENV}: {name} must be a power of two, got {value}")
+
+
+def _overrides() -> dict[str, int]:
+    settings = parse(os.environ.get(ENV, ""))
+    for layer in getattr(_local, "stack", ()):
+        settings.update(layer)
+    return settings
+
+
+def value(name: str, default: Optional[int]) -> Optional[int]:
+    """The knob ``name`` (``"family.knob"``): the innermost :func:`override`, else ``E3NN_FAST_TUNE``, else
+    ``default`` (the kernel module's constant)."""
+    if name not in KNOBS:
+        raise ValueError(f"unknown kernel knob {name!r}; known knobs: {', '.join(sorted(KNOBS))}")
+    return _overrides().get(name, default)
+
+
+@contextlib.contextmanager
+def override(**knobs: int) -> Iterator[None]:
+    """Set knobs for kernels traced inside the block: ``override(message_passing__block_rows=32)`` (``__`` stands
+    for the dot of ``family.knob``)."""
+    layer = {name.replace("__", "."): int(v) for name, v in knobs.items()}
+    for name, v in layer.items():
+        if name not in KNOBS:
+            raise ValueError(f"unknown kernel knob {name!r}; known knobs: {', '.join(sorted(KNOBS))}")
+        _check(name, v)
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    stack.append(layer)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def current() -> dict[str, int]:
+    """The knobs overridden here and now (for recording next to a measurement)."""
+    return dict(sorted(_overrides().items()))
