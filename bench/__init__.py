@@ -14,11 +14,14 @@ One concept per module:
 ``devices``    device identification, the table of device peaks and the CPU probe
 ``timing``     compile, warm up, time (median, ``block_until_ready``) and memory of one compiled function
 ``runner``     runs a suite: every workload x pass x backend, into result rows (errors become rows, not crashes)
-``report``     results.json, results.md, speedup.png and roofline.png
+``report``     results.json, results.md, speedup.png and roofline.png; JSON lines streamed row by row
+``device``     one timed session on a lent GPU: parts in their own processes and time limits, numerics first
+``device_numerics``  every kernel family against the float64 reference on the device (fp32, fp64, bf16)
+``cue``        cuequivariance-jax implementations of the workloads (its CUDA ``uniform_1d`` method where it applies)
 ============== =====================================================================================================
 
 ``bench/test_micro.py`` holds pytest-benchmark micro-benchmarks of the hot functions (run it explicitly:
-``python -m pytest bench/test_micro.py``); ``bench/gpu_check.py`` is the standalone kernel check for a lent GPU.
+``python -m pytest bench/test_micro.py``); ``bench/device_session.sh`` runs :mod:`bench.device` on a lent GPU.
 """
 
 HARNESS_VERSION = "1"

@@ -24,6 +24,8 @@ lower with it (checked by lowering at trace time, :func:`uniform_1d_rejection`),
 
 from __future__ import annotations
 
+import sys
+
 from typing import Callable, Optional, Sequence
 
 import jax
@@ -78,7 +80,11 @@ def _method(key, compute: Callable, args: Sequence) -> str:
         return "naive"
     cache_key = (key, tuple((a.shape, str(a.dtype)) for a in args))
     if cache_key not in _METHODS:
-        _METHODS[cache_key] = "naive" if uniform_1d_rejection(compute, args) else "uniform_1d"
+        reason = uniform_1d_rejection(compute, args)
+        _METHODS[cache_key] = "naive" if reason else "uniform_1d"
+        # into the run's log: which method a cuequivariance row measured is part of what the number means
+        print(f"cuequivariance: {_METHODS[cache_key]} for shapes {cache_key[1]}"
+              + (f" (uniform_1d refused: {reason})" if reason else ""), file=sys.stderr)
     return _METHODS[cache_key]
 
 

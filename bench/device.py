@@ -119,8 +119,14 @@ OP_BY_OP = ("e3nn_fast:pallas", "e3nn_fast:jnp", *PEERS)
 SWEEP = (
     ("mp default", "", ("mp-mace-large",), "e3nn_fast:fused-pallas"),
     ("mp rows 4", "message_passing.block_rows=4", ("mp-mace-large",), "e3nn_fast:fused-pallas"),
-    ("mp rows 64", "message_passing.block_rows=64", ("mp-mace-large",), "e3nn_fast:fused-pallas"),
-    ("mp warps 8", "message_passing.num_warps=8", ("mp-mace-large",), "e3nn_fast:fused-pallas"),
+    ("mp rows 1", "message_passing.block_rows=1", ("mp-mace-large",), "e3nn_fast:fused-pallas"),
+    ("mp channels 32 warps 1", "message_passing.channel_block=32,message_passing.num_warps=1", ("mp-mace-large",),
+     "e3nn_fast:fused-pallas"),
+    ("mp channels 64 warps 2", "message_passing.channel_block=64,message_passing.num_warps=2", ("mp-mace-large",),
+     "e3nn_fast:fused-pallas"),
+    ("mp rows 4 channels 32 warps 1",
+     "message_passing.block_rows=4,message_passing.channel_block=32,message_passing.num_warps=1", ("mp-mace-large",),
+     "e3nn_fast:fused-pallas"),
     ("sc warps 8", "symmetric_contraction.num_warps=8", ("sc-mace",), "e3nn_fast:fused-pallas"),
     ("sc tile 256", "symmetric_contraction.tile_elements=256", ("sc-mace",), "e3nn_fast:fused-pallas"),
     ("fc stages 1", "fully_connected.num_stages=1", ("fctp",), "e3nn_fast:pallas"),
@@ -350,10 +356,23 @@ def sweep_summary(rows: list) -> str:
 
 
 def summarize(folder: str) -> str:
-    text = [numerics_summary(_read_jsonl(os.path.join(folder, "numerics.jsonl"))), "",
-            timings_summary(_read_jsonl(os.path.join(folder, "timings.jsonl"))), "",
-            sweep_summary(_read_jsonl(os.path.join(folder, "sweep.jsonl")))]
-    return "\n".join(text)
+    """The tables of a session folder: one block per run prefix (``numerics.jsonl`` or ``run1-numerics.jsonl``, ...),
+    so that several runs committed side by side each keep their own tables."""
+    import glob
+
+    prefixes = sorted({os.path.basename(path)[: -len(name)]
+                       for name in ("numerics.jsonl", "timings.jsonl", "sweep.jsonl")
+                       for path in glob.glob(os.path.join(folder, f"*{name}"))}) or [""]
+    blocks = []
+    for prefix in prefixes:
+        def rows(name):
+            return _read_jsonl(os.path.join(folder, prefix + name))
+
+        title = [f"## {prefix.rstrip('-')}", ""] if prefix else []
+        blocks.append("\n".join(title + [numerics_summary(rows("numerics.jsonl")), "",
+                                         timings_summary(rows("timings.jsonl")), "",
+                                         sweep_summary(rows("sweep.jsonl"))]))
+    return "\n\n".join(blocks)
 
 
 # ------------------------------------------------------------------------------------------------------- entry

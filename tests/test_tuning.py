@@ -64,24 +64,62 @@ def test_launch_knobs_reach_the_lowered_kernel():
     assert "num_warps = 8" in texts[True] and "num_stages = 2" in texts[True]
 
 
-@pytest.mark.parametrize("knobs", [{}, {"message_passing__block_rows": 2}, {"message_passing__block_rows": 64}])
-def test_message_passing_block_rows_do_not_change_the_result(knobs):
+def _message_passing_problem(irreps_x, irreps_sh, nodes=5, edges=13):
     rng = np.random.default_rng(0)
-    nodes, edges = 5, 13
-    x = e3nn.IrrepsArray("3x0e+2x1o", jnp.asarray(rng.standard_normal((nodes, 9)), jnp.float32))
-    sh = e3nn.IrrepsArray("0e+1o", jnp.asarray(rng.standard_normal((edges, 4)), jnp.float32))
+    x = e3nn.IrrepsArray(irreps_x, jnp.asarray(rng.standard_normal((nodes, e3nn.Irreps(irreps_x).dim)), jnp.float32))
+    sh = e3nn.IrrepsArray(irreps_sh, jnp.asarray(rng.standard_normal((edges, e3nn.Irreps(irreps_sh).dim)),
+                                                 jnp.float32))
     senders = jnp.asarray(rng.integers(0, nodes, edges), jnp.int32)
     receivers = jnp.asarray(np.sort(rng.integers(0, nodes, edges)), jnp.int32)
     w = jnp.asarray(rng.standard_normal((edges, e3nn.message_passing_irreps_out(x.irreps, sh.irreps).num_irreps)),
                     jnp.float32)
+    return x, sh, w, senders, receivers, nodes
 
-    def run(backend):
+
+def _forces_style(backend, x, sh, w, senders, receivers, nodes):
+    """Output, and the gradient w.r.t. (x, w) of |d sum(sin(out)) / d sh|^2: every kernel slot is an output once."""
+    def out(x, sh, w):
         with e3nn.backend(backend):
             return e3nn.message_passing(x, sh, w, senders, receivers, nodes).array
 
+    def loss(x, w):
+        g = jax.grad(lambda s: jnp.sum(jnp.sin(out(x, s, w))))(sh)
+        return jnp.sum(g.array ** 2)
+
+    return out(x, sh, w), jax.grad(loss, argnums=(0, 1))(x, w)
+
+
+@pytest.mark.parametrize("knobs", [{}, {"message_passing__block_rows": 2}, {"message_passing__channel_block": 2},
+                                   {"message_passing__channel_block": 4, "message_passing__block_rows": 1}])
+def test_message_passing_blocks_do_not_change_the_result(knobs):
+    """Row blocks and channel blocks (a second grid axis) give the reference's numbers, derivatives included."""
+    problem = _message_passing_problem("4x0e+4x1o+4x2e", "0e+1o+2e")
     with tuning.override(**knobs):
-        kernel = jax.jit(lambda: run("pallas-interpret"))()
-    np.testing.assert_allclose(kernel, jax.jit(lambda: run("reference"))(), rtol=2e-5, atol=2e-5)
+        kernel = jax.jit(lambda: _forces_style("pallas-interpret", *problem))()
+    expected = jax.jit(lambda: _forces_style("reference", *problem))()
+    for ours, theirs in zip(jax.tree.leaves(kernel), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_channel_blocks_form_a_second_grid_axis():
+    """channel_block=2 on 8 channels: 4 programs per row block for the forward kernel (grid_y in the Triton call);
+    mixed multiplicities (8 and 4 channels) cannot be split and keep one program per row block."""
+    from e3nn_fast.kernels import message_passing as kernel_mp
+
+    def grid_y(irreps_x):
+        x, sh, w, senders, receivers, nodes = _message_passing_problem(irreps_x, "0e+1o")
+
+        def forward(x, sh, w):
+            with e3nn.backend("pallas"):
+                return e3nn.message_passing(x, sh, w, senders, receivers, nodes).array
+
+        with tuning.override(message_passing__channel_block=2):
+            text = lower_for_platform(forward, (x, sh, w), "cuda").as_text()
+        return sorted(set(int(v) for v in re.findall(r"grid_y = (\d+)", text)))
+
+    assert grid_y("8x0e+8x1o") == [4]
+    assert grid_y("8x0e+4x1o") == [1]
+    assert kernel_mp.CHANNEL_BLOCK >= 1 << 10  # default: no split
 
 
 def test_fully_connected_precision_follows_jax():

@@ -24,9 +24,11 @@ output slot     rows              edges of a row
 ``x2``, ``w``   edges             the edge itself: a per-edge product, no node-sized scatter
 =============== ================= ===========================================================================
 
-Each program owns ``BLOCK_ROWS`` output rows; for each it loops over the row's edge range, gathers the node rows of
-the edge (sender row of ``x``, receiver row of the cotangent ``g``) and its edge rows, accumulates every output plane
-in registers (float32 for 16-bit inputs) and writes the row once.  No atomics: the sums are in a fixed order, hence
+Each program owns ``BLOCK_ROWS`` output rows and a block of channels (all of them by default; the
+``message_passing.channel_block`` knob splits them over a second grid axis when every plane has the same width, see
+:func:`channel_block`); for each row it loops over the row's edge range, gathers the node rows of the edge (sender
+row of ``x``, receiver row of the cotangent ``g``) and its edge rows, accumulates every output plane in registers
+(float32 for 16-bit inputs) and writes the row once.  No atomics: the sums are in a fixed order, hence
 bitwise reproducible, and interpret mode is exact (its ``atomic_add`` is wrong for repeated indices, jax#24117).
 No ``(num_edges, irreps_out.dim)`` array exists: the forward reads edges and writes nodes, the ``x``-gradient reads
 the node-sized cotangent through the receiver index, the edge gradients write ``(num_edges, sh/w columns)``.
@@ -64,6 +66,10 @@ from e3nn_fast.reference.message_passing import MessagePassingSpec
 
 # Output rows per program (a power of two).  Tests shrink it to get several programs and a padded tail.
 BLOCK_ROWS = 16
+# Channels per program (the ``message_passing.channel_block`` knob).  The default is wider than any plane: one program
+# per row block covers every channel.  Smaller values split the channels over a second grid axis (more, smaller
+# programs for a GPU to hide the latency of the dependent index loads with); see :func:`channel_block`.
+CHANNEL_BLOCK = 1 << 16
 # Kernel family whose GPU lowering is used (see _pallas_compat.LOWERING; "message_passing" once it is listed).
 FAMILY = "message_passing" if "message_passing" in compat.LOWERING else "aligned"
 
@@ -143,13 +149,39 @@ def build_graph(senders, receivers, num_inputs: int, num_nodes: int) -> Graph:
 # --- the kernel --------------------------------------------------------------------------------------------------
 
 
-def _make_kernel(groups, kinds: tuple[str, ...], out_columns: int, block: int, dtype):
-    """Kernel body: for each of ``block`` output rows, sum every group's products over the row's edges."""
+def channel_block(groups) -> int:
+    """Channels per program for ``groups``: the knob, where the channels can be split at all, else every channel.
+
+    A split needs every output plane to be channel-aligned (a plane of width 1 sums over the channels: the gradient
+    w.r.t. the edge attributes) and every multi-channel plane, read or written, to have one common width (the padded
+    multiplicity), so that program ``j`` of the channel axis owns columns ``[j c, (j + 1) c)`` of every such plane."""
+    widths = {width for _, width, _, _ in groups}
+    for _, _, common, products in groups:
+        factors = list(common) + [f for _, fs in products for f in fs]
+        widths |= {width for _, _, width in factors}
+    multi = widths - {1}
+    if 1 in {width for _, width, _, _ in groups} or len(multi) != 1:
+        return max(widths)
+    (width,) = multi
+    return min(width, tuning.value("message_passing.channel_block", CHANNEL_BLOCK))
+
+
+def _make_kernel(groups, kinds: tuple[str, ...], out_columns: int, block: int, channels: int, dtype):
+    """Kernel body: for each of ``block`` output rows, sum every group's products over the row's edges, for the
+    ``channels`` channels of channel block ``program_id(1)`` (all of them when ``channels`` is a plane's width)."""
     runs = _zero_runs(out_columns, [(column, width) for column, width, _, _ in groups])
 
     def kernel(offsets_ref, perm_ref, senders_ref, receivers_ref, *refs):
         *inputs, out_ref = refs
         first = compat.program_id(0) * block
+        # read here, outside the loops: interpret mode resolves program ids only at the kernel's top level
+        channel_offset = compat.program_id(1) * channels
+
+        def columns(column, width):
+            """This program's part of a plane: its channel block, or the single lane of a width-1 plane."""
+            if width == 1 or channels >= width:
+                return compat.ds(column, width)
+            return compat.ds(column + channel_offset, channels)
 
         def edge_step(k, accs):
             edge = perm_ref[k]
@@ -160,7 +192,7 @@ def _make_kernel(groups, kinds: tuple[str, ...], out_columns: int, block: int, d
                 if factor not in cache:
                     position, column, width = factor
                     ref = inputs[position]
-                    cache[factor] = ref[compat.ds(rows[kinds[position]], 1), compat.ds(column, width)].astype(dtype)
+                    cache[factor] = ref[compat.ds(rows[kinds[position]], 1), columns(column, width)].astype(dtype)
                 return cache[factor]
 
             new = []
@@ -178,17 +210,18 @@ def _make_kernel(groups, kinds: tuple[str, ...], out_columns: int, block: int, d
                         value = value * load(factor)
                     if width == 1 and value.shape[1] != 1:
                         value = jnp.sum(value, axis=1, keepdims=True)  # single output lane: sum over channels
-                    acc = acc + jnp.broadcast_to(value, (1, width))
+                    acc = acc + jnp.broadcast_to(value, (1, min(width, channels)))
                 new.append(acc)
             return tuple(new)
 
         def row_step(r, carry):
             row = first + r
             start, stop = offsets_ref[row], offsets_ref[row + 1]
-            zeros = tuple(jnp.zeros((1, width), dtype) for _, width, _, _ in groups)
+            zeros = tuple(jnp.zeros((1, min(width, channels)), dtype) for _, width, _, _ in groups)
             accs = jax.lax.fori_loop(start, stop, edge_step, zeros)
             for (column, width, _, _), acc in zip(groups, accs):
-                out_ref[compat.ds(r, 1), compat.ds(column, width)] = acc.astype(out_ref.dtype)
+                out_ref[compat.ds(r, 1), columns(column, width)] = acc.astype(out_ref.dtype)
+            # padding columns: every channel block writes the same zeros there (identical stores, no order needed)
             for start_column, size in runs:
                 out_ref[compat.ds(r, 1), compat.ds(start_column, size)] = jnp.zeros((1, size), out_ref.dtype)
             return carry
@@ -223,17 +256,21 @@ def _contract_kernel(plan: AlignedPlan, out_slot: int, operands, graph: Graph, r
     else:
         senders, receivers = graph.senders, graph.receivers
     groups = _product_groups(plan, out_slot, frozenset())
-    kernel = _make_kernel(groups, kinds, out_columns, block, compute_dtype(dtype))
+    channels = channel_block(groups)
+    widest = max(width for _, width, _, _ in groups)
+    kernel = _make_kernel(groups, kinds, out_columns, block, channels, compute_dtype(dtype))
 
-    whole = lambda x: compat.BlockSpec(x.shape, lambda i, n=x.ndim: (0,) * n)
+    # Grid: row blocks x channel blocks.  Every program of row block i writes its own columns of the same output block
+    # (the output block spans the whole row): disjoint stores, so no order between them is needed.
+    whole = lambda x: compat.BlockSpec(x.shape, lambda i, j, n=x.ndim: (0,) * n)
     indices = [offsets, perm, senders, receivers]
     result = compat.pallas_call(
         kernel,
         family=FAMILY,
         interpret=interpret,
-        grid=(blocks,),
+        grid=(blocks, max(1, widest // channels)),
         in_specs=[whole(x) for x in indices + inputs],
-        out_specs=compat.BlockSpec((block, out_columns), lambda i: (i, 0)),
+        out_specs=compat.BlockSpec((block, out_columns), lambda i, j: (i, 0)),
         out_shape=jax.ShapeDtypeStruct((blocks * block, out_columns), dtype),
         name=f"e3nn_message_passing_{name}",
     )(*indices, *inputs)

@@ -21,6 +21,7 @@ Knobs (``family.name``):
 ``fully_connected.min_block_rows``  lower bound on the rows of a block (Triton's ``dot`` needs 16)
 ``fully_connected.max_splits``      programs along the batch in the weight gradient
 ``message_passing.block_rows``      receiver (or sender) rows per program
+``message_passing.channel_block``   channels per program (a second grid axis over channel blocks)
 ``symmetric_contraction.tile_elements``      elements of one (node block, channel block) plane
 ``symmetric_contraction.max_channel_block``  upper bound on the channels of a block
 =================================== ===================================================================================
@@ -47,6 +48,7 @@ _BLOCK_KNOBS = {
     "fully_connected.min_block_rows": True,
     "fully_connected.max_splits": False,
     "message_passing.block_rows": True,
+    "message_passing.channel_block": True,
     "symmetric_contraction.tile_elements": True,
     "symmetric_contraction.max_channel_block": True,
 }
