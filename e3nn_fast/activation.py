@@ -11,6 +11,7 @@ for a standard normal input, which keeps activations of order one through deep n
 from __future__ import annotations
 
 import collections
+import functools
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
@@ -299,9 +300,12 @@ def soft_normalization(input: IrrepsArray, max_component: float) -> IrrepsArray:
     (:func:`sus` vanishes to all orders at 0); large ones are brought back to a size of order ``m``.
     """
     input = _as_irreps_array(input, "soft_normalization")
+    factor = functools.partial(_soft_cap_factor, max_component=max_component)
+    return norm_activation(input, [factor for _ in input.irreps])
 
-    def shrink(n):
-        n = n / max_component
-        return 1.0 / (1.0 + n * sus(n))
 
-    return norm_activation(input, [shrink] * len(input.irreps))
+def _soft_cap_factor(norm: jax.Array, max_component: float) -> jax.Array:
+    r"""Scale :math:`1 / (1 + r\,\mathrm{sus}(r))` with :math:`r` = ``norm / max_component``: 1 up to
+    :math:`O(r^\infty)` for small norms, about :math:`1/r` (a size capped near ``max_component``) for large ones."""
+    ratio = norm / max_component
+    return 1.0 / (1.0 + ratio * sus(ratio))

@@ -100,7 +100,8 @@ def legendre(lmax: int, x: jax.Array, phase: float, is_normalized: bool = False)
         is_normalized: ``True`` for :math:`\sqrt{\frac{2l+1}{4\pi}\frac{(l-m)!}{(l+m)!}} P_l^m`.
 
     Returns:
-        Array of shape ``(lmax + 1, lmax + 1, ...)`` indexed ``[l, m]``; entries with ``m > l`` are zero.
+        Array ``P[l, m, ...]``: the two leading axes (each of length ``lmax + 1``) run over degree and order, the
+        rest follows ``x``; entries with ``m > l`` are zero.
     """
     if not isinstance(lmax, (int, np.integer)) or lmax < 0:
         raise ValueError(f"legendre: lmax must be a non-negative integer, got {lmax!r}.")

@@ -106,13 +106,12 @@ def from_int(i: int, n: int) -> TY_PERM:
 def to_int(p: TY_PERM) -> int:
     """The number of ``p`` in the mixed-radix numbering (inverse of :func:`from_int`)."""
     p = _check_perm(p)
-    pool = list(range(len(p)))
-    i, weight = 0, 1
-    for value in p:
-        digit = pool.index(value)
-        i += digit * weight
-        weight *= len(pool)
-        pool.remove(value)
+    n = len(p)
+    # digit k (radix n - k) is the rank of p[k] among the values not used yet: the number of later, smaller entries
+    digits = [sum(later < value for later in p[k + 1 :]) for k, value in enumerate(p)]
+    i = 0
+    for k in reversed(range(n)):  # Horner's scheme: i = d_0 + n (d_1 + (n - 1) (d_2 + ...))
+        i = i * (n - k) + digits[k]
     return i
 
 

@@ -55,11 +55,27 @@ def _as_shape(shape) -> Tuple[int, ...]:
         raise TypeError(f"shape must be a tuple of non-negative integers, got {shape!r}") from None
 
 
-def _normalize(x: jax.Array) -> jax.Array:
+def _length_and_direction(v: jax.Array) -> Tuple[jax.Array, jax.Array]:
+    """``(|v|, v / |v|)`` over the last axis; the zero vector gives ``(0, 0)``.
+
+    The squared length is replaced by 1 where it vanishes before the square root, so that neither the value nor
+    the gradient (of ``sqrt`` at 0) becomes ``nan``.
+    """
+    squared = jnp.sum(v * v, axis=-1)
+    nonzero = squared > 0.0
+    length = jnp.sqrt(jnp.where(nonzero, squared, 1.0))
+    return jnp.where(nonzero, length, 0.0), v / length[..., None]
+
+
+def _normalize(v: jax.Array) -> jax.Array:
     """Unit vectors along the last axis; the zero vector stays zero (and keeps finite gradients)."""
-    n2 = jnp.sum(x**2, axis=-1, keepdims=True)
-    n2 = jnp.where(n2 > 0.0, n2, 1.0)
-    return x / jnp.sqrt(n2)
+    return _length_and_direction(v)[1]
+
+
+def _axial_vector(A: jax.Array) -> jax.Array:
+    """The vector ``a`` with ``[a]_x = A - A^T`` (:func:`_cross_matrix` inverted on the antisymmetric part)."""
+    antisymmetric = A - _transpose(A)
+    return jnp.stack([antisymmetric[..., 2, 1], antisymmetric[..., 0, 2], antisymmetric[..., 1, 0]], axis=-1)
 
 
 def _transpose(R: jax.Array) -> jax.Array:
@@ -109,9 +125,10 @@ def rand_matrix(key: jax.Array, shape=(), dtype=jnp.float32) -> jax.Array:
 
 def rotation_angle_from_matrix(R: jax.Array) -> jax.Array:
     r"""Rotation angle in :math:`[0, \pi]` of matrices ``(..., 3, 3)``, from the trace; shape ``(...)``."""
-    R = jnp.asarray(R)
-    trace = R[..., 0, 0] + R[..., 1, 1] + R[..., 2, 2]
-    return jnp.arccos(jnp.clip((trace - 1.0) / 2.0, -1.0, 1.0))
+    diagonal = jnp.diagonal(jnp.asarray(R), axis1=-2, axis2=-1)
+    # tr R = 1 + 2 cos(angle); clip because rounding can push the cosine just outside [-1, 1]
+    cos_angle = (diagonal[..., 0] + diagonal[..., 1] + diagonal[..., 2] - 1.0) / 2.0
+    return jnp.arccos(jnp.clip(cos_angle, -1.0, 1.0))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -131,13 +148,16 @@ def rand_angles(key: jax.Array, shape=(), dtype=jnp.float32) -> Angles:
     :math:`\beta = \arccos(2 u_2 - 1)` (uniform :math:`\cos\beta` makes the measure uniform on :math:`SO(3)`).
     """
     u = jax.random.uniform(key, (3,) + _as_shape(shape), dtype=dtype)
-    return 2 * jnp.pi * u[0], jnp.arccos(2 * u[2] - 1), 2 * jnp.pi * u[1]
+    alpha, gamma = 2 * jnp.pi * u[:2]  # uniform on the circle
+    beta = jnp.arccos(2 * u[2] - 1)  # cos(beta) uniform in [-1, 1]: the Haar density is sin(beta) dbeta
+    return alpha, beta, gamma
 
 
 def compose_angles(a1, b1, c1, a2, b2, c2) -> Angles:
     r"""Euler angles of :math:`R(a_1, b_1, c_1)\, R(a_2, b_2, c_2)` (the second rotation is applied first)."""
-    a1, b1, c1, a2, b2, c2 = jnp.broadcast_arrays(a1, b1, c1, a2, b2, c2)
-    return matrix_to_angles(angles_to_matrix(a1, b1, c1) @ angles_to_matrix(a2, b2, c2))
+    applied_second = angles_to_matrix(a1, b1, c1)
+    applied_first = angles_to_matrix(a2, b2, c2)
+    return matrix_to_angles(applied_second @ applied_first)  # matmul broadcasts the two batch shapes
 
 
 def inverse_angles(a, b, c) -> Angles:
@@ -185,8 +205,9 @@ def inverse_quaternion(q: jax.Array) -> jax.Array:
 def rotation_angle_from_quaternion(q1: jax.Array, q2: jax.Array) -> jax.Array:
     r"""Angle in :math:`[0, \pi]` of the rotation between unit quaternions ``q1`` and ``q2`` (sign-insensitive)."""
     q1, q2 = jnp.broadcast_arrays(q1, q2)
-    dot = jnp.sum(q1 * q2, axis=-1)
-    return 2.0 * jnp.arccos(jnp.minimum(jnp.abs(dot), 1.0))
+    # <q1, q2> = +-cos(angle / 2) of the relative rotation; the sign is free since q and -q are the same rotation
+    cos_half_angle = jnp.abs(jnp.sum(q1 * q2, axis=-1))
+    return 2.0 * jnp.arccos(jnp.clip(cos_half_angle, -1.0, 1.0))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -328,8 +349,9 @@ def axis_angle_to_quaternion(xyz, angle) -> jax.Array:
 def quaternion_to_axis_angle(q: jax.Array) -> AxisAngle:
     r"""Unit axis ``(..., 3)`` and angle in :math:`[0, 2\pi]` of quaternions; the identity has a zero axis."""
     q = jnp.asarray(q)
-    angle = 2 * jnp.arccos(jnp.clip(q[..., 0], -1, 1))
-    return _normalize(q[..., 1:]), angle
+    # q = (cos(angle / 2), axis * sin(angle / 2))
+    half_angle = jnp.arccos(jnp.clip(q[..., 0], -1, 1))
+    return _normalize(q[..., 1:]), 2 * half_angle
 
 
 def matrix_to_axis_angle(R: jax.Array) -> AxisAngle:
@@ -339,11 +361,8 @@ def matrix_to_axis_angle(R: jax.Array) -> AxisAngle:
     exactly :math:`0` or :math:`\pi`. Not differentiable at angle :math:`\pi`.
     """
     R = jnp.asarray(R)
-    angle = rotation_angle_from_matrix(R)
-    axis = jnp.stack(
-        [R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], axis=-1
-    )
-    return _normalize(axis), angle
+    # R - R^T = 2 sin(angle) [axis]_x, so its axial vector points along the axis (for 0 < angle < pi)
+    return _normalize(_axial_vector(R)), rotation_angle_from_matrix(R)
 
 
 def angles_to_axis_angle(alpha, beta, gamma) -> AxisAngle:
@@ -394,11 +413,7 @@ def log_coordinates_to_matrix(log_coordinates: jax.Array) -> jax.Array:
 
 def log_coordinates_to_axis_angle(log_coordinates: jax.Array) -> AxisAngle:
     r"""Unit axis ``(..., 3)`` (zero for the identity) and angle :math:`|\omega|` of log coordinates."""
-    log_coordinates = jnp.asarray(log_coordinates)
-    n2 = jnp.sum(log_coordinates**2, axis=-1)
-    safe = jnp.where(n2 > 0.0, n2, 1.0)
-    axis = log_coordinates / jnp.sqrt(safe)[..., None]
-    angle = jnp.where(n2 > 0.0, jnp.sqrt(safe), 0.0)
+    angle, axis = _length_and_direction(jnp.asarray(log_coordinates))
     return axis, angle
 
 

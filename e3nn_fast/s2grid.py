@@ -66,48 +66,87 @@ def _check_resolution(name: str, res) -> int:
 
 def _check_parity_value(name: str, p) -> None:
     if p not in (-1, 1):
-        raise ValueError(f"Parity {name} must be either +1 or -1. Received: {p}")
+        raise ValueError(f"Parity {name} must be +1 (even) or -1 (odd), got {p!r}.")
+
+
+def _parity_of_even_and_odd_degrees(irreps: Irreps) -> Tuple[Optional[int], Optional[int]]:
+    r"""The common parity of the even-``l`` irreps and that of the odd-``l`` irreps (``None`` where there are none).
+
+    A signal with parities ``(p_val, p_arg)`` has coefficients of parity :math:`p_{val} p_{arg}^l`, so all even
+    degrees share one parity (``p_val``) and all odd degrees another (``p_val * p_arg``).
+    """
+    found = ({ir.p for _, ir in irreps if ir.l % 2 == 0}, {ir.p for _, ir in irreps if ir.l % 2 == 1})
+    if any(len(parities) > 1 for parities in found):
+        raise ValueError(
+            f"The irreps {irreps} mix parities within the even or within the odd degrees, so they are not the "
+            "coefficients of a signal on the sphere (degree l must have parity p_val * p_arg**l). "
+            "Use irreps such as s2_irreps(lmax, p_val, p_arg)."
+        )
+    return tuple(next(iter(parities), None) for parities in found)
 
 
 def _check_parities(irreps: Irreps, p_val: Optional[int] = None, p_arg: Optional[int] = None):
-    r"""Infer/validate ``(p_val, p_arg)`` from coefficient irreps, whose parities must read ``p_val * p_arg**l``.
+    r"""Reconcile the coefficient irreps with the given ``p_val`` / ``p_arg`` (either may be ``None``).
 
-    Returns ``(p_val, p_arg)``; either may be ``None`` when the irreps do not determine it.
+    Every known value (from the irreps or from the arguments) pins down part of the pattern
+    :math:`p_l = p_{val} p_{arg}^l`; a contradiction raises ``ValueError``.  Returns ``(p_val, p_arg)``, with
+    ``None`` for what neither the irreps nor the arguments determine.
     """
-    p_even = {ir.p for _, ir in irreps if ir.l % 2 == 0}
-    p_odd = {ir.p for _, ir in irreps if ir.l % 2 == 1}
-    if len(p_even) > 1 or len(p_odd) > 1:
-        raise ValueError(
-            f"irreps {irreps}: parities must be of the form p_val * p_arg**l for all l, with p_val and p_arg = ±1."
+    p_even, p_odd = _parity_of_even_and_odd_degrees(irreps)
+
+    def contradiction(expected_even, expected_odd):
+        return ValueError(
+            f"The irreps {irreps} have parities (even l: {p_even}, odd l: {p_odd}) that are not compatible with "
+            f"p_val={p_val}, p_arg={p_arg}, which require (even l: {expected_even}, odd l: {expected_odd}). "
+            "Change the irreps' parities or the given p_val / p_arg."
         )
-    p_even = next(iter(p_even), None)
-    p_odd = next(iter(p_odd), None)
-    if p_val is not None and p_arg is not None:
-        if p_even not in (p_val, None) or p_odd not in (p_val * p_arg, None):
-            raise ValueError(
-                f"irreps ({irreps}) parities are not compatible with the given p_val ({p_val}) and p_arg ({p_arg})."
-            )
-        return p_val, p_arg
+
     if p_val is not None:
-        if p_even is None:
-            p_even = p_val
-        if p_even != p_val:
-            raise ValueError(f"irreps ({irreps}) parities are not compatible with the given p_val ({p_val}).")
+        if p_even not in (None, p_val):
+            raise contradiction(p_val, None if p_arg is None else p_val * p_arg)
+        p_even = p_val
     if p_arg is not None:
-        if p_odd is None and p_even is not None:
+        if p_even is not None:
+            if p_odd not in (None, p_even * p_arg):
+                raise contradiction(p_even, p_even * p_arg)
             p_odd = p_even * p_arg
-        elif p_even is None and p_odd is not None:
+        elif p_odd is not None:
             p_even = p_odd * p_arg
-        elif p_odd is not None and p_even is not None and p_odd != p_even * p_arg:
-            raise ValueError(f"irreps ({irreps}) parities are not compatible with the given p_arg ({p_arg}).")
-    if p_even is not None and p_odd is not None:
-        return p_even, p_even * p_odd
-    return p_even, None
+    if p_even is None or p_odd is None:
+        return p_even, None
+    return p_even, p_even * p_odd
 
 
 def _check_unit_multiplicities(irreps: Irreps) -> None:
     if not all(mul == 1 for mul, _ in irreps.regroup()):
-        raise ValueError(f"Multiplicities should be ones (each l at most once). Got {irreps}.")
+        raise ValueError(
+            f"Multiplicities should be ones: a signal has one coefficient block per degree l, got irreps {irreps}. "
+            "Split repeated irreps into separate signals (an extra leading axis)."
+        )
+
+
+def _check_vector_irreps(name: str, x: IrrepsArray) -> None:
+    """``x`` must hold 3d vectors: a single ``1o`` (ordinary points) or ``1e`` (pseudo-vector points)."""
+    if x.irreps not in (Irreps("1o"), Irreps("1e")):
+        raise ValueError(
+            f"{name} must be a vector on the sphere with irreps 1o or 1e, but its irreps are {x.irreps}. "
+            f"Wrap the xyz coordinates as IrrepsArray('1o', ...)."
+        )
+
+
+def _coefficient_parities(irreps: Irreps, p_val: Optional[int], p_arg: Optional[int]) -> Tuple[int, int]:
+    """``(p_val, p_arg)`` of the signal described by coefficients with these irreps, for :func:`to_s2grid`."""
+    if (p_val is None) != (p_arg is None):
+        raise ValueError(
+            f"Got p_val={p_val} and p_arg={p_arg}: give both of them, or leave both None to read them from the irreps."
+        )
+    p_val, p_arg = _check_parities(irreps, p_val, p_arg)
+    if p_val is None or p_arg is None:
+        raise ValueError(
+            f"p_val and p_arg cannot be determined: the irreps {irreps} lack an even or an odd degree, which "
+            "leaves the parity pattern open. Pass p_val= and p_arg= to to_s2grid."
+        )
+    return p_val, p_arg
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -273,13 +312,13 @@ class SphericalSignal:
         p_arg: int = -1,
         _perform_checks: bool = True,
     ) -> None:
-        if _perform_checks:
+        if _perform_checks:  # skipped when rebuilding from a pytree or from an already-checked signal
             if len(grid_values.shape) < 2:
                 raise ValueError(
-                    f"Grid values should have atleast 2 axes. Got grid_values of shape {grid_values.shape}."
+                    f"A SphericalSignal needs grid_values of shape (..., res_beta, res_alpha), i.e. at least 2 "
+                    f"axes, but got shape {grid_values.shape}. Sample the signal on a 2d (beta, alpha) grid."
                 )
-            if quadrature not in QUADRATURES:
-                raise ValueError(f"Invalid quadrature for SphericalSignal: {quadrature}")
+            _check_quadrature(quadrature)
             _check_parity_value("p_val", p_val)
             _check_parity_value("p_arg", p_arg)
         self.grid_values = grid_values
@@ -300,8 +339,10 @@ class SphericalSignal:
     ) -> "SphericalSignal":
         """Sample ``func`` (a function of a unit vector ``(3,)``) on the grid."""
         y, alpha, _ = _s2grid(res_beta, res_alpha, quadrature)
-        values = jax.vmap(jax.vmap(func))(_s2grid_vectors(y, alpha))
-        return SphericalSignal(jnp.asarray(values, dtype), quadrature, p_val=p_val, p_arg=p_arg)
+        points = _s2grid_vectors(y, alpha).reshape(-1, 3)  # one vmap over all grid points
+        values = jnp.asarray(jax.vmap(func)(points), dtype)
+        values = values.reshape((len(y), len(alpha)) + values.shape[1:])
+        return SphericalSignal(values, quadrature, p_val=p_val, p_arg=p_arg)
 
     @staticmethod
     def zeros(
@@ -317,42 +358,69 @@ class SphericalSignal:
         return SphericalSignal(jnp.zeros((res_beta, res_alpha), dtype), quadrature, p_val=p_val, p_arg=p_arg)
 
     def __repr__(self) -> str:
-        if hasattr(self.grid_values, "ndim") and self.ndim >= 2:
-            return (
-                "SphericalSignal("
-                f"shape={self.shape}, "
-                f"res_beta={self.res_beta}, res_alpha={self.res_alpha}, "
-                f"quadrature={self.quadrature}, p_val={self.p_val}, p_arg={self.p_arg})\n"
-                f"{self.grid_values}"
-            )
-        return f"SphericalSignal({self.grid_values})"
+        values = self.grid_values
+        if getattr(values, "ndim", 0) < 2:  # e.g. a placeholder leaf while jax rebuilds the pytree
+            return f"SphericalSignal({values})"
+        header = ", ".join(
+            [
+                f"shape={self.shape}",
+                f"res_beta={self.res_beta}",
+                f"res_alpha={self.res_alpha}",
+                f"quadrature={self.quadrature}",
+                f"p_val={self.p_val}",
+                f"p_arg={self.p_arg}",
+            ]
+        )
+        return f"SphericalSignal({header})\n{values}"
+
+    def _new_values(self, grid_values: jax.Array, p_val: Optional[int] = None) -> "SphericalSignal":
+        """A signal on this grid with other values (and optionally another ``p_val``), without re-checking."""
+        return SphericalSignal(
+            grid_values,
+            self.quadrature,
+            p_val=self.p_val if p_val is None else p_val,
+            p_arg=self.p_arg,
+            _perform_checks=False,
+        )
 
     # -- arithmetic ----------------------------------------------------------------------------------------------
 
-    def _check_same_grid(self, other: "SphericalSignal", what: str) -> None:
-        if self.quadrature != other.quadrature:
-            raise ValueError(f"{what} of SphericalSignals with different quadrature is not supported.")
-        if self.grid_resolution != other.grid_resolution:
+    def _check_combinable(self, other: "SphericalSignal", operation: str, *, same_p_val: bool) -> None:
+        """A pointwise ``operation`` needs the same grid points and ``p_arg`` (and ``p_val`` if ``same_p_val``)."""
+        if not isinstance(other, SphericalSignal):
+            raise TypeError(f"{operation} expects another SphericalSignal, got {type(other).__name__}.")
+        if self.quadrature != other.quadrature or self.grid_resolution != other.grid_resolution:
             raise ValueError(
-                f"{what} of SphericalSignals with different grid resolution is not supported "
-                "(use .resample() to change one of them)."
+                f"{operation} works point by point, so both signals must live on the same grid; got "
+                f"{self.quadrature} {self.grid_resolution} and {other.quadrature} {other.grid_resolution} "
+                "(quadrature, (res_beta, res_alpha)). Bring one onto the other's grid with .resample()."
+            )
+        if self.p_arg != other.p_arg:
+            raise ValueError(
+                f"{operation} of signals with p_arg={self.p_arg} and p_arg={other.p_arg} would not transform "
+                "with a definite parity under inversion. Use signals with the same p_arg."
+            )
+        if same_p_val and self.p_val != other.p_val:
+            raise ValueError(
+                f"{operation} of signals with p_val={self.p_val} and p_val={other.p_val} has no definite parity. "
+                "Use signals with the same p_val."
             )
 
     def __mul__(self, other) -> "SphericalSignal":
         """Pointwise product with a signal on the same grid, or scaling by scalars (array or ``0e`` IrrepsArray)."""
         if isinstance(other, SphericalSignal):
-            self._check_same_grid(other, "Multiplication")
-            if self.p_arg != other.p_arg:
-                raise ValueError("Multiplication of SphericalSignals with different p_arg is not equivariant.")
-            return SphericalSignal(
-                self.grid_values * other.grid_values, self.quadrature, p_val=self.p_val * other.p_val, p_arg=self.p_arg
-            )
+            self._check_combinable(other, "Multiplication", same_p_val=False)
+            # parities multiply: (p f)(p' g) = (p p') f g
+            return self._new_values(self.grid_values * other.grid_values, p_val=self.p_val * other.p_val)
         if isinstance(other, IrrepsArray):
             if other.irreps != Irreps("0e"):
-                raise ValueError(f"Scalar must be a 0e IrrepsArray, got irreps {other.irreps}.")
+                raise ValueError(
+                    f"A SphericalSignal can only be scaled by even scalars (irreps 0e), got irreps {other.irreps}."
+                )
             other = other.array[..., 0]
-        other = jnp.asarray(other)[..., None, None]  # leading (batch) shape broadcasts against the signal's
-        return SphericalSignal(self.grid_values * other, self.quadrature, p_val=self.p_val, p_arg=self.p_arg)
+        # one factor per signal: the leading (batch) shape broadcasts against the signal's, the grid axes are added
+        factor = jnp.expand_dims(jnp.asarray(other), (-2, -1))
+        return self._new_values(self.grid_values * factor)
 
     def __rmul__(self, other) -> "SphericalSignal":
         return self * other
@@ -362,26 +430,14 @@ class SphericalSignal:
 
     def __add__(self, other: "SphericalSignal") -> "SphericalSignal":
         """Sum of two signals on the same grid with the same parities."""
-        if not isinstance(other, SphericalSignal):
-            raise TypeError(f"Can only add a SphericalSignal to a SphericalSignal, got {type(other).__name__}.")
-        if self.grid_resolution != other.grid_resolution:
-            raise ValueError(
-                "Grid resolutions for both signals must be identical. "
-                "Use .resample() to change one of the grid resolutions."
-            )
-        if (self.p_val, self.p_arg) != (other.p_val, other.p_arg):
-            raise ValueError("Parity for both signals must be identical.")
-        if self.quadrature != other.quadrature:
-            raise ValueError("Quadrature for both signals must be identical.")
-        return SphericalSignal(
-            self.grid_values + other.grid_values, self.quadrature, p_val=self.p_val, p_arg=self.p_arg
-        )
+        self._check_combinable(other, "Addition", same_p_val=True)
+        return self._new_values(self.grid_values + other.grid_values)
 
     def __sub__(self, other: "SphericalSignal") -> "SphericalSignal":
         return self + (-other)
 
     def __neg__(self) -> "SphericalSignal":
-        return SphericalSignal(-self.grid_values, self.quadrature, p_val=self.p_val, p_arg=self.p_arg)
+        return self._new_values(-self.grid_values)
 
     # -- shape and grid ------------------------------------------------------------------------------------------
 
@@ -434,20 +490,24 @@ class SphericalSignal:
 
     # -- transforms ----------------------------------------------------------------------------------------------
 
+    def _coefficients(self, lmax: int) -> IrrepsArray:
+        """Spherical harmonic coefficients of degree ``0 .. lmax`` (with this signal's parities)."""
+        return from_s2grid(self, s2_irreps(lmax, self.p_val, self.p_arg))
+
+    def _synthesize(self, coeffs: IrrepsArray, grid: Tuple[int, int], quadrature: str) -> "SphericalSignal":
+        """Signal of ``coeffs`` on a ``(res_beta, res_alpha)`` grid, keeping this signal's parities."""
+        return to_s2grid(coeffs, *grid, quadrature=quadrature, p_val=self.p_val, p_arg=self.p_arg)
+
     def resample(
         self, res_beta: int, res_alpha: int, lmax: int, quadrature: Optional[str] = None
     ) -> "SphericalSignal":
-        """Re-sample on another grid through the coefficients up to degree ``lmax``."""
-        quadrature = self.quadrature if quadrature is None else quadrature
-        coeffs = from_s2grid(self, s2_irreps(lmax, self.p_val, self.p_arg))
-        return to_s2grid(coeffs, res_beta, res_alpha, quadrature=quadrature, p_val=self.p_val, p_arg=self.p_arg)
+        """Re-sample on another grid (and optionally quadrature) through the coefficients up to degree ``lmax``."""
+        target_quadrature = self.quadrature if quadrature is None else quadrature
+        return self._synthesize(self._coefficients(lmax), (res_beta, res_alpha), target_quadrature)
 
     def _rotate_coefficients(self, lmax: int, rotate: Callable[[IrrepsArray], IrrepsArray]) -> "SphericalSignal":
         """Rotate through the coefficients up to ``lmax`` (exact for signals band-limited to ``lmax``)."""
-        coeffs = from_s2grid(self, s2_irreps(lmax, self.p_val, self.p_arg))
-        return to_s2grid(
-            rotate(coeffs), *self.grid_resolution, quadrature=self.quadrature, p_val=self.p_val, p_arg=self.p_arg
-        )
+        return self._synthesize(rotate(self._coefficients(lmax)), self.grid_resolution, self.quadrature)
 
     def transform_by_angles(self, alpha: float, beta: float, gamma: float, lmax: int) -> "SphericalSignal":
         return self._rotate_coefficients(lmax, lambda c: c.transform_by_angles(alpha=alpha, beta=beta, gamma=gamma))
@@ -471,8 +531,9 @@ class SphericalSignal:
 
             if _parity(func) == 0:
                 raise ValueError(
-                    "Activation: the parity is violated! The input scalar is odd but the activation is neither "
-                    "even nor odd."
+                    f"apply: this signal is odd (p_val=-1), so {func} must be an even or an odd function for the "
+                    "result to keep a definite parity, but it is neither. Use an even or odd function, or apply "
+                    "it to an even signal."
                 )
         return self.replace_values(grid_values=func(self.grid_values))
 
@@ -492,30 +553,36 @@ class SphericalSignal:
 
         Returns ``(beta_index, alpha_index)`` with the signal's leading shape.
         """
-        qw = jnp.asarray(self.quadrature_weights)
-
-        def draw(k, p_ya):
-            k1, k2 = jax.random.split(k)
-            p_y = qw * jnp.sum(p_ya, axis=1)
-            y_index = jax.random.choice(k1, jnp.arange(self.res_beta), p=p_y)
-            alpha_index = jax.random.choice(k2, jnp.arange(self.res_alpha), p=p_ya[y_index])
-            return y_index, alpha_index
-
-        for _ in range(self.ndim - 2):
-            draw = jax.vmap(draw)
-        keys = jax.random.split(key, math.prod(self.shape[:-2])).reshape(self.shape[:-2] + key.shape)
-        return draw(keys, self.grid_values)
+        batch_shape = self.shape[:-2]
+        n_signals = math.prod(batch_shape)
+        # one key per signal, in row-major order of the leading axes
+        keys = jax.random.split(key, n_signals)
+        values = self.grid_values.reshape((n_signals,) + self.grid_resolution)
+        draw = functools.partial(_draw_grid_point, row_weights=jnp.asarray(self.quadrature_weights))
+        beta_index, alpha_index = jax.vmap(draw)(keys, values)
+        return beta_index.reshape(batch_shape), alpha_index.reshape(batch_shape)
 
     def __getitem__(self, index) -> "SphericalSignal":
+        """Index the leading (batch) axes; the two grid axes must remain."""
         grid_values = self.grid_values[index]
         if grid_values.ndim < 2:
             raise ValueError(
-                "This indexing does not produce something that can be interpreted as a signal on the sphere. "
-                "Consider using `SphericalSignal.grid_values` instead."
+                f"Indexing a SphericalSignal of shape {self.shape} with {index!r} gives shape {grid_values.shape}, "
+                "which lost a grid axis (res_beta, res_alpha). Index only the leading axes, or index "
+                "`.grid_values` to get a plain array."
             )
-        return SphericalSignal(
-            grid_values, self.quadrature, p_val=self.p_val, p_arg=self.p_arg, _perform_checks=False
-        )
+        return self._new_values(grid_values)
+
+
+def _draw_grid_point(key: jax.Array, values: jax.Array, row_weights: jax.Array) -> Tuple[jax.Array, jax.Array]:
+    """Sample ``(beta_index, alpha_index)`` from one ``(res_beta, res_alpha)`` density: the row first, by its
+    weighted row sum (the marginal), then the column within that row (the conditional)."""
+    row_key, column_key = jax.random.split(key)
+    res_beta, res_alpha = values.shape
+    row_probability = row_weights * values.sum(axis=1)
+    beta_index = jax.random.choice(row_key, jnp.arange(res_beta), p=row_probability)
+    alpha_index = jax.random.choice(column_key, jnp.arange(res_alpha), p=values[beta_index])
+    return beta_index, alpha_index
 
 
 jax.tree_util.register_pytree_node(
@@ -547,8 +614,7 @@ def s2_dirac(
     _check_parity_value("p_val", p_val)
     _check_parity_value("p_arg", p_arg)
     if isinstance(position, IrrepsArray):
-        if position.irreps not in [Irreps("1e"), Irreps("1o")]:
-            raise ValueError(f"position should be of irreps '1e' or '1o', got {position.irreps}.")
+        _check_vector_irreps("position", position)
         if position.irreps[0].ir.p != p_arg:
             raise ValueError(f"Input ({position.irreps}) and p_arg={p_arg} must have a compatible parity.")
         position = position.array
@@ -601,20 +667,15 @@ def to_s2grid(
     res_beta = _check_resolution("res_beta", res_beta)
     res_alpha = _check_resolution("res_alpha", res_alpha)
     coeffs = coeffs.regroup()
-    if not all(mul == 1 for mul, _ in coeffs.irreps):
-        raise ValueError(f"Multiplicities should be ones. Got {coeffs.irreps}.")
-    if (p_val is not None) != (p_arg is not None):
-        raise ValueError("p_val and p_arg should be both None or both not None.")
-    p_val, p_arg = _check_parities(coeffs.irreps, p_val, p_arg)
-    if p_val is None or p_arg is None:
-        raise ValueError(
-            f"p_val and p_arg cannot be determined from the irreps {coeffs.irreps}, please specify them."
-        )
+    _check_unit_multiplicities(coeffs.irreps)
+    p_val, p_arg = _coefficient_parities(coeffs.irreps, p_val, p_arg)
     ls = tuple(coeffs.irreps.ls)
     lmax = ls[-1]
     if fft:
         if res_alpha % 2 == 0:
-            raise ValueError("res_alpha must be odd for fft")
+            raise ValueError(
+                f"to_s2grid with fft=True needs an odd res_alpha, got {res_alpha}; use an odd one or fft=False."
+            )
         if res_alpha < 2 * lmax + 1:
             raise ValueError(f"res_alpha={res_alpha} is too small for lmax={lmax} with fft=True: need 2*lmax+1.")
     signal = _coefficients_to_grid(ls, res_beta, res_alpha, quadrature, normalization, bool(fft), coeffs.array)
@@ -697,12 +758,13 @@ def to_s2point(coeffs: IrrepsArray, point: IrrepsArray, *, normalization: str = 
     """
     _check_normalization(normalization)
     coeffs = coeffs.regroup()
-    if not all(mul == 1 for mul, _ in coeffs.irreps):
-        raise ValueError(f"Multiplicities should be ones. Got {coeffs.irreps}.")
+    _check_unit_multiplicities(coeffs.irreps)
     if not isinstance(point, IrrepsArray):
-        raise TypeError(f"point should be an IrrepsArray, got {type(point)}.")
-    if point.irreps not in [Irreps("1e"), Irreps("1o")]:
-        raise ValueError(f"point should be of irreps '1e' or '1o', got {point.irreps}.")
+        raise TypeError(
+            f"point must be an IrrepsArray of 3d vectors (irreps 1o or 1e), got {type(point).__name__}. "
+            "Wrap the coordinates as IrrepsArray('1o', ...)."
+        )
+    _check_vector_irreps("point", point)
     p_arg = point.irreps[0].ir.p
     p_val, _ = _check_parities(coeffs.irreps, None, p_arg)
     ls = list(coeffs.irreps.ls)

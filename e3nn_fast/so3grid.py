@@ -143,7 +143,10 @@ class SO3Signal:
 
     def _check_same_shape(self, other: "SO3Signal") -> None:
         if self.shape != other.shape:
-            raise ValueError(f"Shapes of the two signals do not match: {self.shape} != {other.shape}")
+            raise ValueError(
+                f"The two SO3Signals have different shapes, {self.shape} and {other.shape}; pointwise operations "
+                "need the same grid and batch shape. Resample or broadcast one signal first."
+            )
 
     def __mul__(self, other: Union[float, jax.Array, "SO3Signal"]) -> "SO3Signal":
         """Pointwise product with a signal of the same shape, or scaling by a scalar / batch-shaped array."""
