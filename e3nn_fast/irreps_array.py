@@ -59,12 +59,17 @@ __all__ = [
 
 def _infer_backend(pytree) -> Any:
     """``np`` if the leaves are numpy arrays, ``jnp`` if they are JAX arrays (or plain Python numbers)."""
-    leaves = jax.tree_util.tree_leaves(pytree)
-    any_numpy = any(isinstance(x, np.ndarray) for x in leaves)
-    any_jax = any(isinstance(x, jax.Array) for x in leaves)
-    if any_numpy and any_jax:
-        raise ValueError("Cannot mix numpy and jax arrays in the same IrrepsArray operation.")
-    return np if any_numpy else jnp
+    has_numpy = has_jax = False
+    for leaf in jax.tree_util.tree_leaves(pytree):
+        has_numpy = has_numpy or isinstance(leaf, np.ndarray)
+        has_jax = has_jax or isinstance(leaf, jax.Array)
+    if has_numpy and has_jax:
+        # picking one silently would either leak tracers into numpy or drop numpy's eager semantics
+        raise ValueError(
+            "IrrepsArray operation received both numpy.ndarray and jax.Array inputs; "
+            "convert them to one kind first (jnp.asarray or np.asarray)."
+        )
+    return np if has_numpy else jnp
 
 
 def _is_ellipsis(x) -> bool:
@@ -88,18 +93,71 @@ def _all_even_scalars(irreps: Irreps) -> bool:
     return all(ir.l == 0 and ir.p == 1 for _, ir in irreps)
 
 
+def _axis_list(axis) -> List[int]:
+    """``axis`` as a list of Python ints: a single integer-like value, or an iterable of them."""
+    try:
+        return [operator.index(axis)]
+    except TypeError:  # not integer-like: a sequence of axes
+        return [operator.index(a) for a in axis]
+
+
 def _standardize_axis(axis: Union[None, int, Sequence[int]], ndim: int) -> Tuple[int, ...]:
     """Sorted, deduplicated, non-negative axes; ``None`` means all of them."""
     if axis is None:
         return tuple(range(ndim))
-    try:
-        axes = (operator.index(axis),)
-    except TypeError:
-        axes = tuple(operator.index(a) for a in axis)
-    for a in axes:
-        if not -ndim <= a < ndim:
-            raise ValueError(f"axis {a} out of range for an IrrepsArray of ndim {ndim}")
-    return tuple(sorted({a % ndim for a in axes}))
+    normalized = set()
+    for a in _axis_list(axis):
+        if a < -ndim or a >= ndim:
+            raise ValueError(
+                f"axis {a} is out of range for an IrrepsArray with {ndim} dimensions; "
+                f"use an axis between {-ndim} and {ndim - 1}."
+            )
+        normalized.add(a % ndim)
+    return tuple(sorted(normalized))
+
+
+def _or_zero(chunk: Chunk):
+    """A chunk, or the scalar ``0.0`` standing for a block flagged zero (broadcasts in arithmetic)."""
+    return 0.0 if chunk is None else chunk
+
+
+def _broadcast_leading(chunk, leading_shape: Tuple[int, ...], backend):
+    """Broadcast the leading axes of a chunk ``(..., mul, d)`` to ``leading_shape``."""
+    return backend.broadcast_to(chunk, tuple(leading_shape) + tuple(chunk.shape[-2:]))
+
+
+def _scalar_irreps(irreps: Irreps) -> Irreps:
+    """One ``0e`` per irrep copy: the irreps of a per-copy invariant (norm, dot, equality) of ``irreps``."""
+    return Irreps([(mul, "0e") for mul, _ in irreps])
+
+
+def _inner(x, y, backend, axis, keepdims: bool = False):
+    """``sum(conj(x) * y)`` over ``axis``: the invariant inner product of irrep components."""
+    return backend.sum(backend.conj(x) * y, axis=axis, keepdims=keepdims)
+
+
+def _warn_deprecated(old: str, new: str) -> None:
+    warnings.warn(
+        f"{old} is deprecated and kept only for e3nn-jax compatibility; call {new} instead.", DeprecationWarning
+    )
+
+
+def _format_index(entry) -> str:
+    """An index entry as it is written inside brackets (``1:3``, ``::2``), for error messages."""
+    if not isinstance(entry, slice):
+        return repr(entry)
+    text = ":".join("" if v is None else str(v) for v in (entry.start, entry.stop))
+    return text if entry.step is None else f"{text}:{entry.step}"
+
+
+def _describe(x: "IrrepsArray") -> str:
+    """Short description of an operand for error messages."""
+    return f"IrrepsArray[{x.irreps}] of shape {x.shape}"
+
+
+def _equivariance_error(expression: str, requirement: str) -> ValueError:
+    """The error raised when an arithmetic expression would not commute with rotations and parity."""
+    return ValueError(f"{expression} is not equivariant: {requirement}.")
 
 
 def _consumed_axes(index: tuple) -> int:
@@ -265,20 +323,31 @@ def _block_index_at(irreps: Irreps, offset: int, first: int = 0) -> Optional[int
 
 
 def _align_two_irreps(irreps1: Irreps, irreps2: Irreps) -> Tuple[Irreps, Irreps]:
-    """Split blocks of two irreps with equal ``num_irreps`` until their multiplicities match pairwise."""
-    a = [(mul, ir) for mul, ir in irreps1]
-    b = [(mul, ir) for mul, ir in irreps2]
-    i = 0
-    while i < min(len(a), len(b)):
-        (mul1, ir1), (mul2, ir2) = a[i], b[i]
-        if mul1 < mul2:
-            b[i] = (mul1, ir2)
-            b.insert(i + 1, (mul2 - mul1, ir2))
-        elif mul2 < mul1:
-            a[i] = (mul2, ir1)
-            a.insert(i + 1, (mul1 - mul2, ir1))
-        i += 1
-    return Irreps(a), Irreps(b)
+    """Cut the blocks of two irreps with equal ``num_irreps`` so that their multiplicities match pairwise.
+
+    Both lists are walked in step like a merge: each step emits one piece on each side, as long as the shorter of the
+    two current remainders, and moves past whichever block(s) it used up.  Zero-multiplicity blocks yield a
+    ``0x`` piece on the other side, so both results keep every block of their input.
+    """
+    left = [[mul, ir] for mul, ir in irreps1]
+    right = [[mul, ir] for mul, ir in irreps2]
+    out_left: List[Tuple[int, Irrep]] = []
+    out_right: List[Tuple[int, Irrep]] = []
+    i = j = 0
+    while i < len(left) and j < len(right):
+        step = min(left[i][0], right[j][0])
+        out_left.append((step, left[i][1]))
+        out_right.append((step, right[j][1]))
+        left[i][0] -= step
+        right[j][0] -= step
+        if left[i][0] == 0:
+            i += 1
+        if right[j][0] == 0:
+            j += 1
+    # only zero-multiplicity blocks can remain on one side; they are kept as they are
+    out_left += [(mul, ir) for mul, ir in left[i:]]
+    out_right += [(mul, ir) for mul, ir in right[j:]]
+    return Irreps(out_left), Irreps(out_right)
 
 
 def _align_two_irreps_arrays(x1: "IrrepsArray", x2: "IrrepsArray") -> Tuple["IrrepsArray", "IrrepsArray"]:
@@ -339,16 +408,17 @@ def _elementwise_scalar_product(x1: "IrrepsArray", x2: "IrrepsArray") -> "Irreps
 
 def _check_scalar_pairs(x1: "IrrepsArray", x2: "IrrepsArray", op: str) -> None:
     """``IrrepsArray * IrrepsArray`` is only defined when each aligned pair of blocks involves a scalar."""
-    if x1.irreps.num_irreps != x2.irreps.num_irreps:
+    n1, n2 = x1.irreps.num_irreps, x2.irreps.num_irreps
+    if n1 != n2:
         raise ValueError(
-            f"IrrepsArray({x1.irreps}, shape={x1.shape}) {op} IrrepsArray({x2.irreps}) "
-            "only works if the number of irreps is the same."
+            f"{_describe(x1)} {op} {_describe(x2)}: the product pairs the irreps copy by copy, so both sides need "
+            f"the same number of irreps, got {n1} and {n2}."
         )
-    if _product_irreps_count(x1.irreps, x2.irreps) != x1.irreps.num_irreps:
+    if _product_irreps_count(x1.irreps, x2.irreps) != n1:
         raise ValueError(
-            f"IrrepsArray({x1.irreps}, shape={x1.shape}) {op} IrrepsArray({x2.irreps}) "
-            "is only supported for scalar * irreps and irreps * scalar. "
-            "To perform irreps * irreps use e3nn.elementwise_tensor_product or e3nn.tensor_product."
+            f"{_describe(x1)} {op} {_describe(x2)}: the operator only handles pairs where one of the two copies is "
+            "a scalar (l=0), which these irreps violate. For a product of two non-scalar irreps call "
+            "e3nn.elementwise_tensor_product or e3nn.tensor_product."
         )
 
 
@@ -403,27 +473,25 @@ class IrrepsArray:
     @staticmethod
     def from_list(irreps, chunks: List[Chunk], leading_shape: Tuple[int, ...], dtype=None, *, backend=None):
         """Deprecated alias of :func:`from_chunks`."""
-        warnings.warn("IrrepsArray.from_list is deprecated, use e3nn.from_chunks instead.", DeprecationWarning)
+        _warn_deprecated("IrrepsArray.from_list", "e3nn.from_chunks")
         return from_chunks(irreps, chunks, leading_shape, dtype, backend=backend)
 
     @staticmethod
     def as_irreps_array(array, *, backend=None):
         """Deprecated alias of :func:`as_irreps_array`."""
-        warnings.warn(
-            "IrrepsArray.as_irreps_array is deprecated, use e3nn.as_irreps_array instead.", DeprecationWarning
-        )
+        _warn_deprecated("IrrepsArray.as_irreps_array", "e3nn.as_irreps_array")
         return as_irreps_array(array, backend=backend)
 
     @staticmethod
     def zeros(irreps, leading_shape, dtype=None) -> "IrrepsArray":
         """Deprecated alias of :func:`zeros`."""
-        warnings.warn("IrrepsArray.zeros is deprecated, use e3nn.zeros instead.", DeprecationWarning)
+        _warn_deprecated("IrrepsArray.zeros", "e3nn.zeros")
         return zeros(irreps, leading_shape, dtype)
 
     @staticmethod
     def zeros_like(irreps_array: "IrrepsArray") -> "IrrepsArray":
         """Deprecated alias of :func:`zeros_like`."""
-        warnings.warn("IrrepsArray.zeros_like is deprecated, use e3nn.zeros_like instead.", DeprecationWarning)
+        _warn_deprecated("IrrepsArray.zeros_like", "e3nn.zeros_like")
         return zeros_like(irreps_array)
 
     # -- basic properties ------------------------------------------------------------------------------------
@@ -456,7 +524,7 @@ class IrrepsArray:
     @property
     def list(self) -> List[Chunk]:
         """Deprecated alias of :attr:`chunks`."""
-        warnings.warn("IrrepsArray.list is deprecated, use IrrepsArray.chunks instead.", DeprecationWarning)
+        _warn_deprecated("IrrepsArray.list", "IrrepsArray.chunks")
         return self.chunks
 
     @property
@@ -492,7 +560,11 @@ class IrrepsArray:
 
     def __iter__(self):
         if self.ndim <= 1:
-            raise ValueError("Can't iterate over IrrepsArray with ndim <= 1")
+            # iteration walks the first axis, and the irreps axis cannot be taken apart
+            raise ValueError(
+                f"cannot iterate over an IrrepsArray of shape {self.shape}: it has no leading axis besides the "
+                "irreps axis; add one (x[None]) or iterate over x.chunks instead."
+            )
         for i in range(len(self)):
             yield self[i]
 
@@ -501,52 +573,62 @@ class IrrepsArray:
     def __eq__(self, other) -> "IrrepsArray":  # type: ignore[override]
         """Elementwise equality, reduced over each irrep: the result has irreps ``mul x 0e`` per block (bool)."""
         backend = _infer_backend(self.array)
-        if isinstance(other, IrrepsArray):
-            if self.irreps != other.irreps:
-                raise ValueError(
-                    f"IrrepsArray({self.irreps}, shape={self.shape}) == IrrepsArray({other.irreps}) is not equivariant."
-                )
-            leading_shape = tuple(np.broadcast_shapes(self.shape[:-1], other.shape[:-1]))
-
-            def block_equal(mul: int, a: Chunk, b: Chunk):
-                if a is None and b is None:
-                    return backend.ones(leading_shape + (mul, 1), bool)
-                a = 0.0 if a is None else a
-                b = 0.0 if b is None else b
-                return backend.broadcast_to(backend.all(a == b, axis=-1), leading_shape + (mul,))[..., None]
-
-            chunks = [block_equal(mul, a, b) for (mul, _), a, b in zip(self.irreps, self.chunks, other.chunks)]
-            return from_chunks([(mul, "0e") for mul, _ in self.irreps], chunks, leading_shape, bool, backend=backend)
-
-        other = backend.asarray(other)
-        if _lmax(self.irreps) > 0 or (other.ndim > 0 and other.shape[-1] != 1):
-            raise ValueError(
-                f"IrrepsArray({self.irreps}, shape={self.shape}) == scalar(shape={other.shape}) is not equivariant."
+        if not isinstance(other, IrrepsArray):
+            return self._equals_plain(backend.asarray(other))
+        if self.irreps != other.irreps:
+            raise _equivariance_error(
+                f"{_describe(self)} == {_describe(other)}", "only arrays with identical irreps can be compared"
             )
-        return IrrepsArray(self.irreps, self.array == other)
+        leading_shape = tuple(np.broadcast_shapes(self.shape[:-1], other.shape[:-1]))
+        verdicts = [
+            _copies_equal(a, b, mul, leading_shape, backend)
+            for (mul, _), a, b in zip(self.irreps, self.chunks, other.chunks)
+        ]
+        return from_chunks(_scalar_irreps(self.irreps), verdicts, leading_shape, bool, backend=backend)
+
+    def _equals_plain(self, value) -> "IrrepsArray":
+        """``x == value`` for a plain array: componentwise, which is invariant only for scalar irreps."""
+        if _lmax(self.irreps) > 0 or (value.ndim > 0 and value.shape[-1] != 1):
+            raise _equivariance_error(
+                f"{_describe(self)} == a plain array of shape {value.shape}",
+                "a plain value can only be compared with scalar irreps (l=0), and its last axis (if any) must have "
+                "size 1",
+            )
+        return IrrepsArray(self.irreps, self.array == value)
 
     __hash__ = None  # type: ignore[assignment]  # ``==`` returns an array, so instances are unhashable
 
+    def _map_leading(self, fn: Callable[[Any, Tuple[int, ...]], Any], *, compute_chunks: bool = False):
+        """Apply ``fn(t, tail)`` to the array and to every chunk; ``fn`` must only act on the leading axes.
+
+        ``tail`` is the shape that follows the leading axes: ``(irreps.dim,)`` for the array, ``(mul, ir.dim)`` for
+        a chunk.  The irreps and zero flags carry over.  Chunks are transformed only when already cached, unless
+        ``compute_chunks`` asks to slice them first (worth it when the result is about to be taken apart again).
+        """
+        source = self.chunks if compute_chunks else self._chunks
+        chunks = None if source is None else [None if c is None else fn(c, tuple(c.shape[-2:])) for c in source]
+        return IrrepsArray(self.irreps, fn(self.array, (self.irreps.dim,)), zero_flags=self.zero_flags, chunks=chunks)
+
     def __neg__(self) -> "IrrepsArray":
-        return IrrepsArray(
-            self.irreps,
-            -self.array,
-            zero_flags=self.zero_flags,
-            chunks=None if self._chunks is None else [None if c is None else -c for c in self._chunks],
-        )
+        return self._map_leading(lambda t, _: -t)
 
     def _add_or_sub(self, other, sign: int, op: str) -> "IrrepsArray":
         if isinstance(other, (float, int)) and other == 0:
-            return self
+            return self  # adding the literal 0 keeps everything, zero flags included
         backend = _infer_backend(self.array)
         if not isinstance(other, IrrepsArray):
-            if _all_even_scalars(self.irreps):
-                other = backend.asarray(other)
-                return IrrepsArray(self.irreps, self.array + other if sign > 0 else self.array - other)
-            raise ValueError(f"IrrepsArray({self.irreps}, shape={self.shape}) {op} scalar is not equivariant.")
+            if not _all_even_scalars(self.irreps):
+                raise _equivariance_error(
+                    f"{_describe(self)} {op} a plain value",
+                    "plain numbers and arrays can only be combined with irreps that are all 0e; wrap the value in an "
+                    "IrrepsArray with the same irreps instead",
+                )
+            other = backend.asarray(other)
+            return IrrepsArray(self.irreps, self.array + other if sign > 0 else self.array - other)
         if self.irreps != other.irreps:
-            raise ValueError(
-                f"IrrepsArray({self.irreps}, shape={self.shape}) {op} IrrepsArray({other.irreps}) is not equivariant."
+            raise _equivariance_error(
+                f"{_describe(self)} {op} {_describe(other)}",
+                "both sides need identical irreps; align them with .rechunk(), .filter() or .extend_with_zeros()",
             )
         zero_flags = tuple(a and b for a, b in zip(self.zero_flags, other.zero_flags))
         chunks = None
@@ -568,24 +650,25 @@ class IrrepsArray:
         return -self + other
 
     def _scale(self, other, divide: bool) -> "IrrepsArray":
-        """Multiply (or divide) by a plain array broadcast over the irreps axis."""
-        op = "/" if divide else "*"
-        backend = _infer_backend(self.array)
-        other = backend.asarray(other)
-        if other.ndim > 0 and other.shape[-1] == self.irreps.num_irreps:
-            # one scalar per irrep copy: an elementwise product with ``n x 0e``
-            scalars = IrrepsArray(f"{other.shape[-1]}x0e", 1.0 / other if divide else other)
-            return _elementwise_scalar_product(self, scalars)
-        if _lmax(self.irreps) > 0 and other.ndim > 0 and other.shape[-1] != 1:
-            raise ValueError(
-                f"IrrepsArray({self.irreps}, shape={self.shape}) {op} scalar(shape={other.shape}) is not equivariant."
+        """Multiply (or divide) by a plain array: one factor for everything, or one per irrep copy."""
+        factor = _infer_backend(self.array).asarray(other)
+        n = self.irreps.num_irreps
+        if factor.ndim > 0 and factor.shape[-1] == n:
+            # one factor per irrep copy: an elementwise product with ``n x 0e``
+            per_copy = IrrepsArray(f"{n}x0e", 1.0 / factor if divide else factor)
+            return _elementwise_scalar_product(self, per_copy)
+        if _lmax(self.irreps) > 0 and factor.ndim > 0 and factor.shape[-1] != 1:
+            raise _equivariance_error(
+                f"{_describe(self)} {'/' if divide else '*'} a plain array of shape {factor.shape}",
+                f"a plain factor needs a last axis of size 1 (same factor for every copy) or {n} (one per irrep copy)",
             )
-        array = self.array / other if divide else self.array * other
-        chunks = None
-        if self._chunks is not None:
-            factor = other[..., None]
-            chunks = [None if c is None else (c / factor if divide else c * factor) for c in self._chunks]
-        return IrrepsArray(self.irreps, array, zero_flags=self.zero_flags, chunks=chunks)
+        combine = operator.truediv if divide else operator.mul
+
+        def apply(t, tail):
+            # the factor covers the leading axes; a chunk has one more trailing axis to broadcast over
+            return combine(t, factor if len(tail) == 1 else factor[..., None])
+
+        return self._map_leading(apply)
 
     def __mul__(self, other) -> "IrrepsArray":
         if isinstance(other, IrrepsArray):
@@ -597,26 +680,27 @@ class IrrepsArray:
         return self * other
 
     def __truediv__(self, other) -> "IrrepsArray":
-        if isinstance(other, IrrepsArray):
-            if len(other.irreps) == 0 or _lmax(other.irreps) > 0 or self.irreps.num_irreps != other.irreps.num_irreps:
-                raise ValueError(
-                    f"IrrepsArray({self.irreps}, shape={self.shape}) / IrrepsArray({other.irreps}) is not equivariant."
-                )
-            if any(c is None for c in other.chunks):
-                raise ValueError("There are deterministic Zeros in the array of the lhs. Cannot divide by Zero.")
-            return _elementwise_scalar_product(self, 1.0 / other)
-        return self._scale(other, divide=True)
+        if not isinstance(other, IrrepsArray):
+            return self._scale(other, divide=True)
+        divisor_is_scalar = len(other.irreps) > 0 and _lmax(other.irreps) == 0
+        if not divisor_is_scalar or other.irreps.num_irreps != self.irreps.num_irreps:
+            raise _equivariance_error(
+                f"{_describe(self)} / {_describe(other)}",
+                f"the divisor needs scalar irreps (l=0) with one copy per irrep copy of the dividend "
+                f"({self.irreps.num_irreps})",
+            )
+        _reject_zero_divisor(other)
+        return _elementwise_scalar_product(self, 1.0 / other)
 
     def __rtruediv__(self, other) -> "IrrepsArray":
-        backend = _infer_backend((self.array, other))
-        other = backend.asarray(other)
+        numerator = _infer_backend((self.array, other)).asarray(other)
         if _lmax(self.irreps) > 0:
-            raise ValueError(
-                f"scalar(shape={other.shape}) / IrrepsArray({self.irreps}, shape={self.shape}) is not equivariant."
+            raise _equivariance_error(
+                f"a plain array of shape {numerator.shape} / {_describe(self)}",
+                "only scalar irreps (l=0) can be inverted",
             )
-        if any(c is None for c in self.chunks):
-            raise ValueError("There are deterministic Zeros in the array of the lhs. Cannot divide by Zero.")
-        return IrrepsArray(self.irreps, other / self.array)
+        _reject_zero_divisor(self)
+        return IrrepsArray(self.irreps, numerator / self.array)
 
     def __pow__(self, exponent) -> "IrrepsArray":
         """Power of scalar irreps: any exponent for ``0e``; integer exponents for ``0o`` (even powers give ``0e``)."""
@@ -625,9 +709,14 @@ class IrrepsArray:
         if _all_even_scalars(self.irreps):
             irreps = self.irreps
         elif exponent % 1.0 == 0.0 and _lmax(self.irreps) == 0:
+            # an odd scalar changes sign under parity: its even powers are invariant, its odd powers stay odd
             irreps = Irreps([(mul, "0e") for mul, _ in self.irreps]) if exponent % 2.0 == 0.0 else self.irreps
         else:
-            raise ValueError(f"IrrepsArray({self.irreps}, shape={self.shape}) ** scalar is not equivariant.")
+            raise _equivariance_error(
+                f"{_describe(self)} ** {exponent!r}",
+                "powers are defined for 0e irreps with any exponent and for other scalar irreps with integer "
+                "exponents only",
+            )
         return IrrepsArray(irreps, self.array**exponent, zero_flags=self.zero_flags if keeps_zeros else None)
 
     # -- indexing --------------------------------------------------------------------------------------------
@@ -643,43 +732,30 @@ class IrrepsArray:
         if _is_irreps_index(last):
             if not hits_irreps_axis:
                 raise IndexError(
-                    "Error in IrrepsArray.__getitem__, Irreps index must be the last index, "
-                    f"try x[..., {last}]."
+                    f"IrrepsArray indexing: the irreps selector {last!r} must address the last (irreps) axis; "
+                    f"write x[..., {str(last)!r}] instead."
                 )
             return self._select_irreps(Irreps(last))[index[:-1] + (slice(None),)]
 
         if hits_irreps_axis and _is_dim_slice(last):
             return self._slice_irreps_axis(last)[index[:-1] + (slice(None),)]
 
-        if hits_irreps_axis and last is None:
-            raise IndexError("Error in IrrepsArray.__getitem__, cannot add a new dimension at the end.")
-
         if hits_irreps_axis and not _is_full_slice(last):
-            if isinstance(last, int):
-                raise IndexError(
-                    "Error in IrrepsArray.__getitem__, integer index in the irreps dimension is not supported, "
-                    f"try x[..., {last}:{last + 1}] instead."
-                )
-            raise IndexError(
-                f"Error in IrrepsArray.__getitem__, indexing the irreps dimension with [..., {last}] is not supported."
-            )
+            raise IndexError(_irreps_axis_index_problem(last))
 
-        # only leading axes are indexed: the irreps (and zero flags) are unchanged
-        chunks = None
-        if self._chunks is not None:
-            chunk_index = index + (slice(None),)
-            chunks = [None if c is None else c[chunk_index] for c in self._chunks]
-        return IrrepsArray(self.irreps, self.array[index], zero_flags=self.zero_flags, chunks=chunks)
+        # only leading axes are indexed: the irreps (and zero flags) are unchanged; a chunk has one more trailing
+        # axis than the array, which the index must leave alone too
+        return self._map_leading(lambda t, tail: t[index + (slice(None),) * (len(tail) - 1)])
 
     def _select_irreps(self, irreps: Irreps) -> "IrrepsArray":
         """The contiguous run of blocks equal to ``irreps`` (which must occur exactly once)."""
         n = len(irreps)
         matches = [i for i in range(len(self.irreps) - n + 1) if Irreps(self.irreps[i : i + n]) == irreps]
         if len(matches) != 1:
-            problem = "does not appear" if not matches else f"appears {len(matches)} times"
+            found = "not found" if not matches else f"found {len(matches)} times"
             raise IndexError(
-                f"Error in IrrepsArray.__getitem__, can't slice with {irreps} because it {problem} in {self.irreps} "
-                "(it must appear exactly once as a contiguous run of blocks)."
+                f"IrrepsArray indexing with {str(irreps)!r}: this run of blocks is {found} in {self.irreps}; the "
+                "selector must match exactly one contiguous run of blocks (rechunk or regroup x first)."
             )
         return self._take_blocks(matches[0], matches[0] + n)
 
@@ -701,8 +777,9 @@ class IrrepsArray:
         i_stop = None if i_start is None else _block_index_at(split, max(start, stop), i_start)
         if i_stop is None:
             raise IndexError(
-                f"Error in IrrepsArray.__getitem__, unable to slice {self.irreps} with {start}:{stop} "
-                "(the bounds must fall between irreps)."
+                f"IrrepsArray indexing with [..., {start}:{stop}]: both bounds must fall between two irrep copies of "
+                f"{self.irreps} (a block mul x ir can only be cut every ir.dim components); move them to such a "
+                "boundary."
             )
         return self.rechunk(split)._take_blocks(i_start, i_stop)
 
@@ -739,28 +816,18 @@ class IrrepsArray:
         """Reshape the leading axes; the last entry of ``shape`` must be ``irreps.dim`` or ``-1``."""
         shape = tuple(shape)
         self._check_last_dim(shape, "reshape")
-        array = self.array.reshape(shape[:-1] + (self.irreps.dim,))
-        chunks = None
-        if self._chunks is not None:
-            chunks = [None if c is None else c.reshape(shape[:-1] + c.shape[-2:]) for c in self._chunks]
-        return IrrepsArray(self.irreps, array, zero_flags=self.zero_flags, chunks=chunks)
+        return self._map_leading(lambda t, tail: t.reshape(shape[:-1] + tail))
 
     def broadcast_to(self, shape) -> "IrrepsArray":
         """Broadcast the leading axes; the last entry of ``shape`` must be ``irreps.dim`` or ``-1``."""
         shape = tuple(shape)
         self._check_last_dim(shape, "broadcast_to")
         backend = _infer_backend(self.array)
-        leading_shape = shape[:-1]
-        array = backend.broadcast_to(self.array, leading_shape + (self.irreps.dim,))
-        chunks = [None if c is None else backend.broadcast_to(c, leading_shape + c.shape[-2:]) for c in self.chunks]
-        return IrrepsArray(self.irreps, array, zero_flags=self.zero_flags, chunks=chunks)
+        return self._map_leading(lambda t, tail: backend.broadcast_to(t, shape[:-1] + tail), compute_chunks=True)
 
     def astype(self, dtype) -> "IrrepsArray":
         """Cast the data to ``dtype``."""
-        chunks = None
-        if self._chunks is not None:
-            chunks = [None if c is None else c.astype(dtype) for c in self._chunks]
-        return IrrepsArray(self.irreps, self.array.astype(dtype), zero_flags=self.zero_flags, chunks=chunks)
+        return self._map_leading(lambda t, _: t.astype(dtype))
 
     # -- irreps manipulation ---------------------------------------------------------------------------------
 
@@ -803,7 +870,7 @@ class IrrepsArray:
 
     def sorted(self) -> "IrrepsArray":
         """Deprecated alias of :meth:`sort`."""
-        warnings.warn("IrrepsArray.sorted is deprecated, use IrrepsArray.sort instead.", DeprecationWarning)
+        _warn_deprecated("IrrepsArray.sorted", "IrrepsArray.sort")
         return self.sort()
 
     def regroup(self) -> "IrrepsArray":
@@ -827,7 +894,7 @@ class IrrepsArray:
 
     def filtered(self, *args, **kwargs) -> "IrrepsArray":
         """Deprecated alias of :meth:`filter`."""
-        warnings.warn("IrrepsArray.filtered is deprecated, use IrrepsArray.filter instead.", DeprecationWarning)
+        _warn_deprecated("IrrepsArray.filtered", "IrrepsArray.filter")
         return self.filter(*args, **kwargs)
 
     def remove_zero_chunks(self) -> "IrrepsArray":
@@ -837,9 +904,7 @@ class IrrepsArray:
 
     def remove_nones(self) -> "IrrepsArray":
         """Deprecated alias of :meth:`remove_zero_chunks`."""
-        warnings.warn(
-            "IrrepsArray.remove_nones is deprecated. Use IrrepsArray.remove_zero_chunks instead.", DeprecationWarning
-        )
+        _warn_deprecated("IrrepsArray.remove_nones", "IrrepsArray.remove_zero_chunks")
         return self.remove_zero_chunks()
 
     def extend_with_zeros(self, new_irreps) -> "IrrepsArray":
@@ -855,23 +920,35 @@ class IrrepsArray:
                 chunks.append(None)
         if current < len(self.irreps):
             raise ValueError(
-                f"Error in IrrepsArray.extend_with_zeros, new_irreps {new_irreps} is not a superset of {self.irreps}."
+                f"IrrepsArray.extend_with_zeros: the new irreps {new_irreps} must be a superset of {self.irreps}, "
+                "holding every current block in the same order with the zero blocks inserted between them."
             )
         return self._from_chunks(new_irreps, chunks)
 
     # -- moving multiplicities to and from array axes --------------------------------------------------------
 
+    def _leading_axis(self, axis: int, caller: str) -> int:
+        """``axis`` made non-negative, checked to be a leading axis (not the irreps axis) of a >= 2-d array."""
+        if self.ndim < 2:
+            raise ValueError(
+                f"IrrepsArray.{caller}: needs a leading axis besides the irreps axis, got shape {self.shape}; "
+                "add one with x[None] or x.reshape(...)."
+            )
+        (position,) = _standardize_axis(axis, self.ndim)
+        if position == self.ndim - 1:
+            raise ValueError(
+                f"IrrepsArray.{caller}: axis={axis} is the irreps dimension (the last axis); choose a leading "
+                "axis instead, e.g. the default -2."
+            )
+        return position
+
     def axis_to_irreps(self, axis: int = -2) -> "IrrepsArray":
         """Fold a leading axis of size ``n`` into the irreps axis: the irreps become ``irreps`` repeated ``n`` times."""
-        if self.ndim < 2:
-            raise ValueError("IrrepsArray.axis_to_irreps needs an array with at least 2 dimensions")
-        (axis,) = _standardize_axis(axis, self.ndim)
-        if axis == self.ndim - 1:
-            raise ValueError("IrrepsArray.axis_to_irreps: the last axis is the irreps axis")
-        backend = _infer_backend(self.array)
-        new_irreps = self.irreps.repeat(self.shape[axis]).simplify()
-        moved = backend.moveaxis(self.array, axis, -2)
-        return IrrepsArray(new_irreps, backend.reshape(moved, moved.shape[:-2] + (new_irreps.dim,)))
+        axis = self._leading_axis(axis, "axis_to_irreps")
+        irreps = self.irreps.repeat(self.shape[axis]).simplify()
+        # entry ``a`` along the folded axis becomes the ``a``-th repetition: move that axis next to the irreps one
+        data = _infer_backend(self.array).moveaxis(self.array, axis, -2)
+        return IrrepsArray(irreps, data.reshape(data.shape[:-2] + (irreps.dim,)))
 
     repeat_irreps_by_last_axis = axis_to_irreps
 
@@ -885,29 +962,35 @@ class IrrepsArray:
         Block ``mul x ir`` becomes ``(mul / factor) x ir``; copy ``f * (mul / factor) + u`` goes to index ``f`` of the
         new axis.
         """
-        (axis,) = _standardize_axis(axis, self.ndim + 1)
-        if axis == self.ndim:
-            raise ValueError("axis cannot be the last axis. The last axis is reserved for the irreps dimension.")
-        if factor is None:
-            factor = functools.reduce(math.gcd, (mul for mul, _ in self.irreps), 0)
-        if factor <= 0 or not all(mul % factor == 0 for mul, _ in self.irreps):
-            raise ValueError(f"factor {factor} does not divide all multiplicities: {self.irreps}")
+        (position,) = _standardize_axis(axis, self.ndim + 1)
+        if position == self.ndim:
+            raise ValueError(
+                f"IrrepsArray.mul_to_axis: axis={axis} would make the new axis the last axis, which must remain "
+                "the irreps dimension; pick a position before it, e.g. the default -2."
+            )
+        multiplicities = [mul for mul, _ in self.irreps]
+        gcd = math.gcd(*multiplicities)
+        factor = gcd if factor is None else factor
+        if factor <= 0 or any(mul % factor for mul in multiplicities):
+            raise ValueError(
+                f"IrrepsArray.mul_to_axis: factor {factor} must be a positive divisor of every multiplicity of "
+                f"{self.irreps}; use a divisor of their gcd ({gcd})."
+            )
         backend = _infer_backend(self.array)
+        leading_shape = self.shape[:-1]
         irreps = Irreps([(mul // factor, ir) for mul, ir in self.irreps])
-        chunks = [
-            None if c is None else backend.moveaxis(c.reshape(self.shape[:-1] + (factor, mul, ir.dim)), -3, axis)
-            for (mul, ir), c in zip(irreps, self.chunks)
-        ]
-        leading_shape = list(self.shape[:-1])
-        leading_shape.insert(axis, factor)
-        return self._from_chunks(irreps, chunks, tuple(leading_shape))
+
+        def split_copies(chunk, mul: int, dim: int):
+            # (..., factor * mul, d) -> (..., factor, mul, d), then the factor axis goes to its place
+            return backend.moveaxis(chunk.reshape(leading_shape + (factor, mul, dim)), -3, position)
+
+        chunks = [None if c is None else split_copies(c, mul, ir.dim) for (mul, ir), c in zip(irreps, self.chunks)]
+        new_leading = leading_shape[:position] + (factor,) + leading_shape[position:]
+        return self._from_chunks(irreps, chunks, new_leading)
 
     def factor_mul_to_last_axis(self, axis: int = -2) -> "IrrepsArray":
         """Deprecated alias of :meth:`mul_to_axis`."""
-        warnings.warn(
-            "IrrepsArray.factor_mul_to_last_axis is deprecated. Use IrrepsArray.mul_to_axis instead.",
-            DeprecationWarning,
-        )
+        _warn_deprecated("IrrepsArray.factor_mul_to_last_axis", "IrrepsArray.mul_to_axis")
         return self.mul_to_axis(axis=axis)
 
     def axis_to_mul(self, axis: int = -2) -> "IrrepsArray":
@@ -915,29 +998,22 @@ class IrrepsArray:
 
         Copy ``u`` of entry ``a`` along the axis becomes copy ``a * mul + u``.
         """
-        if self.ndim < 2:
-            raise ValueError("IrrepsArray.axis_to_mul needs an array with at least 2 dimensions")
-        (axis,) = _standardize_axis(axis, self.ndim)
-        if axis == self.ndim - 1:
-            raise ValueError(
-                "The last axis is the irreps dimension and therefore cannot be converted to multiplicity."
-            )
+        axis = self._leading_axis(axis, "axis_to_mul")
         backend = _infer_backend(self.array)
         n = self.shape[axis]
-        leading_shape = self.shape[:axis] + self.shape[axis + 1 : -1]
-        new_irreps = Irreps([(n * mul, ir) for mul, ir in self.irreps])
-        chunks = [
-            None if c is None else backend.moveaxis(c, axis, -3).reshape(leading_shape + (new_mul, ir.dim))
-            for (new_mul, ir), c in zip(new_irreps, self.chunks)
-        ]
-        return self._from_chunks(new_irreps, chunks, leading_shape)
+        remaining = self.shape[:axis] + self.shape[axis + 1 : -1]
+        irreps = Irreps([(n * mul, ir) for mul, ir in self.irreps])
+
+        def merge_copies(chunk, mul: int, dim: int):
+            # the folded axis goes right before the multiplicity axis, then the two merge (folded index major)
+            return backend.moveaxis(chunk, axis, -3).reshape(remaining + (mul, dim))
+
+        chunks = [None if c is None else merge_copies(c, mul, ir.dim) for (mul, ir), c in zip(irreps, self.chunks)]
+        return self._from_chunks(irreps, chunks, remaining)
 
     def repeat_mul_by_last_axis(self, axis: int = -2) -> "IrrepsArray":
         """Deprecated alias of :meth:`axis_to_mul`."""
-        warnings.warn(
-            "IrrepsArray.repeat_mul_by_last_axis is deprecated. Use IrrepsArray.axis_to_mul instead.",
-            DeprecationWarning,
-        )
+        _warn_deprecated("IrrepsArray.repeat_mul_by_last_axis", "IrrepsArray.axis_to_mul")
         return self.axis_to_mul(axis=axis)
 
     # -- O(3) actions ----------------------------------------------------------------------------------------
@@ -956,7 +1032,7 @@ class IrrepsArray:
         ]
         shapes = [D[ir].shape[:-2] for _, ir in self.irreps] + [self.shape[:-1]]
         leading_shape = tuple(np.broadcast_shapes(*shapes))
-        chunks = [None if c is None else jnp.broadcast_to(c, leading_shape + c.shape[-2:]) for c in chunks]
+        chunks = [None if c is None else _broadcast_leading(c, leading_shape, jnp) for c in chunks]
         return from_chunks(self.irreps, chunks, leading_shape, self.dtype)
 
     def transform_by_log_coordinates(self, log_coordinates: jax.Array, k: int = 0) -> "IrrepsArray":
@@ -1011,28 +1087,68 @@ def _combine_chunks(a: Chunk, b: Chunk, sign: int) -> Chunk:
     return a + b if sign > 0 else a - b
 
 
+def _irreps_axis_index_problem(last) -> str:
+    """Why ``last`` cannot index the irreps axis, and what to write instead."""
+    if last is None:
+        return (
+            "IrrepsArray indexing: None would insert an axis after the irreps axis, which must stay last; "
+            "insert it before, e.g. x[..., None, :]."
+        )
+    if isinstance(last, int):
+        return (
+            f"IrrepsArray indexing: the integer {last} would remove the irreps axis, which must stay; "
+            f"keep it with a slice such as x[..., {last}:{last + 1}]."
+        )
+    return (
+        f"IrrepsArray indexing: {_format_index(last)} cannot index the irreps axis; use a slice between irrep "
+        "copies (x[..., a:b]) or an irreps selector (x[..., '1o'])."
+    )
+
+
+def _copies_equal(a: Chunk, b: Chunk, mul: int, leading_shape: Tuple[int, ...], backend):
+    """For each irrep copy, whether all components of ``a`` and ``b`` agree: bool of shape ``leading + (mul, 1)``."""
+    if a is None and b is None:  # two blocks flagged zero are equal without looking at data
+        return backend.ones(leading_shape + (mul, 1), bool)
+    agree = backend.all(_or_zero(a) == _or_zero(b), axis=-1, keepdims=True)
+    return backend.broadcast_to(agree, leading_shape + (mul, 1))
+
+
+def _reject_zero_divisor(divisor: IrrepsArray) -> None:
+    """Refuse to divide by blocks known to be exactly zero (the result would be inf or nan everywhere there)."""
+    zero_blocks = [str(mul_ir) for mul_ir, c in zip(divisor.irreps, divisor.chunks) if c is None]
+    if zero_blocks:
+        raise ValueError(
+            f"division by zero: the divisor's blocks {zero_blocks} of {divisor.irreps} are flagged as exactly zero; "
+            "drop them (.remove_zero_chunks()) or give them nonzero values before dividing."
+        )
+
+
 def _validate(irreps: Irreps, array, zero_flags, chunks) -> None:
     """Check that the array, zero flags and chunks agree with ``irreps``.
 
     Leaves that are not arrays (JAX sometimes rebuilds pytrees with placeholders) and 0-d arrays are not checked,
     as in e3nn-jax.
     """
-    shape = getattr(array, "shape", None)
-    if isinstance(shape, tuple) and len(shape) > 0:
-        if shape[-1] != irreps.dim:
+    for name, entries in (("zero_flags", zero_flags), ("chunks", chunks)):
+        if entries is not None and len(entries) != len(irreps):
             raise ValueError(
-                f"IrrepsArray: Array shape {shape} incompatible with irreps {irreps}. {shape[-1]} != {irreps.dim}"
+                f"IrrepsArray: {name} has {len(entries)} entries but irreps {irreps} consist of {len(irreps)} "
+                "block(s); give exactly one entry per block."
             )
-        if chunks is not None:
-            for (mul, ir), chunk in zip(irreps, chunks):
-                if chunk is not None and tuple(chunk.shape[-2:]) != (mul, ir.dim):
-                    raise ValueError(
-                        f"IrrepsArray: chunk shape {chunk.shape} incompatible with mul={mul} and ir.dim={ir.dim}"
-                    )
-    if zero_flags is not None and len(zero_flags) != len(irreps):
-        raise ValueError(f"IrrepsArray: len(zero_flags) != len(irreps), {len(zero_flags)} != {len(irreps)}")
-    if chunks is not None and len(chunks) != len(irreps):
-        raise ValueError(f"IrrepsArray: len(chunks) != len(irreps), {len(chunks)} != {len(irreps)}")
+    shape = getattr(array, "shape", None)
+    if not isinstance(shape, tuple) or len(shape) == 0:
+        return
+    if shape[-1] != irreps.dim:
+        raise ValueError(
+            f"IrrepsArray: array of shape {shape} does not fit irreps {irreps}: its last axis has size {shape[-1]} "
+            f"but the irreps have dimension {irreps.dim}; the array must have shape (..., {irreps.dim})."
+        )
+    for (mul, ir), chunk in zip(irreps, chunks or ()):
+        if chunk is not None and tuple(chunk.shape[-2:]) != (mul, ir.dim):
+            raise ValueError(
+                f"IrrepsArray: chunk shape {chunk.shape} does not end with (mul, ir.dim) = ({mul}, {ir.dim}), "
+                f"as block {mul}x{ir} requires."
+            )
 
 
 # The pytree has one leaf (the array) and the irreps as static data.  The zero flags are deliberately left out, as in
@@ -1074,18 +1190,28 @@ class _IndexUpdateRef:
     def _check_index(self) -> None:
         x, index, last = self.irreps_array, self.index, self.index[-1]
         if _is_irreps_index(last):
-            raise NotImplementedError('x.at[..., "1e + 2e"] is not implemented')
+            raise NotImplementedError(
+                f"IrrepsArray.at: selecting blocks by irreps ({str(last)!r}) is not supported; update whole rows "
+                "with x.at[i] and values carrying all the irreps of x."
+            )
         hits = _last_entry_hits_irreps_axis(index, x.ndim)
         if hits and _is_dim_slice(last):
-            raise NotImplementedError("x.at[..., 3:32] is not implemented")
+            raise NotImplementedError(
+                f"IrrepsArray.at: slicing the irreps axis ({_format_index(last)}) is not supported; update whole "
+                "rows with x.at[i]."
+            )
         if hits and not _is_full_slice(last):
-            raise IndexError(f"Indexing with {last} in the irreps dimension is not supported.")
+            raise IndexError(
+                f"IrrepsArray.at: {_format_index(last)} cannot index the irreps dimension; index the leading axes "
+                "only, e.g. x.at[i] or x.at[i, ..., :]."
+            )
 
     def _update(self, values, method: str) -> IrrepsArray:
         x = self.irreps_array
         if x.irreps.simplify() != values.irreps.simplify():
             raise ValueError(
-                f"The irreps of the array ({x.irreps}) and the values to {method} ({values.irreps}) must be the same."
+                f"IrrepsArray.at[...].{method}: the values have irreps {values.irreps} and the array {x.irreps}; "
+                "they must be the same up to rechunking (equal after simplify())."
             )
         values = values.rechunk(x.irreps)
         zero_flags = tuple(a and b for a, b in zip(x.zero_flags, values.zero_flags))
@@ -1100,14 +1226,24 @@ class _IndexUpdateRef:
             return IrrepsArray(x.irreps, x.array.at[self.index].set(0), zero_flags=x.zero_flags)
         if isinstance(values, IrrepsArray):
             return self._update(values, "set")
-        raise NotImplementedError(f"x.at[i].set(v) with v={type(values)} is not implemented.")
+        raise NotImplementedError(
+            f"IrrepsArray.at[...].set: values of type {type(values).__name__} are not supported; pass an "
+            "IrrepsArray, or the number 0 to clear the entries."
+        )
 
     def add(self, values: Any) -> IrrepsArray:
         """Return a copy with ``values`` added to ``x[index]``."""
         self._check_index()
         if isinstance(values, IrrepsArray):
             return self._update(values, "add")
-        raise NotImplementedError(f"x.at[i].add(v) with v={type(values)} is not implemented.")
+        raise NotImplementedError(
+            f"IrrepsArray.at[...].add: values of type {type(values).__name__} are not supported; pass an IrrepsArray."
+        )
+
+
+def _require_slice(index, helper: str) -> None:
+    if not isinstance(index, slice):
+        raise IndexError(f"IrrepsArray.{helper} accepts only slices, e.g. x.{helper}[1:3]; got {index!r}.")
 
 
 class _MulIndexSliceHelper:
@@ -1116,22 +1252,24 @@ class _MulIndexSliceHelper:
 
     def __getitem__(self, index: slice) -> IrrepsArray:
         x = self.irreps_array
-        if not isinstance(index, slice):
-            raise IndexError("IrrepsArray.slice_by_mul only supports one slices (like IrrepsArray.slice_by_mul[2:4]).")
-        start, stop, stride = index.indices(x.irreps.num_irreps)
-        if stride != 1:
-            raise NotImplementedError("IrrepsArray.slice_by_mul does not support strides.")
+        _require_slice(index, "slice_by_mul")
+        start, stop, step = index.indices(x.irreps.num_irreps)
+        if step != 1:
+            raise NotImplementedError(
+                f"IrrepsArray.slice_by_mul: step {step} is not supported, only contiguous ranges of irrep copies."
+            )
         irreps, chunks = [], []
-        i = 0  # index of the first copy of the current block
-        for (mul, ir), c in zip(x.irreps, x.chunks):
-            if start <= i and i + mul <= stop:
+        first = 0  # position, among all irrep copies, of the first copy of the current block
+        for (mul, ir), chunk in zip(x.irreps, x.chunks):
+            lo, hi = max(start, first), min(stop, first + mul)  # the copies of this block inside the range
+            whole = start <= first and first + mul <= stop  # also keeps 0x blocks lying inside the range
+            if whole:
                 irreps.append((mul, ir))
-                chunks.append(c)
-            elif start < i + mul and i < stop:
-                lo, hi = max(start, i) - i, min(stop, i + mul) - i
+                chunks.append(chunk)
+            elif lo < hi:
                 irreps.append((hi - lo, ir))
-                chunks.append(None if c is None else c[..., lo:hi, :])
-            i += mul
+                chunks.append(None if chunk is None else chunk[..., lo - first : hi - first, :])
+            first += mul
         return x._from_chunks(irreps, chunks)
 
 
@@ -1140,8 +1278,7 @@ class _DimIndexSliceHelper:
         self.irreps_array = irreps_array
 
     def __getitem__(self, index: slice) -> IrrepsArray:
-        if not isinstance(index, slice):
-            raise IndexError("IrrepsArray.slice_by_dim only supports slices (like IrrepsArray.slice_by_dim[2:4]).")
+        _require_slice(index, "slice_by_dim")
         return self.irreps_array[..., index]
 
 
@@ -1151,12 +1288,11 @@ class _ChunkIndexSliceHelper:
 
     def __getitem__(self, index: slice) -> IrrepsArray:
         x = self.irreps_array
-        if not isinstance(index, slice):
-            raise IndexError(
-                "IrrepsArray.slice_by_chunk only supports slices (like IrrepsArray.slice_by_chunk[2:4])."
-            )
-        start, stop, stride = index.indices(len(x.irreps))
-        return x._from_chunks(x.irreps[start:stop:stride], x.chunks[start:stop:stride])
+        _require_slice(index, "slice_by_chunk")
+        # the bounds are resolved first and then used as a slice, as e3nn-jax does (so a negative step such as
+        # [::-1] resolves to the bounds (n-1, -1) and selects nothing)
+        bounds = slice(*index.indices(len(x.irreps)))
+        return x._from_chunks(x.irreps[bounds], x.chunks[bounds])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1176,55 +1312,74 @@ def from_chunks(
 
     ``dtype`` is only needed when every chunk is ``None``; otherwise the first chunk's dtype is used.
     """
-    backend = _infer_backend(chunks) if backend is None else backend
+    if backend is None:
+        backend = _infer_backend(chunks)
     irreps = Irreps(irreps)
     leading_shape = tuple(leading_shape)
-    if len(irreps) != len(chunks):
-        raise ValueError(f"e3nn.from_chunks: len(irreps) != len(chunks), {len(irreps)} != {len(chunks)}")
-    if not all(c is None or hasattr(c, "shape") for c in chunks):
-        raise ValueError(f"e3nn.from_chunks: chunks contains non-array elements type={[type(c) for c in chunks]}")
-    if not all(c is None or tuple(c.shape) == leading_shape + (mul, ir.dim) for c, (mul, ir) in zip(chunks, irreps)):
-        raise ValueError(
-            f"e3nn.from_chunks: chunks shapes {[None if c is None else c.shape for c in chunks]} "
-            f"incompatible with leading shape {leading_shape} and irreps {irreps}. "
-            f"Expecting {[leading_shape + (mul, ir.dim) for (mul, ir) in irreps]}."
-        )
+    _check_chunks(irreps, chunks, leading_shape)
     dtype = next((c.dtype for c in chunks if c is not None), dtype)
     if dtype is None:
-        raise ValueError("e3nn.from_chunks: Need to specify dtype if chunks is empty or contains only None.")
-
-    if irreps.dim > 0:
-        array = backend.concatenate(
-            [
-                backend.zeros(leading_shape + (mul_ir.dim,), dtype)
-                if c is None
-                else c.reshape(leading_shape + (mul_ir.dim,))
-                for mul_ir, c in zip(irreps, chunks)
-            ],
-            axis=-1,
+        raise ValueError(
+            "e3nn.from_chunks: the dtype cannot be inferred because no chunk is an array (the list is empty or all "
+            "None); pass dtype=... explicitly."
         )
-    else:
+
+    def flat(chunk: Chunk, width: int):
+        # zero blocks are materialised here, the array always holds every component
+        shape = leading_shape + (width,)
+        return backend.zeros(shape, dtype) if chunk is None else chunk.reshape(shape)
+
+    if irreps.dim == 0:  # nothing to concatenate (concatenating no pieces is an error)
         array = backend.zeros(leading_shape + (0,), dtype)
-    zero_flags = tuple(c is None for c in chunks)
-    return IrrepsArray(irreps, array, zero_flags=zero_flags, chunks=list(chunks))
+    else:
+        array = backend.concatenate([flat(c, mul_ir.dim) for mul_ir, c in zip(irreps, chunks)], axis=-1)
+    return IrrepsArray(irreps, array, zero_flags=[c is None for c in chunks], chunks=list(chunks))
+
+
+def _check_chunks(irreps: Irreps, chunks: Sequence[Chunk], leading_shape: Tuple[int, ...]) -> None:
+    """One array (or ``None``) per block of ``irreps``, each of shape ``leading_shape + (mul, ir.dim)``."""
+    if len(chunks) != len(irreps):
+        raise ValueError(
+            f"e3nn.from_chunks: got {len(chunks)} chunks for the {len(irreps)} blocks of {irreps}; "
+            "pass exactly one chunk (or None) per block."
+        )
+    if any(c is not None and not hasattr(c, "shape") for c in chunks):
+        raise ValueError(
+            "e3nn.from_chunks: every chunk must be an array or None, got types "
+            f"{[type(c).__name__ for c in chunks]}."
+        )
+    expected = [leading_shape + (mul, ir.dim) for mul, ir in irreps]
+    if any(c is not None and tuple(c.shape) != shape for c, shape in zip(chunks, expected)):
+        raise ValueError(
+            f"e3nn.from_chunks: chunk shapes {[None if c is None else tuple(c.shape) for c in chunks]} do not match "
+            f"leading_shape {leading_shape} with irreps {irreps}; expected {expected} (None for a zero block)."
+        )
 
 
 def as_irreps_array(array, *, backend=None) -> IrrepsArray:
     """Return an IrrepsArray unchanged; wrap a plain array of shape ``(..., n)`` as ``n x 0e``."""
     if isinstance(array, IrrepsArray):
         return array
-    backend = _infer_backend(array) if backend is None else backend
-    array = backend.asarray(array)
-    if array.ndim == 0:
-        raise ValueError("e3nn.as_irreps_array: Cannot convert an array of rank 0 to an IrrepsArray.")
-    return IrrepsArray(f"{array.shape[-1]}x0e", array)
+    data = (_infer_backend(array) if backend is None else backend).asarray(array)
+    if data.ndim == 0:
+        raise ValueError(
+            "e3nn.as_irreps_array: a rank 0 array has no last axis to carry irreps; reshape it to shape (1,) to "
+            "get a 1x0e IrrepsArray."
+        )
+    # every component of a plain array is read as an even scalar
+    return IrrepsArray(Irreps([(data.shape[-1], "0e")]), data)
+
+
+def _filled(irreps, leading_shape: Tuple[int, ...], dtype, make, known_zero: bool) -> IrrepsArray:
+    """An IrrepsArray whose data is ``make(shape, dtype=dtype)`` (``jnp.zeros`` or ``jnp.ones``)."""
+    irreps = Irreps(irreps)
+    data = make(tuple(leading_shape) + (irreps.dim,), dtype=dtype)
+    return IrrepsArray(irreps, data, zero_flags=[known_zero] * len(irreps))
 
 
 def zeros(irreps, leading_shape: Tuple[int, ...] = (), dtype=None) -> IrrepsArray:
     """Zeros of shape ``leading_shape + (irreps.dim,)``, every block flagged zero."""
-    irreps = Irreps(irreps)
-    array = jnp.zeros(tuple(leading_shape) + (irreps.dim,), dtype=dtype)
-    return IrrepsArray(irreps, array, zero_flags=(True,) * len(irreps))
+    return _filled(irreps, leading_shape, dtype, jnp.zeros, known_zero=True)
 
 
 def zeros_like(irreps_array: IrrepsArray) -> IrrepsArray:
@@ -1234,14 +1389,31 @@ def zeros_like(irreps_array: IrrepsArray) -> IrrepsArray:
 
 def ones(irreps, leading_shape: Tuple[int, ...] = (), dtype=None) -> IrrepsArray:
     """Ones of shape ``leading_shape + (irreps.dim,)``."""
-    irreps = Irreps(irreps)
-    array = jnp.ones(tuple(leading_shape) + (irreps.dim,), dtype=dtype)
-    return IrrepsArray(irreps, array, zero_flags=(False,) * len(irreps))
+    return _filled(irreps, leading_shape, dtype, jnp.ones, known_zero=False)
 
 
 def ones_like(irreps_array: IrrepsArray) -> IrrepsArray:
     """Ones with the irreps, leading shape and dtype of ``irreps_array``."""
     return ones(irreps_array.irreps, irreps_array.shape[:-1], irreps_array.dtype)
+
+
+def _unit_norm(draw, _ir):
+    """Scale every irrep copy of a chunk to unit norm."""
+    return draw / jnp.linalg.norm(draw, axis=-1, keepdims=True)
+
+
+def _normal_per_block(irreps: Irreps, key, leading_shape: Tuple[int, ...], dtype, rescale) -> IrrepsArray:
+    """One standard normal draw per block, each with a fresh subkey split off ``key`` in turn, then ``rescale``d.
+
+    The key sequence (split, use the second half, continue with the first) is e3nn-jax's, so that the same key gives
+    the same numbers.
+    """
+    chunks = []
+    for mul, ir in irreps:
+        key, block_key = jax.random.split(key)
+        draw = jax.random.normal(block_key, leading_shape + (mul, ir.dim), dtype=dtype)
+        chunks.append(rescale(draw, ir))
+    return from_chunks(irreps, chunks, leading_shape, dtype)
 
 
 def normal(
@@ -1272,26 +1444,22 @@ def normal(
     if normalization is None:
         normalization = config("irrep_normalization")
     if key is None:
-        warnings.warn("e3nn.normal: the key (random seed) is not provided, use the hash of the irreps as key!")
+        warnings.warn(
+            "e3nn.normal called without a key: using jax.random.PRNGKey(hash(irreps)), which repeats the same "
+            "numbers on every call with these irreps; pass key=... for independent draws."
+        )
         key = jax.random.PRNGKey(hash(irreps))
 
     if normalize:
-        chunks = []
-        for mul, ir in irreps:
-            key, sub = jax.random.split(key)
-            r = jax.random.normal(sub, leading_shape + (mul, ir.dim), dtype=dtype)
-            chunks.append(r / jnp.linalg.norm(r, axis=-1, keepdims=True))
-        return from_chunks(irreps, chunks, leading_shape, dtype)
-    if normalization == "component":
+        return _normal_per_block(irreps, key, leading_shape, dtype, _unit_norm)
+    if normalization == "component":  # one draw for the whole array: unit variance per component
         return IrrepsArray(irreps, jax.random.normal(key, leading_shape + (irreps.dim,), dtype=dtype))
-    if normalization == "norm":
-        chunks = []
-        for mul, ir in irreps:
-            key, sub = jax.random.split(key)
-            r = jax.random.normal(sub, leading_shape + (mul, ir.dim), dtype=dtype)
-            chunks.append(r / jnp.sqrt(ir.dim))
-        return from_chunks(irreps, chunks, leading_shape, dtype)
-    raise ValueError(f"Normalization needs to be 'norm' or 'component', got {normalization!r}")
+    if normalization == "norm":  # unit expected squared norm per irrep copy
+        return _normal_per_block(irreps, key, leading_shape, dtype, lambda r, ir: r / jnp.sqrt(ir.dim))
+    raise ValueError(
+        f"e3nn.normal: normalization={normalization!r} is not recognised; use 'component' (unit variance per "
+        "component) or 'norm' (unit expected norm per irrep copy)."
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1306,21 +1474,21 @@ def _reduce(op, array: IrrepsArray, axis, keepdims: bool) -> IrrepsArray:
     copy per block; ``keepdims`` does not apply to that axis.
     """
     axes = _standardize_axis(axis, array.ndim)
-    leading_axes = tuple(a for a in axes if a < array.ndim - 1)
-    reduces_irreps_axis = array.ndim - 1 in axes
+    irreps_axis = array.ndim - 1
+    leading_axes = tuple(a for a in axes if a != irreps_axis)
     if leading_axes:
-        array = IrrepsArray(
-            array.irreps,
-            op(array.array, axis=leading_axes, keepdims=keepdims),
-            zero_flags=array.zero_flags,
-            chunks=[None if c is None else op(c, axis=leading_axes, keepdims=keepdims) for c in array.chunks],
-        )
-    if not reduces_irreps_axis:
-        return array
-    return array._from_chunks(
-        Irreps([(1, ir) for _, ir in array.irreps]),
-        [None if c is None else op(c, axis=-2, keepdims=True) for c in array.chunks],
-    )
+        # leading axes have the same positions in the array and in the chunks
+        array = array._map_leading(lambda t, _: op(t, axis=leading_axes, keepdims=keepdims), compute_chunks=True)
+    if irreps_axis in axes:
+        array = _reduce_copies(op, array)
+    return array
+
+
+def _reduce_copies(op, array: IrrepsArray) -> IrrepsArray:
+    """``mul x ir`` -> ``1 x ir`` by reducing over the multiplicity axis of every chunk."""
+    one_copy_each = Irreps([(1, ir) for _, ir in array.irreps])
+    reduced = [None if c is None else op(c, axis=-2, keepdims=True) for c in array.chunks]
+    return array._from_chunks(one_copy_each, reduced)
 
 
 def mean(array: IrrepsArray, axis: Union[None, int, Tuple[int, ...]] = None, keepdims: bool = False) -> IrrepsArray:
@@ -1338,7 +1506,7 @@ def sum(  # noqa: A001  (e3nn.sum, as in e3nn-jax)
 def concatenate(arrays: List[IrrepsArray], axis: int = -1) -> IrrepsArray:
     """Concatenate along ``axis``; along the irreps axis the irreps are concatenated too (plain arrays become 0e)."""
     if len(arrays) == 0:
-        raise ValueError("Cannot concatenate empty list of IrrepsArray")
+        raise ValueError("e3nn.concatenate: the list of arrays is empty; pass at least one IrrepsArray.")
     arrays = [as_irreps_array(x) for x in arrays]
     (axis,) = _standardize_axis(axis, arrays[0].ndim)
     backend = _infer_backend([x.array for x in arrays])
@@ -1356,21 +1524,25 @@ def concatenate(arrays: List[IrrepsArray], axis: int = -1) -> IrrepsArray:
 def stack(arrays: List[IrrepsArray], axis: int = 0) -> IrrepsArray:
     """Stack along a new leading axis (the irreps axis stays last)."""
     if len(arrays) == 0:
-        raise ValueError("Cannot stack empty list of IrrepsArray")
-    (axis,) = _standardize_axis(axis, arrays[0].ndim + 1)
-    if axis == arrays[0].ndim:
+        raise ValueError("e3nn.stack: the list of arrays is empty; pass at least one IrrepsArray.")
+    (position,) = _standardize_axis(axis, arrays[0].ndim + 1)
+    if position == arrays[0].ndim:
         raise ValueError(
-            "IrrepsArray cannot be stacked on the last axis because the last axis is reserved for the irreps dimension"
+            f"e3nn.stack: axis={axis} would put the new axis last, but the last axis must remain the irreps "
+            "dimension; stack along a leading axis instead (e.g. axis=0)."
         )
     backend = _infer_backend([x.array for x in arrays])
-    return _join_leading(arrays, axis, backend.stack, backend)
+    return _join_leading(arrays, position, backend.stack, backend)
 
 
 def _join_leading(arrays: List[IrrepsArray], axis: int, join, backend) -> IrrepsArray:
     """Concatenate or stack IrrepsArrays of identical irreps along a leading axis, keeping common zero blocks."""
     irreps = arrays[0].irreps
     if any(x.irreps != irreps for x in arrays):
-        raise ValueError(f"Irreps must be the same for all arrays, got {[str(x.irreps) for x in arrays]}")
+        raise ValueError(
+            f"joining IrrepsArrays along a leading axis needs the same irreps in every array, got "
+            f"{[str(x.irreps) for x in arrays]}; rechunk or filter them to common irreps first."
+        )
     zero_flags = [all(flags) for flags in zip(*[x.zero_flags for x in arrays])]
     chunks = []
     for i, ((mul, ir), zero) in enumerate(zip(irreps, zero_flags)):
@@ -1390,6 +1562,14 @@ def _join_leading(arrays: List[IrrepsArray], axis: int, join, backend) -> Irreps
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _safe_sqrt(x, backend):
+    """``sqrt(x)`` whose gradient at ``x == 0`` is 0 instead of infinite (so norms of zero vectors differentiate)."""
+    is_zero = x == 0.0
+    # the dummy 1 keeps sqrt's derivative finite on the branch that ``where`` discards
+    root = backend.sqrt(backend.where(is_zero, 1.0, x))
+    return backend.where(is_zero, 0.0, root)
+
+
 def norm(array: IrrepsArray, *, squared: bool = False, per_irrep: bool = True) -> IrrepsArray:
     """Norm of every irrep copy (irreps ``mul x 0e`` per block), or of the whole vector with ``per_irrep=False``.
 
@@ -1397,24 +1577,14 @@ def norm(array: IrrepsArray, *, squared: bool = False, per_irrep: bool = True) -
     """
     backend = _infer_backend(array.array)
 
-    def block_norm(x: Chunk) -> Chunk:
-        if x is None:
-            return None
-        x = backend.sum(backend.conj(x) * x, axis=-1, keepdims=True)
-        if squared:
-            return x
-        safe = backend.sqrt(backend.where(x == 0.0, 1.0, x))
-        return backend.where(x == 0.0, 0.0, safe)
+    def length(x):
+        squared_length = _inner(x, x, backend, axis=-1, keepdims=True)
+        return squared_length if squared else _safe_sqrt(squared_length, backend)
 
-    if per_irrep:
-        return from_chunks(
-            [(mul, "0e") for mul, _ in array.irreps],
-            [block_norm(c) for c in array.chunks],
-            array.shape[:-1],
-            array.dtype,
-            backend=backend,
-        )
-    return IrrepsArray("0e", block_norm(array.array))
+    if not per_irrep:
+        return IrrepsArray("0e", length(array.array))
+    lengths = [None if c is None else length(c) for c in array.chunks]
+    return from_chunks(_scalar_irreps(array.irreps), lengths, array.shape[:-1], array.dtype, backend=backend)
 
 
 def dot(a: IrrepsArray, b: IrrepsArray, per_irrep: bool = False) -> IrrepsArray:
@@ -1423,32 +1593,32 @@ def dot(a: IrrepsArray, b: IrrepsArray, per_irrep: bool = False) -> IrrepsArray:
     a, b = a.simplify(), b.simplify()
     if a.irreps != b.irreps:
         raise ValueError(
-            f"Dot product is only defined for IrrepsArray with the same irreps, got {a.irreps} and {b.irreps}."
+            f"e3nn.dot: both arguments need the same irreps (compared after simplify()), got {a.irreps} and "
+            f"{b.irreps}; bring them to common irreps with .filter() or .extend_with_zeros()."
         )
+    leading_shape = tuple(np.broadcast_shapes(a.shape[:-1], b.shape[:-1]))
+    # pairs with a zero block on either side contribute nothing
+    pairs = [(x, y) for x, y in zip(a.chunks, b.chunks)]
     if per_irrep:
-        chunks = []
-        dtype = a.dtype
-        for x, y in zip(a.chunks, b.chunks):
-            if x is None or y is None:
-                chunks.append(None)
-                continue
-            chunks.append(backend.sum(backend.conj(x) * y, axis=-1, keepdims=True))
-            dtype = chunks[-1].dtype
-        shape = tuple(np.broadcast_shapes(a.shape[:-1], b.shape[:-1]))
-        if any(c is not None and c.shape[:-2] != shape for c in chunks):
-            chunks = [None if c is None else backend.broadcast_to(c, shape + c.shape[-2:]) for c in chunks]
-        return from_chunks([(mul, "0e") for mul, _ in a.irreps], chunks, shape, dtype, backend=backend)
+        products = [None if x is None or y is None else _inner(x, y, backend, axis=-1, keepdims=True) for x, y in pairs]
+        products = [
+            p if p is None or p.shape[:-2] == leading_shape else _broadcast_leading(p, leading_shape, backend)
+            for p in products
+        ]
+        dtype = next((p.dtype for p in products if p is not None), a.dtype)
+        return from_chunks(_scalar_irreps(a.irreps), products, leading_shape, dtype, backend=backend)
 
-    total = None
-    for x, y in zip(a.chunks, b.chunks):
-        if x is None or y is None:
-            continue
-        term = backend.sum(backend.conj(x) * y, axis=(-2, -1))
-        total = term if total is None else total + term
-    if total is None:
-        shape = tuple(np.broadcast_shapes(a.shape[:-1], b.shape[:-1]))
-        return zeros("0e", shape, dtype=a.dtype)
-    return IrrepsArray("0e", total[..., None])
+    terms = [_inner(x, y, backend, axis=(-2, -1)) for x, y in pairs if x is not None and y is not None]
+    if not terms:
+        return zeros("0e", leading_shape, dtype=a.dtype)
+    return IrrepsArray("0e", functools.reduce(operator.add, terms)[..., None])
+
+
+def _require_vectors(name: str, x: IrrepsArray) -> None:
+    if any(ir.l != 1 for _, ir in x.irreps):
+        raise ValueError(
+            f"e3nn.cross: {name} must contain only vectors (l=1 irreps such as 1o or 1e), got {x.irreps}."
+        )
 
 
 def cross(a: IrrepsArray, b: IrrepsArray) -> IrrepsArray:
@@ -1457,24 +1627,23 @@ def cross(a: IrrepsArray, b: IrrepsArray) -> IrrepsArray:
     In e3nn's l=1 basis this is the ordinary ``numpy.cross`` of the components (as in e3nn-jax).
     """
     backend = _infer_backend([a.array, b.array])
-    for x in (a, b):
-        if any(ir.l != 1 for _, ir in x.irreps):
-            raise ValueError(f"Cross product is only defined for vectors. Got {x.irreps}.")
+    _require_vectors("a", a)
+    _require_vectors("b", b)
     if a.irreps.num_irreps != b.irreps.num_irreps:
-        raise ValueError("Cross product is only defined for inputs with the same number of vectors.")
+        raise ValueError(
+            f"e3nn.cross: the vectors are paired one to one, so both arguments need the same number of vectors, "
+            f"got {a.irreps.num_irreps} ({a.irreps}) and {b.irreps.num_irreps} ({b.irreps})."
+        )
     a, b = _align_two_irreps_arrays(a, b)
-    shape = tuple(np.broadcast_shapes(a.shape[:-1], b.shape[:-1]))
-    irreps_out, chunks = [], []
-    dtype = a.dtype
-    for (mul, ir_a), x, (_, ir_b), y in zip(a.irreps, a.chunks, b.irreps, b.chunks):
-        irreps_out.append((mul, (1, ir_a.p * ir_b.p)))
-        if x is None or y is None:
-            chunks.append(None)
-            continue
-        c = backend.cross(x, y, axis=-1)
-        chunks.append(backend.broadcast_to(c, shape + c.shape[-2:]))
-        dtype = c.dtype
-    return from_chunks(irreps_out, chunks, shape, dtype, backend=backend)
+    leading_shape = tuple(np.broadcast_shapes(a.shape[:-1], b.shape[:-1]))
+    # the cross product of two vectors is a vector whose parity is the product of theirs
+    irreps_out = [(mul, (1, ir_a.p * ir_b.p)) for (mul, ir_a), (_, ir_b) in zip(a.irreps, b.irreps)]
+    chunks = [
+        None if x is None or y is None else _broadcast_leading(backend.cross(x, y, axis=-1), leading_shape, backend)
+        for x, y in zip(a.chunks, b.chunks)
+    ]
+    dtype = next((c.dtype for c in chunks if c is not None), a.dtype)
+    return from_chunks(irreps_out, chunks, leading_shape, dtype, backend=backend)
 
 
 def where(mask: jax.Array, x: IrrepsArray, y: IrrepsArray) -> IrrepsArray:
@@ -1483,22 +1652,29 @@ def where(mask: jax.Array, x: IrrepsArray, y: IrrepsArray) -> IrrepsArray:
     backend = _infer_backend([mask, x.array, y.array])
     mask = backend.asarray(mask)
     if x.irreps != y.irreps:
-        raise ValueError(f"e3nn.where: x.irreps ({x.irreps}) != y.irreps ({y.irreps})")
-    if mask.ndim == 0 or mask.shape[-1] not in (1, x.irreps.num_irreps):
+        raise ValueError(f"e3nn.where: x and y need the same irreps, got {x.irreps} and {y.irreps}.")
+    n = x.irreps.num_irreps
+    last = mask.shape[-1] if mask.ndim > 0 else None
+    if last not in (1, n):
         raise ValueError(
-            f"e3nn.where: mask.shape[-1] ({mask.shape[-1] if mask.ndim else None}) should be 1 or {x.irreps.num_irreps}"
+            f"e3nn.where: mask of shape {mask.shape} must have a last axis of size 1 (one choice per leading "
+            f"index) or {n} (one per irrep copy)."
         )
-    if mask.shape[-1] != 1:
-        raise NotImplementedError("e3nn.where: mask.shape[-1] != 1 is not implemented yet")
+    if last != 1:
+        raise NotImplementedError(
+            f"e3nn.where: a mask with one entry per irrep copy (last axis of size {n}) is not supported yet; "
+            "use a mask of shape (..., 1)."
+        )
+    chunk_mask = mask[..., None]  # chunks have one more trailing axis than the array
 
-    def pick(a: Chunk, b: Chunk) -> Chunk:
+    def choose(a: Chunk, b: Chunk) -> Chunk:
         if a is None and b is None:
-            return None
-        return backend.where(mask[..., :, None], 0.0 if a is None else a, 0.0 if b is None else b)
+            return None  # zero either way
+        return backend.where(chunk_mask, _or_zero(a), _or_zero(b))
 
     return IrrepsArray(
         x.irreps,
         backend.where(mask, x.array, y.array),
         zero_flags=[a and b for a, b in zip(x.zero_flags, y.zero_flags)],
-        chunks=[pick(a, b) for a, b in zip(x.chunks, y.chunks)],
+        chunks=[choose(a, b) for a, b in zip(x.chunks, y.chunks)],
     )

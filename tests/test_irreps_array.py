@@ -78,7 +78,7 @@ def test_constructor_rejects_bad_shapes():
         IrrepsArray("1o", jnp.ones(3), zero_flags=(True, False))
     with pytest.raises(ValueError, match="chunk shape"):
         IrrepsArray("1o", jnp.ones((2, 3)), chunks=[jnp.ones((2, 1, 2))])
-    with pytest.raises(ValueError, match="len\\(chunks\\)"):
+    with pytest.raises(ValueError, match="chunks has 2 entries"):
         IrrepsArray("1o", jnp.ones(3), chunks=[None, None])
 
 
@@ -215,7 +215,7 @@ def test_irrep_normalization_none_in_product():
         ("x + 1.0", "not equivariant"),
         ("x + IrrepsArray('1e', jnp.ones(3))", "not equivariant"),
         ("x - IrrepsArray('1e', jnp.ones(3))", "not equivariant"),
-        ("x * x", "only supported for scalar"),
+        ("x * x", "one of the two copies is a scalar"),
         ("x * IrrepsArray('2x0e', jnp.ones(2))", "number of irreps"),
         ("x * jnp.ones(2)", "not equivariant"),
         ("x / x", "not equivariant"),
@@ -224,8 +224,8 @@ def test_irrep_normalization_none_in_product():
         ("IrrepsArray('0o', jnp.ones(1)) ** 0.5", "not equivariant"),
         ("x == 1.0", "not equivariant"),
         ("x == IrrepsArray('1e', jnp.ones(3))", "not equivariant"),
-        ("x / ia.zeros('0e')", "Zeros"),
-        ("1.0 / ia.zeros('0e')", "Zeros"),
+        ("x / ia.zeros('0e')", "division by zero"),
+        ("1.0 / ia.zeros('0e')", "division by zero"),
     ],
 )
 def test_arithmetic_errors(expr, match):
@@ -273,14 +273,14 @@ def test_indexing_parity(expr):
 @pytest.mark.parametrize(
     "expr, match",
     [
-        ("x[..., 3]", "integer index in the irreps dimension"),
-        ("x[0, 1, 3]", "integer index in the irreps dimension"),
-        ("x[..., None]", "new dimension at the end"),
-        ("x[..., '0o']", "1x0o.*does not appear"),
-        ("x[..., '1x1o']", "1x1o.*does not appear"),
-        ("x['2e']", "must be the last index"),
-        ("x[..., 1:3]", "unable to slice"),
-        ("x[..., ::2]", "not supported"),
+        ("x[..., 3]", "would remove the irreps axis"),
+        ("x[0, 1, 3]", "would remove the irreps axis"),
+        ("x[..., None]", "would insert an axis after the irreps axis"),
+        ("x[..., '0o']", "1x0o.*not found"),
+        ("x[..., '1x1o']", "1x1o.*not found"),
+        ("x['2e']", "must address the last"),
+        ("x[..., 1:3]", "must fall between two irrep copies"),
+        ("x[..., ::2]", "cannot index the irreps axis"),
         ("x.slice_by_mul[1]", "slices"),
         ("x.slice_by_chunk[0]", "slices"),
     ],
@@ -537,11 +537,11 @@ def test_constructor_errors():
         ia.as_irreps_array(jnp.ones(()))
     with pytest.raises(ValueError, match="dtype"):
         ia.from_chunks("1o", [None], ())
-    with pytest.raises(ValueError, match="len\\(irreps\\) != len\\(chunks\\)"):
+    with pytest.raises(ValueError, match="got 1 chunks for the 2 blocks"):
         ia.from_chunks("1o + 1o", [jnp.ones((1, 3))], ())
-    with pytest.raises(ValueError, match="Expecting"):
+    with pytest.raises(ValueError, match="expected"):
         ia.from_chunks("1o", [jnp.ones((2, 3))], ())
-    with pytest.raises(ValueError, match="non-array"):
+    with pytest.raises(ValueError, match="must be an array or None"):
         ia.from_chunks("1o", [3.0], ())
 
 
@@ -633,7 +633,7 @@ def test_normal_default_reads_config_and_rejects_bad_input():
     assert_same(ia.normal("0e + 2x1o + 2e", key, (2,)), reference)
     with pytest.raises(TypeError, match="int32"):
         ia.normal("1o", key, dtype=jnp.int32)
-    with pytest.raises(ValueError, match="Normalization"):
+    with pytest.raises(ValueError, match="normalization="):
         ia.normal("1o", key, normalization="bad")
     with pytest.warns(UserWarning, match="key"):
         assert ia.normal("1o").shape == (3,)
