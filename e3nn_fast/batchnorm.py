@@ -20,14 +20,14 @@ copy.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 
 from e3nn_fast.irreps_array import IrrepsArray, from_chunks
 
-__all__ = ["batch_norm", "check_batch_norm_options", "num_scalars_and_irreps"]
+__all__ = ["batch_norm", "batch_norm_with_variables", "check_batch_norm_options", "num_scalars_and_irreps"]
 
 NORMALIZATIONS = ("norm", "component")
 REDUCTIONS = ("mean", "max")
@@ -179,3 +179,35 @@ def batch_norm(
     new_mean = jnp.concatenate(new_means) if new_means else jnp.zeros((0,), output.dtype)
     new_var = jnp.concatenate(new_vars) if new_vars else jnp.zeros((0,), output.dtype)
     return output, new_mean, new_var
+
+
+# ``get(kind, size, fill)`` -> the framework's variable ``kind`` of shape ``(size,)``, created filled with ``fill``
+VariableGetter = Callable[[str, int, float], jax.Array]
+
+
+def batch_norm_with_variables(
+    input: IrrepsArray,
+    *,
+    get_statistic: VariableGetter,
+    get_parameter: VariableGetter,
+    instance: bool,
+    affine: bool,
+    **options,
+) -> Tuple[IrrepsArray, Optional[jax.Array], Optional[jax.Array]]:
+    """What the haiku and flax modules share: fetch their variables, then :func:`batch_norm`.
+
+    The frameworks differ only in where variables live and what they are called, so each passes two getters:
+    ``get_statistic("mean" | "var", size, fill)`` for the running statistics (not asked for with ``instance``) and
+    ``get_parameter("weight" | "bias", size, fill)`` for the affine parameters (only asked for with ``affine``).
+    Means and biases have one entry per ``0e`` copy, variances and weights one per irrep copy; statistics start at
+    zero mean and unit variance, the affine map at the identity.  ``options`` are passed on to :func:`batch_norm`.
+    """
+    num_scalars, num_irreps = num_scalars_and_irreps(input.irreps)
+    running_mean = running_var = weight = bias = None
+    if not instance:
+        running_mean = get_statistic("mean", num_scalars, 0.0)
+        running_var = get_statistic("var", num_irreps, 1.0)
+    if affine:
+        weight = get_parameter("weight", num_irreps, 1.0)
+        bias = get_parameter("bias", num_scalars, 0.0)
+    return batch_norm(input, running_mean, running_var, weight, bias, instance=instance, **options)

@@ -124,8 +124,9 @@ def _aligned_irreps(irreps1: Irreps, irreps2: Irreps) -> tuple[Irreps, Irreps]:
     """Split segments so that both irreps have segments of equal multiplicities, in the same order."""
     if irreps1.num_irreps != irreps2.num_irreps:
         raise ValueError(
-            "elementwise_tensor_product: inputs must have the same number of irreps, "
-            f"got {irreps1.num_irreps} ({irreps1}) and {irreps2.num_irreps} ({irreps2})"
+            "elementwise_tensor_product pairs the irreps of its two inputs one by one, so their number of irreps "
+            f"must agree; got {irreps1.num_irreps} ({irreps1}) and {irreps2.num_irreps} ({irreps2}). "
+            "Filter or pad one input (e.g. with IrrepsArray.filter) so that both have as many irreps"
         )
     out1, out2 = [], []
     rest1 = [(mul, ir) for mul, ir in irreps1 if mul > 0]
@@ -153,8 +154,8 @@ def elementwise_tensor_product(
 ) -> IrrepsArray:
     """Channel-by-channel tensor product: the ``n``-th irrep of ``input1`` with the ``n``-th irrep of ``input2``.
 
-    The inputs must have the same number of irreps (``irreps.num_irreps``).  The output irreps are neither sorted nor
-    simplified (as in e3nn-jax).  This is ``input1 * input2`` for IrrepsArrays.
+    The irreps of the two inputs are paired in order, so both need the same ``irreps.num_irreps``.  The output
+    irreps are neither sorted nor simplified (as in e3nn-jax).  This is ``input1 * input2`` for IrrepsArrays.
     """
     input1, input2, leading_shape = _prepare_inputs(input1, input2)
     filter_ir_out = _as_filter(filter_ir_out)

@@ -290,7 +290,7 @@ def test_graph_layers_bad_inputs():
 
         return jax.eval_shape(lambda: hk.transform(f).init(KEY))
 
-    with pytest.raises(TypeError, match="positions must be an e3nn.IrrepsArray"):
+    with pytest.raises(TypeError, match="positions should be an IrrepsArray"):
         conv(pos, src)
     with pytest.raises(ValueError, match="senders and receivers"):
         conv(IrrepsArray("1o", pos), src[:3])

@@ -45,24 +45,30 @@ def radial_basis(r: jax.Array, cutoff: float, num_radial_basis: int) -> jax.Arra
 
 
 def _check_inputs(positions, node_feats, senders, receivers) -> None:
+    """Clear errors for the graph given to the layer (e3nn-jax fails later, or with a bare assert)."""
     if not isinstance(positions, IrrepsArray):
         raise TypeError(
-            "positions must be an e3nn.IrrepsArray with shape (n_nodes, 3) and irreps '1o' or '1e'. "
-            f"Got {type(positions)}"
+            f"MessagePassingConvolution: positions should be an IrrepsArray of irreps 1o (or 1e) and shape "
+            f"(n_nodes, 3), got a {type(positions).__name__}; wrap them with e3nn.IrrepsArray('1o', positions)"
         )
     if not isinstance(node_feats, IrrepsArray):
         raise TypeError(
-            f"node_feats must be an e3nn.IrrepsArray with shape (n_nodes, irreps). Got {type(node_feats)}"
+            f"MessagePassingConvolution: node_feats should be an IrrepsArray of shape (n_nodes, irreps.dim), "
+            f"got a {type(node_feats).__name__}; wrap them with e3nn.IrrepsArray(irreps, node_feats)"
         )
     if positions.ndim != 2 or positions.irreps.dim != 3 or positions.irreps.num_irreps != 1:
         raise ValueError(
-            f"positions must have shape (n_nodes, 3) and irreps '1o' or '1e', got {positions.irreps} {positions.shape}"
+            f"MessagePassingConvolution: positions should have irreps 1o (or 1e) and shape (n_nodes, 3), "
+            f"got irreps {positions.irreps} and shape {positions.shape}"
         )
     if node_feats.ndim != 2:
-        raise ValueError(f"node_feats must have shape (n_nodes, irreps.dim), got {node_feats.shape}")
+        raise ValueError(
+            f"MessagePassingConvolution: node_feats should have shape (n_nodes, irreps.dim), got {node_feats.shape}"
+        )
     if jnp.shape(senders) != jnp.shape(receivers) or len(jnp.shape(senders)) != 1:
         raise ValueError(
-            f"senders and receivers must be 1-D of the same length, got {jnp.shape(senders)} and {jnp.shape(receivers)}"
+            f"MessagePassingConvolution: senders and receivers should be 1-D index arrays of the same length "
+            f"(one entry per edge), got shapes {jnp.shape(senders)} and {jnp.shape(receivers)}"
         )
 
 
@@ -140,13 +146,10 @@ class MessagePassingConvolutionHaiku(hk.Module):
         name: str = None,
     ):
         super().__init__(name=name)
-        self.target_irreps = Irreps(target_irreps)
-        self.radial_basis = radial_basis
-        self.avg_num_neighbors = avg_num_neighbors
-        self.sh_lmax = sh_lmax
-        self.num_radial_basis = num_radial_basis
-        self.mlp_neurons = tuple(mlp_neurons)
-        self.mlp_activation = mlp_activation
+        # the same attributes (and conversions) as the flax fields, read by the shared ``_convolve``
+        self.target_irreps, self.avg_num_neighbors = Irreps(target_irreps), avg_num_neighbors
+        self.radial_basis, self.num_radial_basis, self.sh_lmax = radial_basis, num_radial_basis, sh_lmax
+        self.mlp_neurons, self.mlp_activation = tuple(mlp_neurons), mlp_activation
 
     def __call__(
         self, positions: IrrepsArray, node_feats: IrrepsArray, senders: jax.Array, receivers: jax.Array

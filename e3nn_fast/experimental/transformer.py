@@ -41,6 +41,31 @@ def _index_max(i: jax.Array, x: jax.Array, out_dim: int) -> jax.Array:
     return jnp.zeros((out_dim,) + x.shape[1:], x.dtype).at[i].max(x)
 
 
+def _cutoff_softmax(logit: jax.Array, cutoff: jax.Array, edge_dst: jax.Array, num_nodes: int) -> jax.Array:
+    """Attention weights ``(num_edges, num_heads)``: softmax of ``logit`` over the edges of each destination node.
+
+    Each exponential is multiplied by the edge's ``cutoff`` weight, so that an edge whose cutoff goes to zero leaves
+    the softmax continuously.  A node without (weighted) edges gets a zero normaliser, replaced by one to avoid 0/0.
+    """
+    # any per-node shift cancels in the ratio; subtracting the per-node maximum avoids overflow
+    shifted = logit - _index_max(edge_dst, logit, num_nodes)[edge_dst]
+    weighted = cutoff[:, None] * jnp.exp(shifted)
+    total = scatter_sum(weighted, dst=edge_dst, output_size=num_nodes)
+    total = jnp.where(total == 0.0, 1.0, total)
+    return weighted / total[edge_dst]
+
+
+def _split_heads_and_scale(value: IrrepsArray, alpha: jax.Array, num_heads: int) -> IrrepsArray:
+    """Scale head ``h`` of ``value`` (the ``h``-th contiguous group of channels of each irrep) by ``sqrt(alpha[:, h])``.
+
+    The square root (rather than ``alpha`` itself) keeps the summed messages normalised when the values are
+    independent; the ReLU keeps the root real should a cutoff weight be negative.
+    """
+    per_head = value.mul_to_axis(num_heads)  # (num_edges, num_heads, irreps / num_heads)
+    per_head = per_head * jnp.sqrt(jax.nn.relu(alpha))[:, :, None]
+    return per_head.axis_to_mul()
+
+
 def _check_edges(edge_src, edge_dst, edge_weight_cutoff, edge_attr, node_feat) -> None:
     if not isinstance(node_feat, IrrepsArray) or node_feat.ndim != 2:
         raise TypeError("Transformer: node_feat must be an IrrepsArray of shape (num_nodes, irreps.dim)")
@@ -119,25 +144,16 @@ class Transformer(hk.Module):
         """
         _check_edges(edge_src, edge_dst, edge_weight_cutoff, edge_attr, node_feat)
         num_nodes = node_feat.shape[0]
+        source, destination = node_feat[edge_src], node_feat[edge_dst]
 
-        key = _edge_features(self.list_neurons, self.act, node_feat[edge_src], edge_attr, node_feat.irreps, "mlp_key")
+        key = _edge_features(self.list_neurons, self.act, source, edge_attr, node_feat.irreps, "mlp_key")
         logit = Linear(f"{self.num_heads}x0e", name="linear_logit")(
-            tensor_product(node_feat[edge_dst], key, filter_ir_out="0e")
-        ).array  # (E, heads)
+            tensor_product(destination, key, filter_ir_out="0e")
+        ).array  # (num_edges, num_heads)
+        alpha = _cutoff_softmax(logit, edge_weight_cutoff, edge_dst, num_nodes)
 
-        # softmax over the edges of each destination node, each term weighted by the edge's cutoff
-        shift = _index_max(edge_dst, logit, num_nodes)
-        exp = edge_weight_cutoff[:, None] * jnp.exp(logit - shift[edge_dst])
-        normaliser = scatter_sum(exp, dst=edge_dst, output_size=num_nodes)
-        normaliser = jnp.where(normaliser == 0.0, 1.0, normaliser)
-        alpha = exp / normaliser[edge_dst]  # (E, heads)
-
-        value = _edge_features(
-            self.list_neurons, self.act, node_feat[edge_src], edge_attr, self.irreps_node_output, "mlp_val"
+        value = _edge_features(self.list_neurons, self.act, source, edge_attr, self.irreps_node_output, "mlp_val")
+        message = _split_heads_and_scale(value, alpha, self.num_heads)
+        return Linear(self.irreps_node_output, name="linear_out")(
+            scatter_sum(message, dst=edge_dst, output_size=num_nodes)
         )
-        value = value.mul_to_axis(self.num_heads)  # (E, heads, irreps / heads)
-        value = value * jnp.sqrt(jax.nn.relu(alpha))[:, :, None]
-        value = value.axis_to_mul()
-
-        node_out = scatter_sum(value, dst=edge_dst, output_size=num_nodes)
-        return Linear(self.irreps_node_output, name="linear_out")(node_out)

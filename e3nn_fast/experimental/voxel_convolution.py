@@ -17,7 +17,7 @@ names and shapes are those of e3nn-jax 0.21.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import flax.linen
 import haiku as hk
@@ -38,6 +38,24 @@ __all__ = ["ConvolutionHaiku", "ConvolutionFlax"]
 GetParameter = Callable[[str, Tuple[int, ...], float], jax.Array]
 
 
+def _haiku_parameters(dtype) -> GetParameter:
+    """Parameters in the current haiku module, initialised from ``normal(0, std)`` (e3nn-jax's convention)."""
+
+    def get_parameter(name: str, shape: Tuple[int, ...], std: float) -> jax.Array:
+        return hk.get_parameter(name, shape=shape, init=hk.initializers.RandomNormal(std), dtype=dtype)
+
+    return get_parameter
+
+
+def _flax_parameters(module: flax.linen.Module, dtype) -> GetParameter:
+    """Parameters of the flax ``module``, initialised from ``normal(0, std)`` (e3nn-jax's convention)."""
+
+    def get_parameter(name: str, shape: Tuple[int, ...], std: float) -> jax.Array:
+        return module.param(name, flax.linen.initializers.normal(stddev=std), shape, dtype)
+
+    return get_parameter
+
+
 def _per_degree(value, l: int, what: str):
     """``value`` if it is a plain number, else ``value[l]`` (a per-spherical-harmonic-degree dict)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -52,14 +70,17 @@ def _per_degree(value, l: int, what: str):
 
 def _lattice(self, steps, dtype) -> jax.Array:
     """Displacements ``(nx, ny, nz, 3)`` covered by the kernel: a box of half-size ``diameter / 2``."""
+    if len(self.steps) != 3:
+        raise ValueError(
+            f"Convolution: steps must give the voxel size along x, y and z (3 numbers), got {self.steps!r}"
+        )
     if steps is None:
         steps = self.steps
     radius = self.diameter / 2
-    axes = []
-    for i in range(3):
-        # the number of voxels comes from the static steps; the spacing may be dynamic
-        s = math.floor(radius / self.steps[i])
-        axes.append(jnp.arange(-s, s + 1.0) * steps[i])
+    # The number of voxels per axis must be a Python int, so it comes from the static ``self.steps``; only the
+    # spacing of the points may follow the (possibly traced) ``steps`` given at call time.
+    half_sizes = [math.floor(radius / static_step) for static_step in self.steps]
+    axes = [jnp.arange(-n, n + 1.0) * step for n, step in zip(half_sizes, steps)]
     return jnp.stack(jnp.meshgrid(*axes, indexing="ij"), axis=-1).astype(dtype)
 
 
@@ -115,25 +136,29 @@ def _kernel(self, irreps_in, irreps_out, steps, get_parameter: GetParameter, dty
     return kernel.at[centre].set(lin.matrix(w).astype(kernel.dtype))
 
 
-def _reachable_irreps(self, irreps_in: Irreps) -> Irreps:
-    """The blocks of ``irreps_out`` that some input irrep times some harmonic can produce."""
-    irreps_sh = Irreps(self.irreps_sh)
-    return Irreps(
-        [
-            (mul, ir)
-            for mul, ir in Irreps(self.irreps_out)
-            if any(ir in ir_in * ir_sh for _, ir_in in irreps_in for _, ir_sh in irreps_sh)
-        ]
-    )
+def _reachable_blocks(self, irreps_in: Irreps) -> List[bool]:
+    """For each block of ``irreps_out``: can some input irrep times some harmonic of ``irreps_sh`` produce it?
+
+    Unreachable blocks get no kernel (hence no parameters) and come out as zeros.
+    """
+    products = {ir for _, ir_in in irreps_in for _, ir_sh in Irreps(self.irreps_sh) for ir in ir_in * ir_sh}
+    return [ir in products for _, ir in Irreps(self.irreps_out)]
 
 
 def _convolve(self, input: IrrepsArray, steps) -> IrrepsArray:
+    """The convolution of ``input`` ``[batch, x, y, z, irreps]`` with the module's kernel; irreps ``irreps_out``."""
     if not isinstance(input, IrrepsArray):
-        raise ValueError("Convolution: input should be of type IrrepsArray")
+        raise ValueError(
+            f"Convolution: input must be an IrrepsArray of shape [batch, x, y, z, irreps.dim], got "
+            f"{type(input).__name__}; wrap the image with e3nn.IrrepsArray(irreps, image)"
+        )
     if input.ndim != 5:
         raise ValueError(f"Convolution: input must have shape [batch, x, y, z, irreps.dim], got {input.shape}")
+    # zero blocks and repeated irreps would only add parameters that multiply zeros / duplicate paths
     input = input.remove_zero_chunks().simplify()
-    irreps_out = _reachable_irreps(self, input.irreps)
+    full = Irreps(self.irreps_out)
+    reachable = _reachable_blocks(self, input.irreps)
+    irreps_out = Irreps([mul_ir for mul_ir, keep in zip(full, reachable) if keep])
 
     array = lax.conv_general_dilated(
         lhs=input.array,
@@ -143,19 +168,12 @@ def _convolve(self, input: IrrepsArray, steps) -> IrrepsArray:
         dimension_numbers=("NXYZC", "XYZIO", "NXYZC"),
     )
     output = IrrepsArray(irreps_out, array)
-
-    full = Irreps(self.irreps_out)
-    if irreps_out != full:
-        # put back the unreachable blocks as zeros, so the output always has irreps_out
-        chunks, i = [], 0
-        for mul_ir in full:
-            if i < len(irreps_out) and irreps_out[i] == mul_ir:
-                chunks.append(output.chunks[i])
-                i += 1
-            else:
-                chunks.append(None)
-        output = from_chunks(full, chunks, output.shape[:-1], output.dtype)
-    return output
+    if all(reachable):
+        return output
+    # reinsert the unreachable blocks as known zeros so that the output always has the full irreps_out
+    computed = iter(output.chunks)
+    chunks = [next(computed) if keep else None for keep in reachable]
+    return from_chunks(full, chunks, output.shape[:-1], output.dtype)
 
 
 class ConvolutionHaiku(hk.Module):
@@ -183,13 +201,10 @@ class ConvolutionHaiku(hk.Module):
         padding: str = "SAME",
     ):
         super().__init__()
-        self.num_radial_basis = num_radial_basis
-        self.relative_starts = relative_starts
-        self.irreps_out = irreps_out
-        self.irreps_sh = irreps_sh
-        self.diameter = diameter
-        self.padding = padding
-        self.steps = steps
+        # stored as given (as the flax fields are): the shared functions above read them through ``self``
+        self.irreps_out, self.irreps_sh, self.padding = irreps_out, irreps_sh, padding
+        self.diameter, self.steps = diameter, steps
+        self.num_radial_basis, self.relative_starts = num_radial_basis, relative_starts
 
     def kernel(
         self,
@@ -206,11 +221,7 @@ class ConvolutionHaiku(hk.Module):
             steps: voxel size at call time; ``None`` uses the static ``steps``.
             dtype: dtype of the kernel and its parameters.
         """
-
-        def get_parameter(name: str, shape: Tuple[int, ...], std: float) -> jax.Array:
-            return hk.get_parameter(name, shape=shape, init=hk.initializers.RandomNormal(std), dtype=dtype)
-
-        return _kernel(self, irreps_in, irreps_out, steps, get_parameter, dtype)
+        return _kernel(self, irreps_in, irreps_out, steps, _haiku_parameters(dtype), dtype)
 
     def __call__(self, input: IrrepsArray, steps: Optional[jax.Array] = None) -> IrrepsArray:
         r"""Convolve ``input`` of shape ``[batch, x, y, z, irreps_in.dim]``; the output has ``irreps_out``."""
@@ -235,10 +246,7 @@ class ConvolutionFlax(flax.linen.Module):
         steps: Optional[jax.Array] = None,
         dtype: jnp.dtype = jnp.float32,
     ) -> jax.Array:
-        def get_parameter(name: str, shape: Tuple[int, ...], std: float) -> jax.Array:
-            return self.param(name, flax.linen.initializers.normal(stddev=std), shape, dtype)
-
-        return _kernel(self, irreps_in, irreps_out, steps, get_parameter, dtype)
+        return _kernel(self, irreps_in, irreps_out, steps, _flax_parameters(self, dtype), dtype)
 
     kernel.__doc__ = ConvolutionHaiku.kernel.__doc__
 

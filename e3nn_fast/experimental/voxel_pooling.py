@@ -81,17 +81,17 @@ def zoom(
     output_size: Optional[Tuple[int, int, int]] = None,
     interpolation: str = "linear",
 ) -> jax.Array:
-    r"""Resize the 3D image(s) ``input`` ``[..., x, y, z]``.
+    r"""Resize the 3D image(s) ``input``, whose last three axes are x, y and z, keeping their physical extent.
 
     Args:
-        input: array of shape ``[..., x, y, z]``.
+        input: the image(s); leading axes (batch, channels, ...) are kept.
         resize_rate: scale factor, one number or one per axis (the new size is rounded); exclusive with
             ``output_size``.
         output_size: the new ``(x, y, z)`` size.
         interpolation: ``"linear"`` (trilinear) or ``"nearest"``.
 
     Returns:
-        array of shape ``[..., *output_size]``.
+        the resampled image(s), of shape ``input.shape[:-3] + output_size``.
     """
     if jnp.ndim(input) < 3:
         raise ValueError(f"zoom: input must have at least 3 axes [..., x, y, z], got shape {jnp.shape(input)}")

@@ -8,11 +8,14 @@ import flax.linen
 import jax
 import jax.numpy as jnp
 
-from e3nn_fast.batchnorm import batch_norm, num_scalars_and_irreps
+from e3nn_fast.batchnorm import batch_norm_with_variables
 from e3nn_fast.configuration import config
 from e3nn_fast.irreps_array import IrrepsArray, as_irreps_array
 
 __all__ = ["BatchNorm"]
+
+# e3nn-jax's flax module names its affine parameters in the plural (the haiku one does not)
+_FLAX_PARAMETER_NAMES = {"weight": "weights", "bias": "biases"}
 
 
 class BatchNorm(flax.linen.Module):
@@ -72,26 +75,24 @@ class BatchNorm(flax.linen.Module):
             # instance statistics are per batch element: there is no running average to use
             raise ValueError("BatchNorm: if instance is True, use_running_average must be False")
 
-        dtype = input.dtype
-        num_scalars, num_irreps = num_scalars_and_irreps(input.irreps)
-        running_mean = running_var = None
-        if not self.instance:
-            running_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, dtype), (num_scalars,))
-            running_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, dtype), (num_irreps,))
-        weights = biases = None
-        if self.affine:
-            weights = self.param("weights", lambda _: jnp.ones((num_irreps,), dtype))
-            biases = self.param("biases", lambda _: jnp.zeros((num_scalars,), dtype))
+        dtype = input.dtype  # unlike the haiku module, the variables follow the input's dtype (as in e3nn-jax)
+        statistics = {}  # kind -> flax Variable, kept to write the updated averages back
 
-        output, new_mean, new_var = batch_norm(
+        def get_statistic(kind: str, size: int, fill: float) -> jax.Array:
+            statistics[kind] = self.variable("batch_stats", kind, jnp.full, (size,), fill, dtype)
+            return statistics[kind].value
+
+        def get_parameter(kind: str, size: int, fill: float) -> jax.Array:
+            return self.param(_FLAX_PARAMETER_NAMES[kind], lambda _: jnp.full((size,), fill, dtype))
+
+        output, new_mean, new_var = batch_norm_with_variables(
             input,
-            None if running_mean is None else running_mean.value,
-            None if running_var is None else running_var.value,
-            weights,
-            biases,
+            get_statistic=get_statistic,
+            get_parameter=get_parameter,
+            instance=self.instance,
+            affine=self.affine,
             normalization=self.normalization or config("irrep_normalization"),
             reduce=self.reduce,
-            instance=self.instance,
             use_running_average=use_running_average,
             momentum=self.momentum,
             eps=self.eps,
@@ -102,6 +103,6 @@ class BatchNorm(flax.linen.Module):
         # statistics), the running statistics are only updated when the batch statistics are used, as in
         # flax.linen.BatchNorm and in the haiku module.
         if not self.is_initializing() and not self.instance and not use_running_average:
-            running_mean.value = new_mean
-            running_var.value = new_var
+            statistics["mean"].value = new_mean
+            statistics["var"].value = new_var
         return output

@@ -5,14 +5,23 @@ from __future__ import annotations
 from typing import Optional
 
 import haiku as hk
-import jax.numpy as jnp
+import jax
 
-from e3nn_fast.batchnorm import batch_norm, check_batch_norm_options, num_scalars_and_irreps
+from e3nn_fast.batchnorm import batch_norm_with_variables, check_batch_norm_options
 from e3nn_fast.configuration import config
 from e3nn_fast.irreps import Irreps
 from e3nn_fast.irreps_array import IrrepsArray, as_irreps_array
 
 __all__ = ["BatchNorm"]
+
+
+# Haiku's variables are float32 whatever the input dtype (hk.get_state / hk.get_parameter's default), as in e3nn-jax.
+def _haiku_statistic(kind: str, size: int, fill: float) -> jax.Array:
+    return hk.get_state(f"running_{kind}", shape=(size,), init=hk.initializers.Constant(fill))
+
+
+def _haiku_parameter(kind: str, size: int, fill: float) -> jax.Array:
+    return hk.get_parameter(kind, shape=(size,), init=hk.initializers.Constant(fill))
 
 
 class BatchNorm(hk.Module):
@@ -71,32 +80,22 @@ class BatchNorm(hk.Module):
         if self.irreps is not None:
             input = input.rechunk(self.irreps)
 
-        num_scalars, num_irreps = num_scalars_and_irreps(input.irreps)
-        running_mean = running_var = weight = bias = None
-        if not self.instance:
-            running_mean = hk.get_state("running_mean", shape=(num_scalars,), init=jnp.zeros)
-            running_var = hk.get_state("running_var", shape=(num_irreps,), init=jnp.ones)
-        if self.affine:
-            weight = hk.get_parameter("weight", shape=(num_irreps,), init=jnp.ones)
-            bias = hk.get_parameter("bias", shape=(num_scalars,), init=jnp.zeros)
-
-        output, new_mean, new_var = batch_norm(
+        output, new_mean, new_var = batch_norm_with_variables(
             input,
-            running_mean,
-            running_var,
-            weight,
-            bias,
+            get_statistic=_haiku_statistic,
+            get_parameter=_haiku_parameter,
+            instance=self.instance,
+            affine=self.affine,
             normalization=self.normalization,
             reduce=self.reduce,
-            instance=self.instance,
             use_running_average=not is_training and not self.instance,
             momentum=self.momentum,
             eps=self.eps,
         )
 
         if is_training and not self.instance:
-            if new_mean.shape[0] > 0:
-                hk.set_state("running_mean", new_mean)
-            if new_var.shape[0] > 0:
-                hk.set_state("running_var", new_var)
+            # an empty statistic (no 0e copy, hence no running mean) is left untouched, as e3nn-jax does
+            for kind, value in (("mean", new_mean), ("var", new_var)):
+                if value.shape[0] > 0:
+                    hk.set_state(f"running_{kind}", value)
         return output

@@ -13,6 +13,11 @@ from e3nn_fast.irreps_array import IrrepsArray
 __all__ = ["FullyConnectedTensorProduct"]
 
 
+def _optional_irreps(irreps) -> Optional[Irreps]:
+    """``Irreps(irreps)``, or None (meaning: take the input's irreps as they come)."""
+    return None if irreps is None else Irreps(irreps)
+
+
 class FullyConnectedTensorProduct(hk.Module):
     r"""Fully connected tensor product with learned weights (haiku).
 
@@ -40,8 +45,7 @@ class FullyConnectedTensorProduct(hk.Module):
     ):
         super().__init__(name=name)
         self.irreps_out = Irreps(irreps_out)
-        self.irreps_in1 = Irreps(irreps_in1) if irreps_in1 is not None else None
-        self.irreps_in2 = Irreps(irreps_in2) if irreps_in2 is not None else None
+        self.irreps_in1, self.irreps_in2 = _optional_irreps(irreps_in1), _optional_irreps(irreps_in2)
 
     def _get_parameter(self, name: str, shape, std, dtype):
         # Created in float32 whatever the input dtype, as e3nn-jax's haiku module does (hk.get_parameter's default).

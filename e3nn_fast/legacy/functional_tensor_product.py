@@ -311,10 +311,12 @@ class FunctionalTensorProduct:
         basis = IrrepsArray(self.irreps_in1, jnp.eye(dim1, dtype=dtype))
         return self._run(weights_list, basis, input2.broadcast_to((dim1, -1)), dtype).array
 
+    def _path_elements(self, weighted_only: bool) -> int:
+        """Entries of all the path shapes (one per coupled channel triple), optionally of weighted paths only."""
+        return sum(math.prod(ins.path_shape) for ins in self.instructions if ins.has_weight or not weighted_only)
+
     def __repr__(self) -> str:
-        num_paths = sum(math.prod(ins.path_shape) for ins in self.instructions)
-        num_weights = sum(math.prod(ins.path_shape) for ins in self.instructions if ins.has_weight)
-        return (
-            f"{self.__class__.__name__}({self.irreps_in1.simplify()} x {self.irreps_in2.simplify()} "
-            f"-> {self.irreps_out.simplify()} | {num_paths} paths | {num_weights} weights)"
-        )
+        # the format of e3nn-jax 0.21, which tests and users may compare against
+        signature = " x ".join(str(irreps.simplify()) for irreps in (self.irreps_in1, self.irreps_in2))
+        counts = f"{self._path_elements(False)} paths | {self._path_elements(True)} weights"
+        return f"{type(self).__name__}({signature} -> {self.irreps_out.simplify()} | {counts})"

@@ -26,6 +26,18 @@ _FAN_IN = {
     "u<vw": lambda m1, m2: m1 * (m2 - 1) // 2,
 }
 
+# What ``repr`` shows: a label and the field(s) whose values it joins.
+_REPR_ITEMS = (
+    ("i", ("i_in1", "i_in2", "i_out")),
+    ("mode", ("connection_mode",)),
+    ("has_weight", ("has_weight",)),
+    ("path_weight", ("path_weight",)),
+    ("weight_std", ("weight_std",)),
+    ("mul", ("first_input_multiplicity", "second_input_multiplicity", "output_multiplicity")),
+    ("path_shape", ("path_shape",)),
+    ("num_elements", ("num_elements",)),
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class Instruction:
@@ -63,14 +75,8 @@ class Instruction:
         return dataclasses.replace(self, **changes)
 
     def __repr__(self) -> str:
-        fields = [
-            f"i={self.i_in1},{self.i_in2},{self.i_out}",
-            f"mode={self.connection_mode}",
-            f"has_weight={self.has_weight}",
-            f"path_weight={self.path_weight}",
-            f"weight_std={self.weight_std}",
-            f"mul={self.first_input_multiplicity},{self.second_input_multiplicity},{self.output_multiplicity}",
-            f"path_shape={self.path_shape}",
-            f"num_elements={self.num_elements}",
-        ]
-        return f"Instruction({', '.join(fields)})"
+        # e3nn-jax 0.21's layout: ``label=value`` items, grouped values joined by commas
+        items = ", ".join(
+            f"{label}={','.join(str(getattr(self, name)) for name in names)}" for label, names in _REPR_ITEMS
+        )
+        return f"Instruction({items})"
