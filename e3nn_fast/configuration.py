@@ -2,13 +2,39 @@
 
 The first eight keys are e3nn-jax's, with its defaults, so code that sets them keeps its meaning.  ``backend`` is
 e3nn_fast's own: the executor the dispatcher uses (see :mod:`e3nn_fast.dispatch`); its default comes from the
-``E3NN_FAST_BACKEND`` environment variable, read once when this module is imported.
+``E3NN_FAST_BACKEND`` environment variable, read once when this module is imported.  A backend name is checked when
+it is set (here, by ``config("backend", name)``, or at import for the environment variable), so a typo fails at
+once instead of at the first traced operation.
 """
 
 from __future__ import annotations
 
 import os
 from typing import Any
+
+#: Backend names the dispatcher accepts (see :mod:`e3nn_fast.dispatch`).
+BACKENDS = ("auto", "reference", "jnp", "pallas", "pallas-interpret")
+
+_BACKEND_VARIABLE = "E3NN_FAST_BACKEND"
+
+
+def check_backend(name: Any, source: str) -> str:
+    """``name`` if it is one of :data:`BACKENDS`, else a ``ValueError`` that says where the bad name came from."""
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ValueError(
+            f"{source} is {name!r}, which is not an e3nn_fast backend; use one of {', '.join(BACKENDS)} "
+            "(or leave it unset for 'auto')"
+        )
+    return name
+
+
+def _backend_from_environment() -> str:
+    """The default backend: ``E3NN_FAST_BACKEND`` when set (an empty value is a mistake too), else ``auto``."""
+    value = os.environ.get(_BACKEND_VARIABLE)
+    if value is None:
+        return "auto"
+    return check_backend(value, f"the environment variable {_BACKEND_VARIABLE}")
+
 
 _DEFAULTS: dict[str, Any] = {
     "irrep_normalization": "component",  # "component" or "norm"
@@ -19,21 +45,32 @@ _DEFAULTS: dict[str, Any] = {
     "custom_einsum_jvp": False,
     "fused": False,
     "sparse_tp": False,
-    "backend": os.environ.get("E3NN_FAST_BACKEND", "auto"),
+    "backend": _backend_from_environment(),
 }
 
 _current: dict[str, Any] = dict(_DEFAULTS)
 
+# Tells ``config(name)`` (read) from ``config(name, None)`` (for ``backend``: restore the default).
+_READ = object()
 
-def config(name: str, value: Any = None) -> Any:
+
+def config(name: str, value: Any = _READ) -> Any:
     """Read (``config(name)``) or set (``config(name, value)``) a global default.
 
+    ``config(name, None)`` reads, as in e3nn-jax, except for ``backend``, where it restores the default (the
+    ``E3NN_FAST_BACKEND`` value read at import, else ``auto``).
+
     Raises:
-        ValueError: ``name`` is not a known option.
+        ValueError: ``name`` is not a known option, or ``value`` is not a backend name (for ``backend``).
     """
     if name not in _current:
         raise ValueError(f"Unknown configuration option {name!r}; known options: {sorted(_current)}")
-    if value is None:
+    if name == "backend" and value is None:
+        _current[name] = _DEFAULTS[name]
+        return None
+    if value is _READ or value is None:
         return _current[name]
+    if name == "backend":
+        value = check_backend(value, 'config("backend", ...)')
     _current[name] = value
     return None

@@ -14,7 +14,13 @@ The backend is chosen, in order of precedence, by the innermost ``with e3nn_fast
 ``auto``.  ``auto`` takes a kernel only on an accelerator, only for an op and size listed in :data:`KERNEL_PAYS_OFF`
 (entries come from measurements in ``bench/``, so ``auto`` never picks a kernel slower than the jnp path), and
 otherwise the ``jnp`` executor when the op has one, else the reference.  On CPU ``auto`` never selects interpret
-mode.  A forced backend that an op does not implement falls back to the reference (logged).
+mode.  A forced backend that an op does not implement falls back to the reference (logged).  A backend name is
+checked where it is set (``backend(name)``, ``config("backend", name)``, ``E3NN_FAST_BACKEND`` at import).
+
+A forced ``pallas`` compiles real kernels, which only exist for GPU and TPU.  Compiling such a computation for CPU
+(running it there, eagerly or under ``jit``) raises one ``ValueError`` that points to ``pallas-interpret``, for every
+op, including ops that would fall back to another executor: the check sits in the compiled program
+(:func:`require_accelerator`), not in the tracing, so tracing on a CPU host and lowering for CUDA still works.
 
 The choice is made when an operation is *traced*: a function that ``jax.jit`` has already traced keeps the executor
 it was traced with, so switch backends around the first call of a fresh function (or a fresh ``jax.jit`` of a new
@@ -40,9 +46,10 @@ from typing import Callable, Iterator, Optional
 
 import jax
 
-from e3nn_fast.configuration import config
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
 
-BACKENDS = ("auto", "reference", "jnp", "pallas", "pallas-interpret")
+from e3nn_fast.configuration import BACKENDS, check_backend, config
 
 logger = logging.getLogger("e3nn_fast.dispatch")
 if os.environ.get("E3NN_FAST_LOG_DISPATCH"):
@@ -100,10 +107,8 @@ def recorded_choices() -> Iterator[list]:
         stack.remove(choices)
 
 
-def _validate(name: str) -> str:
-    if name not in BACKENDS:
-        raise ValueError(f"Unknown e3nn_fast backend {name!r}; expected one of {BACKENDS}")
-    return name
+def _validate(name: str, source: str = "the backend name") -> str:
+    return check_backend(name, source)
 
 
 @contextlib.contextmanager
@@ -113,7 +118,7 @@ def backend(name: str) -> Iterator[None]:
     stack = getattr(_local, "stack", None)
     if stack is None:
         stack = _local.stack = []
-    stack.append(_validate(name))
+    stack.append(_validate(name, f"e3nn_fast.backend({name!r})"))
     try:
         yield
     finally:
@@ -145,7 +150,7 @@ def choose(op: str, *, size: int = 0, qualifies: bool = True, requested: Optiona
     ``qualifies`` is False when the kernels do not implement this configuration (an unsupported mode, dtype, ...).
     """
     executors = _EXECUTORS.get(op, {})
-    wanted = _validate(requested) if requested is not None else current_backend()
+    wanted = _validate(requested, f"choose(requested={requested!r})") if requested is not None else current_backend()
     platform = jax.default_backend()
     if wanted == "auto":
         pays = KERNEL_PAYS_OFF.get((op, platform))
@@ -174,5 +179,99 @@ def implementation(op: str, executor_name: str) -> Callable:
 
 
 def executor(op: str, **kwargs) -> Callable:
-    """The implementation :func:`choose` selects."""
-    return _EXECUTORS[op][choose(op, **kwargs)]
+    """The implementation :func:`choose` selects.
+
+    Under a forced ``pallas``, the outputs of the ``pallas`` executor (which may still hand some paths to jnp) and of
+    an op that has no kernel at all pass through :func:`require_accelerator`, so that compiling them for CPU fails
+    with one clear message.  A configuration the kernels declare unsupported (``qualifies=False``) keeps its
+    documented fallback to jnp unmarked.
+    """
+    wanted = kwargs.get("requested") or current_backend()
+    chosen = choose(op, **kwargs)
+    run = _EXECUTORS[op][chosen]
+    if wanted != "pallas" or not (chosen == "pallas" or "pallas" not in _EXECUTORS[op]):
+        return run
+
+    def guarded(*args, **kw):
+        return require_accelerator(run(*args, **kw), f"the op {op!r}")
+
+    return guarded
+
+
+# --- the CPU check of a forced "pallas" ------------------------------------------------------------------------------
+# An identity primitive whose lowering for CPU raises: it marks values computed under a forced ``pallas`` backend.
+# Tracing never fails (a program traced on a CPU host may be lowered for CUDA, as the kernel tests do); only
+# compiling for CPU does, with one message for every op, whether its executor ran a kernel or fell back to jnp.
+
+PALLAS_NEEDS_ACCELERATOR = (
+    "e3nn_fast backend 'pallas' compiles Pallas kernels for a GPU or a TPU, but {what} is being compiled for CPU. "
+    "Use the backend 'pallas-interpret' to run the same kernels on CPU (slow, for testing), or 'auto' / 'jnp' for "
+    "the fast CPU executors (e3nn_fast.backend(...), e3nn_fast.config('backend', ...) or E3NN_FAST_BACKEND)."
+)
+
+def _ad_name(name: str):
+    """An ``ad`` name, from the private module where a JAX release no longer re-exports it publicly."""
+    value = getattr(ad, name, None)
+    if value is None:  # pragma: no cover - depends on the JAX release
+        from jax._src.interpreters import ad as private_ad
+
+        value = getattr(private_ad, name)
+    return value
+
+
+_Zero = _ad_name("Zero")
+_instantiate_zeros = _ad_name("instantiate_zeros")
+
+_accelerator_only_p = Primitive("e3nn_fast_requires_accelerator")
+_accelerator_only_p.multiple_results = True
+
+
+def _run_accelerator_only(*args, what):
+    # Eager use compiles the primitive for the default device, where the CPU lowering below raises.
+    return jax.jit(lambda *a: _accelerator_only_p.bind(*a, what=what))(*args)
+
+
+def _accelerator_only_jvp(primals, tangents, *, what):
+    # The tangents are marked too: jax.grad may drop the primal outputs, and the check must survive that.
+    nonzero = [i for i, t in enumerate(tangents) if type(t) is not _Zero]
+    marked = _accelerator_only_p.bind(*[tangents[i] for i in nonzero], what=what) if nonzero else []
+    tangents_out = list(tangents)
+    for i, t in zip(nonzero, marked):
+        tangents_out[i] = t
+    return _accelerator_only_p.bind(*primals, what=what), tangents_out
+
+
+def _accelerator_only_transpose(cotangents, *args, what):
+    cotangents = [_instantiate_zeros(ct) for ct in cotangents]
+    return _accelerator_only_p.bind(*cotangents, what=what)
+
+
+def _refuse_cpu_lowering(ctx, *args, what):
+    raise ValueError(PALLAS_NEEDS_ACCELERATOR.format(what=what))
+
+
+_accelerator_only_p.def_impl(_run_accelerator_only)
+_accelerator_only_p.def_abstract_eval(lambda *avals, what: list(avals))
+_ad_name("primitive_jvps")[_accelerator_only_p] = _accelerator_only_jvp
+_ad_name("primitive_transposes")[_accelerator_only_p] = _accelerator_only_transpose
+_batchers = getattr(batching, "primitive_batchers", None)
+if _batchers is None:  # pragma: no cover - depends on the JAX release
+    from jax._src.interpreters import batching as _private_batching
+
+    _batchers = _private_batching.primitive_batchers
+_batchers[_accelerator_only_p] = lambda args, dims, *, what: (
+    _accelerator_only_p.bind(*args, what=what), dims)
+mlir.register_lowering(_accelerator_only_p, lambda ctx, *args, what: list(args))
+mlir.register_lowering(_accelerator_only_p, _refuse_cpu_lowering, platform="cpu")
+
+
+def require_accelerator(tree, what: str = "this computation"):
+    """``tree`` unchanged, marked so that compiling it for CPU raises the "pallas needs a GPU/TPU" error.
+
+    Used on the outputs of every op run under a forced ``pallas`` backend, and by the kernels' ``pallas_call``
+    for the CPU platform.  A no-op on GPU and TPU.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    if not leaves:
+        return tree
+    return jax.tree_util.tree_unflatten(treedef, _accelerator_only_p.bind(*leaves, what=str(what)))

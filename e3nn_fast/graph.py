@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from e3nn_fast.errors import InvalidValueError
+
 __all__ = [
     "scatter_sum",
     "scatter_mean",
@@ -77,6 +79,38 @@ def _concrete_values(x: Any) -> Optional[np.ndarray]:
         return np.asarray(x)
     except _TRACER_ERRORS:
         return None
+
+
+def clamp_indices_to_int32(indices: Any, lo: int, hi: int):
+    """Integer ``indices`` clamped into ``[lo, hi]`` *in their own dtype*, then converted to int32.
+
+    Converting first would wrap: ``uint32(2**32 - 1)`` becomes ``-1`` and an ``int64`` index ``2**32`` becomes ``0``
+    (also when a NumPy ``int64`` array meets JAX without x64).  Clamping first keeps every value in range on its own
+    side of the bounds, so callers can still tell "below ``lo``" from "above ``hi``".  NumPy (and list) input is
+    clamped in NumPy, exactly for any width; JAX arrays (tracers included) in ``jnp``.  Both bounds must fit int32.
+    """
+    xp = jnp if isinstance(indices, jax.Array) else np
+    indices = xp.asarray(indices)
+    info = np.iinfo(indices.dtype)
+    # Bounds outside the dtype's range cannot be written in it, and no value crosses them anyway.
+    low = xp.asarray(max(lo, int(info.min)), indices.dtype)
+    high = xp.asarray(min(hi, int(info.max)), indices.dtype)
+    clamped = xp.clip(indices, low, high).astype(np.int32)
+    return jnp.asarray(clamped)
+
+
+def check_indices_in_range(indices: Any, size: int, what: str, fix: str) -> None:
+    """Raise a ``ValueError`` naming ``what`` when concrete ``indices`` leave ``[-size, size)``; ``fix`` says what to
+    do instead.  Tracers (under ``jit``) cannot be checked and pass."""
+    values = _concrete_values(indices)
+    if values is None or values.size == 0:
+        return
+    lo, hi = int(values.min()), int(values.max())  # Python ints: exact for every integer dtype
+    if lo < -size or hi >= size:
+        raise ValueError(
+            f"{what} must lie in [-{size}, {size}) (negative values count from the end), got min={lo}, max={hi}; "
+            f"{fix}"
+        )
 
 
 def _index_array(x: Any, name: str) -> jax.Array:
@@ -166,17 +200,10 @@ def _check_nel_values(nel: jax.Array, num_elements: int, op: str) -> None:
 
 def _check_dst_values(dst: jax.Array, output_size: int, op: str) -> None:
     """Under ``mode="promise_in_bounds"`` an out-of-range index would silently give garbage."""
-    dst_np = _concrete_values(dst) if dst.size > 0 else None
-    if dst_np is None:
-        return
-    lo, hi = int(dst_np.min()), int(dst_np.max())
-    # Negative indices count from the end, as in numpy/jax indexing.
-    if lo < -output_size or hi >= output_size:
-        raise ValueError(
-            f"scatter_{op}: dst values must lie in [-{output_size}, {output_size}) for "
-            f"output_size={output_size}, got min={lo}, max={hi}; pass mode='drop' to discard "
-            "out-of-range indices on purpose"
-        )
+    check_indices_in_range(
+        dst, output_size, f"scatter_{op}: dst values (for output_size={output_size})",
+        "pass mode='drop' to discard out-of-range indices on purpose (padding), or mode='clip' to clamp them",
+    )
 
 
 def _plan_from_nel(op, nel, num_elements, output_size, map_back) -> _Plan:
@@ -184,7 +211,11 @@ def _plan_from_nel(op, nel, num_elements, output_size, map_back) -> _Plan:
     if nel.ndim != 1:
         raise ValueError(f"scatter_{op}: nel must be 1-dimensional, got shape {nel.shape}")
     if output_size is not None:
-        raise ValueError(f"scatter_{op}: output_size must not be specified if nel is specified")
+        # e3nn-jax asserts here, hence the AssertionError-compatible class.
+        raise InvalidValueError(
+            f"scatter_{op}: got output_size={output_size!r} together with nel; with nel the output has one row per "
+            "segment (len(nel)), so drop output_size"
+        )
     if nel.shape[0] == 0 and num_elements > 0:
         raise ValueError(f"scatter_{op}: nel is empty but data has {num_elements} elements to reduce")
     _check_nel_values(nel, num_elements, op)
@@ -202,12 +233,18 @@ def _plan_from_dst(op, dst, data_shape, output_size, map_back, mode) -> _Plan:
         )
     if map_back:
         if output_size is not None:
-            raise ValueError(f"scatter_{op}: output_size must not be specified if map_back is True")
+            raise ValueError(
+                f"scatter_{op}: got output_size={output_size!r} with map_back=True, whose output has data's shape; "
+                "drop output_size, or set map_back=False"
+            )
         # Only which elements share a destination matters, so any integer labels are fine.
         ids = _group_ids(dst)
         return _Plan(ids, dst.size, False, ids)
     if output_size is None:
-        raise ValueError(f"scatter_{op}: output_size must be specified if map_back is False")
+        raise ValueError(
+            f"scatter_{op}: scattering by dst needs the number of output rows: pass output_size=... "
+            "(or map_back=True to get one result per input element)"
+        )
     output_size = _static_size(output_size, f"scatter_{op}: output_size")
     if _promises_in_bounds(mode):
         _check_dst_values(dst, output_size, op)
@@ -217,9 +254,15 @@ def _plan_from_dst(op, dst, data_shape, output_size, map_back, mode) -> _Plan:
 def _make_plan(op, data, data_shape, dst, nel, output_size, map_back, mode) -> _Plan:
     _check_mode(mode)
     if dst is None and nel is None:
-        raise ValueError(f"scatter_{op}: either dst or nel must be specified")
+        raise ValueError(
+            f"scatter_{op}: got neither dst nor nel; pass dst=... (a destination index per element) or "
+            "nel=... (lengths of consecutive segments)"
+        )
     if dst is not None and nel is not None:
-        raise ValueError(f"scatter_{op}: only one of dst or nel must be specified")
+        # e3nn-jax asserts here, hence the AssertionError-compatible class.
+        raise InvalidValueError(
+            f"scatter_{op}: got both dst and nel; they are two ways to say the same thing, pass only one of them"
+        )
     # Axes that may be reduced: all of them for a plain array, all but the irreps axis otherwise.
     is_irreps = _looks_like_irreps_array(data)
     batch_ndim = len(data_shape) - int(is_irreps)
@@ -403,6 +446,38 @@ def index_add(
     return scatter_sum(input, dst=indices, nel=n_elements, output_size=out_dim, map_back=map_back)
 
 
+def _check_radius_graph_sizes(pos: jax.Array, batch: Optional[jax.Array], size: Optional[int]) -> None:
+    """The number of pairs depends on the positions: under ``jit`` (traced input) it must be fixed by ``size``, and
+    ``batch`` (which removes a data-dependent number of pairs) cannot be used at all."""
+    traced = [name for name, x in (("pos", pos), ("batch", batch)) if x is not None and _concrete_values(x) is None]
+    if traced and size is None:
+        raise ValueError(
+            f"radius_graph: {' and '.join(traced)} is traced (inside jax.jit, vmap, grad, ...), so the number of "
+            "pairs is unknown; pass size=... (a static upper bound: the output is padded with fill_src/fill_dst), "
+            "or call radius_graph outside jit"
+        )
+    if batch is not None and traced:
+        raise ValueError(
+            f"radius_graph: batch cannot be used when {' and '.join(traced)} is traced (inside jax.jit, ...): "
+            "removing the pairs across graphs leaves a data-dependent number of pairs; call radius_graph outside "
+            "jit, or offset each graph's positions far apart instead of passing batch"
+        )
+
+
+def _check_finite_positions(pos: jax.Array) -> None:
+    """A NaN or infinite coordinate has no finite distance to anything, so that point would silently get no edge."""
+    values = _concrete_values(pos)
+    if values is None:
+        return
+    bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    if bad.size:
+        raise ValueError(
+            f"radius_graph: pos has non-finite (NaN or inf) coordinates in rows {bad[:10].tolist()}"
+            f"{' ...' if bad.size > 10 else ''}; those points would silently get no edge. Fix or remove them "
+            "(under jax.jit positions are not checked)"
+        )
+
+
 def radius_graph(
     pos,
     r_max: float,
@@ -431,6 +506,10 @@ def radius_graph(
         fill_src: padding value for ``src`` when ``size`` exceeds the number of pairs.
         fill_dst: padding value for ``dst``.
 
+    Raises:
+        ValueError: ``pos`` not of shape ``(n, 3)``; traced input without ``size``; ``batch`` with traced input;
+            NaN or infinite positions (checked outside ``jit`` only; under ``jit`` such a point gets no edge).
+
     Returns:
         ``(src, dst)``: two integer arrays of the same length.
 
@@ -451,6 +530,8 @@ def radius_graph(
             raise ValueError(
                 f"radius_graph: batch must have shape {pos.shape[:1]} (one label per point), got {batch.shape}"
             )
+    _check_radius_graph_sizes(pos, batch, size)
+    _check_finite_positions(pos)
 
     # Same arithmetic as e3nn-jax (norm of the difference), so boundary pairs agree bitwise.
     distance = jnp.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=-1)

@@ -76,10 +76,15 @@ def _check_algorithm(algorithm: Optional[Sequence[str]]) -> None:
 def _vector_parity(irreps: Irreps) -> int:
     """Parity of an input that must be a single vector, ``1x1o`` (returns -1) or ``1x1e`` (returns +1)."""
     if irreps.num_irreps != 1:
-        raise ValueError(f"Input must be a single vector (1x1o or 1x1e), got irreps {irreps}.")
+        raise ValueError(
+            f"spherical_harmonics: the input should hold a single vector per point, irreps 1x1o or 1x1e, "
+            f"got irreps {irreps}; move several vectors to their own axis first (IrrepsArray.mul_to_axis)"
+        )
     [(mul, ir)] = irreps
     if not (mul == 1 and ir.l == 1):
-        raise ValueError(f"Input must be a vector (1x1o or 1x1e), got irreps {irreps}.")
+        raise ValueError(
+            f"spherical_harmonics: the input should be a vector, irreps 1x1o or 1x1e, got irreps {irreps}"
+        )
     return ir.p
 
 
@@ -126,7 +131,10 @@ def _check_output_parities(irreps_out: Irreps, vector_parity: Optional[int]) -> 
         )
     if vector_parity is not None and odd_parities and odd_parities != {vector_parity}:
         input_irreps = Irreps([(1, (1, vector_parity))])
-        raise ValueError(f"Input ({input_irreps}) and output ({irreps_out}) must have a compatible parity.")
+        raise ValueError(
+            f"spherical_harmonics: irreps_out {irreps_out} has no compatible parity with the input {input_irreps}: "
+            f"its odd degrees must share the input's parity; give the degrees as ints to get the right parities"
+        )
 
 
 def _as_vectors(x) -> jax.Array:
@@ -152,7 +160,10 @@ def _run_per_l(ls: Tuple[int, ...], x: jax.Array, normalize: bool, normalization
 
 def _harmonics_per_l(ls: Tuple[int, ...], x: jax.Array, normalize: bool, normalization: str) -> List[jax.Array]:
     executor = dispatch.choose("spherical_harmonics", size=x.size)
-    return _run_per_l(ls, x, normalize, normalization, executor)
+    out = _run_per_l(ls, x, normalize, normalization, executor)
+    if dispatch.current_backend() == "pallas":  # no kernel of its own: still refuse a CPU compile, like every op
+        out = dispatch.require_accelerator(out, "the op 'spherical_harmonics'")
+    return out
 
 
 def _chunks(irreps_out: Irreps, x: jax.Array, normalize: bool, normalization: str) -> List[jax.Array]:

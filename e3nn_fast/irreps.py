@@ -32,6 +32,8 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 import jax
 import jax.numpy as jnp
 
+from e3nn_fast.errors import InvalidTypeError, InvalidValueError
+
 __all__ = ["Irrep", "MulIrrep", "Irreps"]
 
 IntoIrrep = Union[str, "Irrep", "MulIrrep", Tuple[int, int]]
@@ -53,12 +55,17 @@ def _is_integer(x: Any) -> bool:
     return type(x) is int or (isinstance(x, numbers.Integral) and not isinstance(x, bool))
 
 
+# e3nn-jax checks the degree and the parity of an Irrep with ``assert``: the errors below are AssertionErrors too.
+
+
 def _check_degree(l: Any) -> int:
     """Return ``l`` as a Python int, or raise if it is not a non-negative integer."""
     if not _is_integer(l):
-        raise TypeError(f"Irrep degree l must be a non-negative integer, got {l!r} of type {type(l).__name__}")
+        raise InvalidTypeError(
+            f"Irrep degree l must be a non-negative integer, got {l!r} of type {type(l).__name__}"
+        )
     if l < 0:
-        raise ValueError(f"Irrep degree l must be non-negative, got {l}")
+        raise InvalidValueError(f"Irrep degree l must be non-negative, got {l}")
     return int(l)
 
 
@@ -69,7 +76,7 @@ def _check_parity(p: Any) -> int:
     except Exception:  # e.g. an array with several elements
         valid = False
     if not valid:
-        raise ValueError(f"Irrep parity p must be 1 or -1, got {p!r}")
+        raise InvalidValueError(f"Irrep parity p must be 1 (even) or -1 (odd), got {p!r}")
     return int(p)
 
 
@@ -244,8 +251,12 @@ class Irrep:
                 raise ValueError(f"unable to convert {obj!r} into an Irrep: expected a pair (l, p)")
             return obj[0], obj[1]
         if _is_integer(obj):
-            raise TypeError(f"Irrep({obj!r}) needs a parity: use Irrep({obj}, p) or a string such as '{obj}e'")
-        raise TypeError(f"unable to convert {obj!r} of type {type(obj).__name__} into an Irrep")
+            raise InvalidTypeError(
+                f"Irrep({obj!r}) needs a parity: use Irrep({obj}, p) or a string such as '{obj}e'"
+            )
+        if isinstance(obj, (bytes, bytearray)):
+            raise TypeError(f"Irrep got bytes {obj!r}; decode them first, e.g. Irrep({obj!r}.decode())")
+        raise InvalidTypeError(f"unable to convert {obj!r} of type {type(obj).__name__} into an Irrep")
 
     # -- basic properties -----------------------------------------------------------------------------------------
 
@@ -309,15 +320,18 @@ class Irrep:
     def __mul__(self, other: IntoIrrep) -> Iterator["Irrep"]:
         """Irreps in the tensor product of two irreps: a generator of ``|l1-l2|..l1+l2`` with parity ``p1 p2``."""
         if _is_integer(other):
-            raise TypeError(f"Irrep * int is not defined; write {other} * Irrep('{self}') to get Irreps")
+            raise InvalidTypeError(f"Irrep * int is not defined; write {other} * Irrep('{self}') to get Irreps")
         other = Irrep(other)
         p = self.p * other.p
         return (Irrep(l, p) for l in range(abs(self.l - other.l), self.l + other.l + 1))
 
     def __rmul__(self, mul: int) -> "Irreps":
         """``mul * ir`` is the Irreps ``mulxir``."""
-        if not _is_integer(mul):
-            return NotImplemented
+        if not _is_integer(mul):  # e3nn-jax asserts here: AssertionError-compatible class
+            raise InvalidTypeError(
+                f"a multiplicity times an Irrep needs an integer multiplicity, got {mul!r} of type "
+                f"{type(mul).__name__}"
+            )
         return Irreps([(mul, self)])
 
     def __add__(self, other: IntoIrreps) -> "Irreps":
@@ -448,6 +462,8 @@ def _mul_irreps_from(irreps: IntoIrreps) -> Tuple[MulIrrep, ...]:
         return (MulIrrep(1, irreps),)
     if isinstance(irreps, MulIrrep):
         return (irreps,)
+    if isinstance(irreps, (bytes, bytearray)):  # iterating would give one integer (an "l") per byte
+        raise TypeError(f"Irreps got bytes {irreps!r}; decode them first, e.g. Irreps({irreps!r}.decode())")
     try:
         items = iter(irreps)
     except TypeError:
@@ -547,11 +563,14 @@ class Irreps(tuple):
 
     def __mul__(self, factor: int) -> "Irreps":
         """Multiply every multiplicity by the integer ``factor``."""
-        if isinstance(factor, Irreps):
-            raise NotImplementedError("Irreps * Irreps is a tensor product: use e3nn.tensor_product")
         if not _is_integer(factor):
+            if isinstance(factor, Irreps):  # a plausible guess at a tensor product, which has its own function
+                raise NotImplementedError(
+                    "Irreps * Irreps is not defined: the irreps of a tensor product come from "
+                    "e3nn.tensor_product(...).irreps (or e3nn.tensor_product on IrrepsArrays)"
+                )
             return NotImplemented
-        return Irreps([(mul * factor, ir) for mul, ir in self])
+        return Irreps(tuple(MulIrrep(mul_ir.mul * factor, mul_ir.ir) for mul_ir in self))
 
     __rmul__ = __mul__
 
@@ -616,13 +635,9 @@ class Irreps(tuple):
 
     def unify(self) -> "Irreps":
         """Merge neighbouring chunks of the same irrep (``0e+1e+1e`` -> ``1x0e+2x1e``); does not sort."""
-        out: List[Tuple[int, Irrep]] = []
-        for mul, ir in self:
-            if out and out[-1][1] == ir:
-                out[-1] = (out[-1][0] + mul, ir)
-            else:
-                out.append((mul, ir))
-        return Irreps(out)
+        # itertools.groupby groups *consecutive* equal irreps, which is exactly the merge wanted (no sorting).
+        runs = itertools.groupby(self, key=lambda mul_ir: mul_ir.ir)
+        return Irreps(tuple(MulIrrep(sum(m.mul for m in run), ir) for ir, run in runs))
 
     def simplify(self) -> "Irreps":
         """``remove_zero_multiplicities`` then ``unify``; does not sort."""
@@ -780,8 +795,9 @@ class _SliceByDim:
             if size is not None:
                 if size % ir.dim != 0:
                     raise ValueError(
-                        f"Error in Irreps.slice_by_dim: {start}:{stop} is not a valid slice for irreps "
-                        f"{self._irreps} because it does not split {mul}x{ir} in an equivariant way."
+                        f"Irreps.slice_by_dim[{start}:{stop}] of {self._irreps} cuts through a copy of {ir} inside "
+                        f"{mul}x{ir} (each copy has {ir.dim} components), and a partial irrep is not equivariant; "
+                        "choose bounds on copy boundaries (see Irreps.slices())"
                     )
                 out.append((size // ir.dim, ir))
             position += mul * ir.dim

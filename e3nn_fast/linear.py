@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import jax
@@ -30,6 +31,8 @@ import numpy as np
 
 from e3nn_fast import dispatch
 from e3nn_fast.configuration import config
+from e3nn_fast.errors import InvalidValueError
+from e3nn_fast.graph import check_indices_in_range
 from e3nn_fast.irreps import Irreps
 from e3nn_fast.irreps_array import IrrepsArray, as_irreps_array, from_chunks, split_by_sizes
 from e3nn_fast.path_description import describe_linear
@@ -145,13 +148,17 @@ def _bias_flags(biases: Union[bool, Sequence[bool], None], irreps_out: Irreps) -
     if isinstance(biases, (bool, np.bool_)):
         return [bool(biases) and ir.is_scalar() for _, ir in irreps_out]
     biases = [bool(b) for b in biases]
+    # e3nn-jax asserts on both checks below, hence the AssertionError-compatible class.
     if len(biases) != len(irreps_out):
-        raise ValueError(
-            f"FunctionalLinear: biases has {len(biases)} entries but irreps_out {irreps_out} has {len(irreps_out)}"
+        raise InvalidValueError(
+            f"FunctionalLinear: biases has {len(biases)} entries but irreps_out {irreps_out} has {len(irreps_out)} "
+            "blocks; give one flag per output block, or biases=True for every scalar block"
         )
     for flag, (mul, ir) in zip(biases, irreps_out):
         if flag and not ir.is_scalar():
-            raise ValueError(f"FunctionalLinear: a bias on {mul}x{ir} would break equivariance (only 0e allowed)")
+            raise InvalidValueError(
+                f"FunctionalLinear: a bias on {mul}x{ir} would break equivariance (only 0e blocks can take one)"
+            )
     return biases
 
 
@@ -285,6 +292,13 @@ class FunctionalLinear:
 
     def _weight_list(self, ws: Union[List[jax.Array], jax.Array], batch_ndim: Optional[int]) -> List[jax.Array]:
         """Normalise ``ws`` to one array per instruction and check shapes (``batch_ndim=None``: any leading axes)."""
+        if isinstance(ws, Mapping):
+            raise TypeError(
+                f"FunctionalLinear ({self.irreps_in} -> {self.irreps_out}): weights must be a list with one array per "
+                f"instruction (in the order of .instructions) or one flat array of {self.num_weights} numbers, got a "
+                f"dict with keys {list(ws)[:4]}; for module parameters pass "
+                "[params[parameter_name(lin, ins)] for ins in lin.instructions]"
+            )
         if not isinstance(ws, (list, tuple)):
             return self.split_weights(ws)
         if len(ws) != len(self.instructions):
@@ -383,7 +397,10 @@ class FunctionalLinear:
         """
         input = self._check_input(input)
         if input.ndim != 1:
-            raise ValueError(f"FunctionalLinear does not support broadcasting, input shape is {input.shape}")
+            raise ValueError(
+                f"FunctionalLinear.__call__ takes one unbatched input of shape ({self.irreps_in.dim},), got shape "
+                f"{input.shape}; for leading (batch) axes use .apply(ws, input), which broadcasts, or jax.vmap"
+            )
         ws = self._weight_list(ws, batch_ndim=0)
         return self._evaluate(ws, input, input.shape[:-1])
 
@@ -404,7 +421,11 @@ class FunctionalLinear:
         Only defined without biases (a bias makes the map affine).
         """
         if any(ins.i_in == -1 for ins in self.instructions):
-            raise ValueError("FunctionalLinear.matrix: the map has biases, so it is affine and has no matrix")
+            # e3nn-jax asserts here, hence the AssertionError-compatible class.
+            raise InvalidValueError(
+                "FunctionalLinear.matrix: the map has biases, so it is affine and has no matrix; build the "
+                "FunctionalLinear without biases to get the matrix of its linear part"
+            )
         ws = self._weight_list(ws, batch_ndim=0)
         dtype = _result_dtype(ws)
         output = jnp.zeros((self.irreps_in.dim, self.irreps_out.dim), dtype)
@@ -498,7 +519,17 @@ def linear_indexed(
     indices: jax.Array,
     num_indexed_weights: int,
 ) -> IrrepsArray:
-    """``num_indexed_weights`` sets of weights; integer ``indices`` (broadcast with the input) pick one per element."""
+    """``num_indexed_weights`` sets of weights; integer ``indices`` (broadcast with the input) pick one per element.
+
+    Indices follow array indexing: negative ones count from the end.  Concrete indices (outside ``jit``) must lie
+    in ``[-num_indexed_weights, num_indexed_weights)``; under ``jit`` they cannot be checked, and an out-of-range
+    index is clamped to the nearest set (as ``w[indices]`` does there).
+    """
+    check_indices_in_range(
+        indices, num_indexed_weights, f"Linear: the weight indices (num_indexed_weights={num_indexed_weights})",
+        "raise num_indexed_weights to cover every index (e.g. the number of species); under jax.jit indices are "
+        "not checked and are clamped",
+    )
     ws = _get_weights(lin, get_parameter, (num_indexed_weights,), input.dtype)
     # Gathered weights have shape indices.shape + path_shape; apply() broadcasts them against the input.
     return lin.apply([w[indices] for w in ws], input)
@@ -551,6 +582,25 @@ def linear_mixed_per_channel(
     return lin.apply(_mix(weights, ws, gradient_normalization), input)
 
 
+def _instructions_conflict(
+    simplify_irreps_internally: bool, channel_out: Optional[int], irreps_in: Optional[Irreps]
+) -> Optional[str]:
+    """Why explicit instructions cannot be used with these settings (``None`` if they can).
+
+    Instructions name blocks of ``irreps_in`` by position, so the blocks must be known and must reach the map as
+    given: no internal regrouping, no channel axis folded into the multiplicities.
+    """
+    if simplify_irreps_internally:
+        return ("explicit instructions index the blocks of irreps_in, which simplify_irreps_internally=True would "
+                "merge and reorder; pass simplify_irreps_internally=False")
+    if channel_out is not None:
+        return (f"explicit instructions cannot be combined with channel_out={channel_out} (the channels are folded "
+                "into the blocks); drop one of the two")
+    if irreps_in is None:
+        return "explicit instructions index the blocks of irreps_in, so irreps_in=... must be given with them"
+    return None
+
+
 def validate_inputs_for_instructions(
     input: IrrepsArray,
     instructions: Optional[List[Tuple[int, int]]],
@@ -563,20 +613,20 @@ def validate_inputs_for_instructions(
     Without instructions the irreps only need to be equivalent up to regrouping; explicit instructions index blocks,
     so they need the exact ``irreps_in`` and no internal regrouping.
     """
-    if instructions is None:
-        if irreps_in is not None and input.irreps.regroup() != Irreps(irreps_in).regroup():
-            raise ValueError(
-                f"Linear: the input irreps ({input.irreps}) do not match the expected irreps ({irreps_in})"
-            )
-        return
-    if simplify_irreps_internally:
-        raise ValueError("Linear: instructions are not supported when simplify_irreps_internally is True")
-    if channel_out is not None:
-        raise ValueError("Linear: instructions are not supported when channel_out is specified")
+    exact = instructions is not None
+    conflict = _instructions_conflict(simplify_irreps_internally, channel_out, irreps_in) if exact else None
+    if conflict is not None:
+        raise ValueError(f"Linear: {conflict}")
     if irreps_in is None:
-        raise ValueError("Linear: instructions are provided, but irreps_in is not specified")
-    if input.irreps != Irreps(irreps_in):
-        raise ValueError(f"Linear: the input irreps ({input.irreps}) do not match the expected irreps ({irreps_in})")
+        return
+    expected = Irreps(irreps_in)
+    got = input.irreps
+    if (got != expected) if exact else (got.regroup() != expected.regroup()):
+        how = "block by block (instructions are given)" if exact else "up to regrouping"
+        raise ValueError(
+            f"Linear: the input has irreps {got}, which do not match the expected irreps irreps_in={expected} "
+            f"({how}); pass an input with those irreps, or change irreps_in"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -612,40 +662,45 @@ def _scalar_weights(weights: Any) -> jax.Array:
     return jnp.asarray(weights)
 
 
+def _compute_input(weights: Optional[jax.Array], input: IrrepsArray) -> IrrepsArray:
+    """``input`` in the dtype the map computes in: the promotion of weights and input, float32 when both are
+    integers (integer indices with an integer input)."""
+    dtype = _result_dtype(weights, input.array)
+    return input.astype(jnp.float32 if dtype.kind in "iub" else dtype)
+
+
+def _map_layout(options: LinearOptions, input: IrrepsArray) -> Tuple[IrrepsArray, Irreps]:
+    """The input and output irreps the map itself sees.
+
+    Regrouping makes the parameters independent of how the input was chunked; outputs the input cannot reach are
+    left out unless ``force_irreps_out``; ``channel_out`` folds the channel axis into the multiplicities.
+    """
+    irreps_out = _to_irreps(options.irreps_out, "Linear irreps_out")
+    if options.simplify_irreps_internally:
+        input, irreps_out = input.remove_zero_chunks().regroup(), irreps_out.simplify()
+    if not options.force_irreps_out:
+        irreps_out = irreps_out.filter(keep=input.irreps)
+    if options.channel_out is None:
+        return input, irreps_out
+    if options.weights_per_channel:  # e3nn-jax asserts: AssertionError-compatible class
+        raise InvalidValueError("Linear: channel_out and weights_per_channel=True cannot be used together; drop one")
+    if input.ndim < 2:
+        raise ValueError(f"Linear: channel_out needs an input of shape (..., channels, irreps), got {input.shape}")
+    return input.axis_to_mul(), options.channel_out * irreps_out
+
+
 def linear_module_call(
     options: LinearOptions, get_parameter: GetParameter, weights_or_input: Any, input_or_none: Any = None
 ) -> IrrepsArray:
     """Forward pass of a ``Linear`` module; the framework only supplies ``get_parameter``.
 
-    Steps: pick the compute dtype, regroup the input (so parameters do not depend on how it was chunked), restrict
-    ``irreps_out`` to the irreps the input can reach (unless ``force_irreps_out``), optionally fold the channel axis
-    into the multiplicities, then dispatch on how the weights are provided.
+    Steps: pick the compute dtype, lay out input and output irreps (:func:`_map_layout`), check explicit
+    instructions, build the :class:`FunctionalLinear`, then apply it with weights obtained the way the options and
+    the call say (:func:`_dispatch_weights`), and undo the channel folding.
     """
     weights, input = _split_arguments(weights_or_input, input_or_none)
-    input = as_irreps_array(input)
-    if weights is not None:
-        weights = _scalar_weights(weights)
-
-    dtype = _result_dtype(weights, input.array)
-    if dtype.kind in "iub":
-        dtype = jnp.dtype(jnp.float32)  # integer-only arguments (indices and integer input): compute in float32
-    input = input.astype(dtype)
-
-    irreps_out = _to_irreps(options.irreps_out, "Linear irreps_out")
-    if options.simplify_irreps_internally:
-        input = input.remove_zero_chunks().regroup()
-        irreps_out = irreps_out.simplify()
-    if not options.force_irreps_out:
-        irreps_out = irreps_out.filter(keep=input.irreps)
-
-    if options.channel_out is not None:
-        if options.weights_per_channel:
-            raise ValueError("Linear: channel_out and weights_per_channel cannot be used together")
-        if input.ndim < 2:
-            raise ValueError(f"Linear: channel_out needs an input of shape (..., channels, irreps), got {input.shape}")
-        input = input.axis_to_mul()
-        irreps_out = options.channel_out * irreps_out
-
+    weights = None if weights is None else _scalar_weights(weights)
+    input, irreps_out = _map_layout(options, _compute_input(weights, as_irreps_array(input)))
     validate_inputs_for_instructions(
         input, options.instructions, options.simplify_irreps_internally, options.channel_out, options.irreps_in
     )
@@ -675,14 +730,19 @@ def _dispatch_weights(
 ) -> IrrepsArray:
     """Shared, indexed or mixed weights, depending on what was passed and on ``num_indexed_weights``."""
     if weights is None:
-        if options.weights_per_channel:
-            raise ValueError("Linear: weights_per_channel=True needs external scalar weights: call module(weights, x)")
+        if options.weights_per_channel:  # e3nn-jax asserts: AssertionError-compatible class
+            raise InvalidValueError(
+                "Linear: weights_per_channel=True needs external scalar weights: call module(weights, x)"
+            )
         return linear_vanilla(input, lin, get_parameter)
 
     indexed = options.num_indexed_weights is not None
     if weights.dtype.kind in "iu" and indexed:
-        if options.weights_per_channel:
-            raise ValueError("Linear: weights_per_channel is not supported with num_indexed_weights")
+        if options.weights_per_channel:  # e3nn-jax asserts: AssertionError-compatible class
+            raise InvalidValueError(
+                "Linear: weights_per_channel=True does not work with num_indexed_weights (indexed weights are "
+                "already per element); drop one of them"
+            )
         return linear_indexed(input, lin, get_parameter, weights, options.num_indexed_weights)
     if weights.dtype.kind in "fc" and not indexed:
         gradient_normalization = parse_gradient_normalization(options.gradient_normalization)

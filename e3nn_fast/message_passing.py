@@ -12,9 +12,12 @@ an executor that streams over the edges (see :mod:`e3nn_fast.xla.message_passing
 
 Graph padding as jraph pads works unchanged: padded edges with zero weight contribute zero, edges into a dummy node
 add into that node only, and receivers outside ``[-num_nodes, num_nodes)`` are dropped, negative ones counting from
-the end (exactly ``scatter_sum(..., mode="drop")``).
-Senders index ``node_feats`` like ``node_feats[senders]`` does under ``jit``: negative values count from the end,
-values still out of range are clamped to the nearest row.
+the end (exactly ``scatter_sum(..., mode="drop")``), whatever the integer dtype (``uint32(2**32 - 1)`` is dropped,
+not wrapped to ``-1``).
+Senders must index a row of ``node_feats`` (negative values count from the end).  Outside ``jit`` they are checked
+and an out-of-range sender raises; a padding edge should send from any real node (e.g. 0) and be neutralised by a
+zero weight or a dropped receiver.  Under ``jit`` nothing can be checked: out-of-range senders are clamped to the
+nearest row, as ``node_feats[senders]`` does there.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from e3nn_fast import dispatch
+from e3nn_fast.graph import check_indices_in_range, clamp_indices_to_int32
 from e3nn_fast.irreps import Irreps
 from e3nn_fast.irreps_array import IrrepsArray
 from e3nn_fast.reference import message_passing as reference
@@ -64,15 +69,35 @@ def _irreps_array(value, name: str) -> IrrepsArray:
     return value
 
 
-def _indices(value, name: str, num_edges: int) -> jnp.ndarray:
-    value = jnp.asarray(value)
+def _indices(value, name: str, num_edges: int):
+    """``value`` checked to be integers of shape ``(num_edges,)``, still in its own dtype (a NumPy array stays NumPy,
+    so that no 64-bit value is wrapped before the range is handled: see :func:`clamp_indices_to_int32`)."""
+    value = value if isinstance(value, jax.Array) else np.asarray(value)
     if not jnp.issubdtype(value.dtype, jnp.integer):
         raise TypeError(f"message_passing: {name} must be an integer array, got dtype {value.dtype}")
     if value.shape != (num_edges,):
         raise ValueError(
             f"message_passing: {name} must have shape (num_edges,) = ({num_edges},) like edge_sh, got {value.shape}"
         )
-    return value.astype(jnp.int32)
+    return value
+
+
+def _edge_chunk_size(value) -> Optional[int]:
+    """``None`` or a positive Python int."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"message_passing: edge_chunk_size must be a positive int or None, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"message_passing: edge_chunk_size must be a positive int or None (a whole number of edges per step), "
+            f"got {value!r} of type {type(value).__name__}; round it, e.g. edge_chunk_size=int(...)"
+        ) from None
+    if value < 1:
+        raise ValueError(f"message_passing: edge_chunk_size must be a positive int or None, got {value}")
+    return value
 
 
 def _weights(value, num_edges: int, irreps_out: Irreps) -> Optional[jnp.ndarray]:
@@ -113,15 +138,21 @@ def _float_dtype(*arrays):
     return dtype if jnp.issubdtype(dtype, jnp.inexact) else jnp.ones(()).dtype
 
 
-def normalize_senders(senders: jnp.ndarray, num_inputs: int) -> jnp.ndarray:
-    """Senders as ``x[senders]`` reads them under ``jit``: negatives from the end, then clamped into range."""
+def normalize_senders(senders, num_inputs: int) -> jnp.ndarray:
+    """Senders (any integer dtype) as int32 rows, as ``x[senders]`` reads them under ``jit``: negatives from the end,
+    then clamped into range."""
+    # Clamped into [-n, n] in their own dtype first, so that no value wraps around when it becomes int32.
+    senders = clamp_indices_to_int32(senders, -num_inputs, num_inputs)
     senders = jnp.where(senders < 0, senders + num_inputs, senders)
     return jnp.clip(senders, 0, max(num_inputs - 1, 0))
 
 
-def normalize_receivers(receivers: jnp.ndarray, num_nodes: int) -> jnp.ndarray:
-    """Receivers as ``scatter_sum(..., mode="drop")`` reads them: negatives count from the end, and what is still
-    outside ``[0, num_nodes)`` becomes ``num_nodes`` (the executors' mark of a dropped edge)."""
+def normalize_receivers(receivers, num_nodes: int) -> jnp.ndarray:
+    """Receivers (any integer dtype) as int32, as ``scatter_sum(..., mode="drop")`` reads them: negatives count from
+    the end, and what is still outside ``[0, num_nodes)`` becomes ``num_nodes`` (the executors' mark of a dropped
+    edge)."""
+    # [-n - 1, n] keeps both kinds of out-of-range values out of range after the int32 conversion.
+    receivers = clamp_indices_to_int32(receivers, -num_nodes - 1, num_nodes)
     receivers = jnp.where(receivers < 0, receivers + num_nodes, receivers)
     return jnp.where((receivers >= 0) & (receivers < num_nodes), receivers, num_nodes)
 
@@ -155,22 +186,24 @@ def message_passing(
         edge_weights: ``(num_edges, irreps_out.num_irreps)``: one weight per edge and irrep copy of the output (as
             ``IrrepsArray * array`` scales them), e.g. from a radial MLP; a scalar IrrepsArray is accepted; ``None``
             for no weights.  :func:`message_passing_irreps_out` gives ``irreps_out``.
-        senders, receivers: integer ``(num_edges,)``.  Receivers follow ``scatter_sum(..., mode="drop")`` (negatives
-            count from the end, values outside ``[-num_nodes, num_nodes)`` are dropped: padding edges); senders
-            follow ``node_feats[senders]`` (negatives count from the end, the rest is clamped).
+        senders, receivers: integers ``(num_edges,)`` of any integer dtype.  Receivers follow
+            ``scatter_sum(..., mode="drop")`` (negatives count from the end, values outside
+            ``[-num_nodes, num_nodes)`` are dropped: padding edges); senders must lie in
+            ``[-num_inputs, num_inputs)`` (negatives count from the end): checked outside ``jit``, clamped under it.
         num_nodes: static number of output rows; default ``node_feats.shape[0]``.
         filter_ir_out: keep only these output irreps (as in :func:`e3nn_fast.tensor_product`).
         irrep_normalization: ``"component"`` (default from ``config``), ``"norm"`` or ``"none"``.
-        edge_chunk_size: edges per step of the chunked ``jnp`` executor (its memory bound); ignored by the others.
+        edge_chunk_size: positive int, edges per step of the chunked ``jnp`` executor (its memory bound); ignored by
+            the others.
 
     Returns:
         IrrepsArray ``(num_nodes, irreps_out.dim)`` with sorted, regrouped ``irreps_out`` (those of
         ``tensor_product``).
 
     Raises:
-        TypeError: non-IrrepsArray features, non-integer indices, non-int ``num_nodes``.
+        TypeError: non-IrrepsArray features, non-integer indices, non-int ``num_nodes`` or ``edge_chunk_size``.
         ValueError: arrays that are not 2-D, edge counts that disagree, weights of the wrong shape, bad
-            normalisation or filter.
+            normalisation or filter, concrete senders out of range, ``edge_chunk_size < 1``.
     """
     node_feats = _irreps_array(node_feats, "node_feats")
     edge_sh = _irreps_array(edge_sh, "edge_sh")
@@ -183,23 +216,31 @@ def message_passing(
         node_feats.irreps, edge_sh.irreps, _as_filter(filter_ir_out), _irrep_normalization(irrep_normalization)
     )
     weights = _weights(edge_weights, num_edges, spec.irreps_out)
-    if edge_chunk_size is not None and (isinstance(edge_chunk_size, bool) or operator.index(edge_chunk_size) < 1):
-        raise ValueError(f"message_passing: edge_chunk_size must be a positive int, got {edge_chunk_size!r}")
+    edge_chunk_size = _edge_chunk_size(edge_chunk_size)
 
     dtype = _float_dtype(node_feats.dtype, edge_sh.dtype, *([] if weights is None else [weights.dtype]))
     x, sh = node_feats.array.astype(dtype), edge_sh.array.astype(dtype)
     w = None if weights is None else weights.astype(dtype)
     if node_feats.shape[0] == 0:  # no node to send from: every message is zero
         return IrrepsArray(spec.irreps_out, jnp.zeros((num_nodes, spec.irreps_out.dim), dtype))
-    senders = normalize_senders(senders, node_feats.shape[0])
+    num_inputs = node_feats.shape[0]
+    check_indices_in_range(
+        senders, num_inputs, f"message_passing: senders (rows of node_feats, {num_inputs} of them)",
+        "a padding edge should send from any real node (e.g. 0) with a zero weight or a dropped receiver "
+        "(receivers outside the range are dropped); under jax.jit senders are not checked and are clamped",
+    )
+    senders = normalize_senders(senders, num_inputs)
     receivers = normalize_receivers(receivers, num_nodes)
 
+    wanted = dispatch.current_backend()
     name = dispatch.choose(OP, size=num_edges * spec.irreps_out.dim, qualifies=_qualifies(spec, dtype))
-    run = dispatch.executor(OP, requested=name)
+    run = dispatch.implementation(OP, name)
     if name == "jnp":
         out = run(spec, x, sh, w, senders, receivers, num_nodes, chunk_size=edge_chunk_size)
     else:
         out = run(spec, x, sh, w, senders, receivers, num_nodes)
+    if wanted == "pallas" and name == "pallas":  # compiling the kernel for CPU must fail clearly (see dispatch)
+        out = dispatch.require_accelerator(out, f"the op {OP!r}")
     return IrrepsArray(spec.irreps_out, out)
 
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from e3nn_fast import dispatch
+from e3nn_fast.graph import clamp_indices_to_int32
 from e3nn_fast.irreps import Irreps
 from e3nn_fast.irreps_array import IrrepsArray
 from e3nn_fast.reference import symmetric_contraction as _reference
@@ -56,7 +57,23 @@ def symmetric_contraction_weight_shapes(
     ``{k: jax.random.normal(key_k, shape) for k, shape in ...items()}``.
     """
     description = describe(irreps_in, orders, keep_irrep_out)
+    if int(num_species) < 1:
+        raise ValueError(
+            f"symmetric_contraction_weight_shapes: num_species must be at least 1, got {num_species} "
+            "(one set of weights per species; use 1 when all nodes share them)"
+        )
     return {block.name: (int(num_species), block.mul, int(num_channel)) for block in description.blocks}
+
+
+def _species_rows(species, num_species: int) -> jax.Array:
+    """``species`` as int32 weight rows, every value outside ``[0, num_species)`` mapped to ``num_species``.
+
+    The executors gather with ``mode="fill"``, which zeroes the row ``num_species`` (past the end): that is the
+    documented zero output for padding nodes.  Mapping here, in the species' own dtype, keeps a negative value from
+    counting from the end (``-1`` would pick the last species) and an unsigned or 64-bit value from wrapping.
+    """
+    rows = clamp_indices_to_int32(species, -1, num_species)
+    return jnp.where(rows < 0, num_species, rows)
 
 
 def _check_inputs(x, species, weights, description) -> Tuple[jax.Array, Tuple[jax.Array, ...]]:
@@ -68,7 +85,7 @@ def _check_inputs(x, species, weights, description) -> Tuple[jax.Array, Tuple[ja
         )
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"symmetric_contraction: x should be a floating-point array, got dtype {x.dtype}")
-    species = jnp.asarray(species)
+    species = species if isinstance(species, jax.Array) else np.asarray(species)  # NumPy keeps its 64-bit values
     if not jnp.issubdtype(species.dtype, jnp.integer):
         raise TypeError(f"symmetric_contraction: species should be an integer array, got dtype {species.dtype}")
     if species.shape != x.shape[:-2]:
@@ -102,9 +119,16 @@ def _check_inputs(x, species, weights, description) -> Tuple[jax.Array, Tuple[ja
             )
         if not jnp.issubdtype(w.dtype, jnp.floating):
             raise TypeError(f"symmetric_contraction: weight {name} should be floating-point, got {w.dtype}")
+        if w.shape[0] == 0:
+            raise ValueError(
+                f"symmetric_contraction: weight {name} has num_species = 0 (shape {w.shape}); at least one species "
+                "is needed (see symmetric_contraction_weight_shapes)"
+            )
         num_species = w.shape[0]
         arrays.append(w)
-    return species, tuple(arrays)
+    if num_species is None:  # no weights at all (nothing kept): the output is empty and species are unused
+        return jnp.asarray(species), tuple(arrays)
+    return _species_rows(species, num_species), tuple(arrays)
 
 
 def symmetric_contraction(
@@ -118,8 +142,9 @@ def symmetric_contraction(
 
     Args:
         x: IrrepsArray of shape ``(..., num_channel, irreps_in)``, e.g. ``(num_nodes, 128, "0e+1o+2e+3o")``.
-        species: integers of shape ``(...)`` (``x``'s leading axes), each in ``[0, num_species)``; a value outside
-            that range selects all-zero weights (a zero output: padding nodes).
+        species: integers (any integer dtype) of shape ``(...)`` (``x``'s leading axes), each in
+            ``[0, num_species)``; a value outside that range, negative ones included, selects all-zero weights (a
+            zero output: padding nodes).
         weights: ``{f"w{order}_{ir}": array (num_species, mul, num_channel)}``, the haiku
             ``SymmetricTensorProduct`` parameter names with a leading species axis (see
             :func:`symmetric_contraction_weight_shapes`).

@@ -102,16 +102,24 @@ def pallas_call(kernel, *, family: str, interpret: bool, **kwargs):
 
     Interpret mode takes no parameters.  Otherwise the GPU branches get :func:`compiler_params` (the family's
     lowering) and TPU gets none (Mosaic TPU is its only lowering); ``jax.lax.platform_dependent`` picks the branch
-    for the platform being lowered, so one traced program lowers for CUDA and for TPU alike.  On CPU the call fails
-    at lowering with Pallas's own "only interpret mode" error.
+    for the platform being lowered, so one traced program lowers for CUDA and for TPU alike.  The CPU branch holds
+    no kernel, only outputs of the right shapes marked by :func:`e3nn_fast.dispatch.require_accelerator`: lowering
+    it raises the dispatcher's "pallas needs a GPU or TPU, use pallas-interpret" error (tracing it never fails).
     """
     if interpret:
         return pl.pallas_call(kernel, interpret=True, **kwargs)
     gpu_call = pl.pallas_call(kernel, compiler_params=compiler_params(family), **kwargs)
     plain_call = pl.pallas_call(kernel, **kwargs)
 
+    def cpu_call(*args):
+        from e3nn_fast.dispatch import require_accelerator
+
+        shapes = jax.eval_shape(plain_call, *args)
+        zeros = jax.tree_util.tree_map(lambda s: jax.numpy.zeros(s.shape, s.dtype), shapes)
+        return require_accelerator(zeros, f"the Pallas kernel family {family!r}")
+
     def call(*args):
-        return jax.lax.platform_dependent(*args, cuda=gpu_call, rocm=gpu_call, default=plain_call)
+        return jax.lax.platform_dependent(*args, cuda=gpu_call, rocm=gpu_call, cpu=cpu_call, default=plain_call)
 
     return call
 

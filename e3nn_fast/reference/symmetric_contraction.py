@@ -20,6 +20,8 @@ __all__ = ["symmetric_contraction", "gather_species"]
 def gather_species(w: jax.Array, species: jax.Array) -> jax.Array:
     """``w[species]`` along the first axis; a species outside ``[0, num_species)`` gets zero weights (and so a zero
     output), which is how padding nodes can be switched off."""
+    # take counts negative indices from the end; send them past the end instead, where mode="fill" gives zeros.
+    species = jnp.where(species < 0, w.shape[0], species)
     return jnp.take(w, species, axis=0, mode="fill", fill_value=0)
 
 

@@ -1,0 +1,213 @@
+"""Bad input that used to give a silently wrong result or an obscure error: each now gives the documented result or
+a named error, and a call that raised leaves no state behind."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import e3nn_fast as e3nn
+from e3nn_fast import dispatch
+from e3nn_fast.errors import InvalidTypeError, InvalidValueError
+from e3nn_fast.message_passing import message_passing
+from e3nn_fast.symmetric_contraction import symmetric_contraction, symmetric_contraction_weight_shapes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INTEGER_DTYPES = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64]
+
+
+# --- 1. symmetric_contraction: species outside [0, num_species) give zeros, in every executor ------------------------
+
+
+def _contraction_inputs():
+    x = e3nn.IrrepsArray("0e+1o", jnp.asarray(np.random.default_rng(0).standard_normal((4, 2, 4))))
+    shapes = symmetric_contraction_weight_shapes("0e+1o", 2, 3, (1, 2))
+    rng = np.random.default_rng(1)
+    weights = {name: jnp.asarray(rng.standard_normal(shape)) for name, shape in shapes.items()}
+    return x, weights
+
+
+@pytest.mark.parametrize("executor", ["reference", "jnp", "pallas-interpret"])
+def test_symmetric_contraction_species_outside_range_give_zeros(executor):
+    x, weights = _contraction_inputs()
+    with e3nn.backend(executor):
+        out = symmetric_contraction(x, jnp.asarray([-1, 3, -4, 1]), weights, (1, 2)).array
+        wide = symmetric_contraction(x, np.asarray([2**40, -(2**40), 2**32 + 1, 1], np.int64), weights, (1, 2)).array
+        unsigned = symmetric_contraction(x, np.asarray([2**32 - 1, 7, 3, 1], np.uint32), weights, (1, 2)).array
+    for result in (out, wide, unsigned):
+        np.testing.assert_array_equal(np.asarray(result[:3]), 0.0)
+        assert np.abs(np.asarray(result[3])).max() > 0
+
+
+def test_symmetric_contraction_needs_a_species():
+    x, weights = _contraction_inputs()
+    empty = {name: w[:0] for name, w in weights.items()}
+    with pytest.raises(ValueError, match="num_species = 0"):
+        symmetric_contraction(x, jnp.zeros(4, jnp.int32), empty, (1, 2))
+    with pytest.raises(ValueError, match="num_species must be at least 1"):
+        symmetric_contraction_weight_shapes("0e+1o", 2, 0, (1, 2))
+
+
+# --- 2. and 3. message_passing indices -----------------------------------------------------------------------------
+
+
+def _graph():
+    node_feats = e3nn.IrrepsArray("0e", jnp.asarray([[1.0], [10.0], [100.0]]))
+    edge_sh = e3nn.IrrepsArray("0e", jnp.ones((2, 1)))
+    return node_feats, edge_sh
+
+
+@pytest.mark.parametrize("dtype", INTEGER_DTYPES)
+def test_message_passing_drops_out_of_range_receivers_of_every_dtype(dtype):
+    node_feats, edge_sh = _graph()
+    senders = np.asarray([0, 1], dtype)
+    receivers = np.asarray([np.iinfo(dtype).max, 1], dtype)  # the maximum used to wrap to -1 (the last node)
+    for r in (receivers, jnp.asarray(receivers) if np.dtype(dtype).itemsize < 8 else receivers):
+        out = message_passing(node_feats, edge_sh, None, senders, r, 3).array
+        np.testing.assert_array_equal(np.asarray(out).ravel(), [0.0, 10.0, 0.0])
+
+
+def test_message_passing_checks_concrete_senders():
+    node_feats, edge_sh = _graph()
+    with pytest.raises(ValueError, match=r"senders .* must lie in \[-3, 3\).*max=100.*jax.jit"):
+        message_passing(node_feats, edge_sh, None, jnp.asarray([100, 1]), jnp.asarray([0, 1]), 3)
+    with pytest.raises(ValueError, match="senders"):
+        message_passing(node_feats, edge_sh, None, np.asarray([2**32 - 1, 1], np.uint32), np.asarray([0, 1]), 3)
+    # Under jit nothing can be checked: the documented clamp to the nearest row.
+    run = jax.jit(lambda s: message_passing(node_feats, edge_sh, None, s, jnp.asarray([0, 1]), 3).array)
+    np.testing.assert_array_equal(np.asarray(run(jnp.asarray([100, 1]))).ravel(), [100.0, 10.0, 0.0])
+
+
+def test_message_passing_edge_chunk_size():
+    node_feats, edge_sh = _graph()
+    args = (node_feats, edge_sh, None, jnp.asarray([0, 1]), jnp.asarray([0, 1]), 3)
+    with pytest.raises(TypeError, match="edge_chunk_size must be a positive int.*2.5"):
+        message_passing(*args, edge_chunk_size=2.5)
+    with pytest.raises(ValueError, match="edge_chunk_size must be a positive int"):
+        message_passing(*args, edge_chunk_size=0)
+
+
+def test_haiku_linear_checks_concrete_indices():
+    hk = pytest.importorskip("haiku")
+    import e3nn_fast.haiku as fast_haiku
+
+    x = e3nn.IrrepsArray("2x0e", jnp.ones((2, 2)))
+    f = hk.without_apply_rng(hk.transform(lambda i, x: fast_haiku.Linear("0e", num_indexed_weights=3)(i, x)))
+    with pytest.raises(ValueError, match=r"num_indexed_weights=3\) must lie in \[-3, 3\).*max=7"):
+        f.init(jax.random.PRNGKey(0), jnp.asarray([0, 7]), x)
+    params = f.init(jax.random.PRNGKey(0), jnp.asarray([0, 2]), x)
+    with pytest.raises(ValueError, match="num_indexed_weights"):
+        f.apply(params, jnp.asarray([0, 7]), x)
+
+
+# --- 4. backend selection ------------------------------------------------------------------------------------------
+
+
+def test_config_backend_is_checked_when_set_and_none_restores_the_default():
+    default = e3nn.config("backend")
+    with pytest.raises(ValueError, match="bogus.*pallas-interpret"):
+        e3nn.config("backend", "bogus")
+    assert e3nn.config("backend") == default  # nothing changed by the failed call
+    try:
+        e3nn.config("backend", "reference")
+        assert dispatch.current_backend() == "reference"
+        assert e3nn.config("backend", None) is None
+        assert e3nn.config("backend") == default
+    finally:
+        e3nn.config("backend", None)
+    with pytest.raises(ValueError, match="triton"):
+        with e3nn.backend("triton"):
+            pass
+
+
+@pytest.mark.parametrize("value", ["bogus", ""])
+def test_bad_environment_backend_fails_at_import(value):
+    env = dict(os.environ, E3NN_FAST_BACKEND=value, JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", "import e3nn_fast"], env=env, capture_output=True, text=True,
+                            timeout=120, cwd=ROOT)
+    assert result.returncode != 0
+    assert "E3NN_FAST_BACKEND" in result.stderr and repr(value) in result.stderr
+
+
+def _ops():
+    x = e3nn.normal("4x0e+4x1o", jax.random.PRNGKey(0), (8,))
+    sh = e3nn.normal("0e+1o", jax.random.PRNGKey(1), (8,))
+    cx, weights = _contraction_inputs()
+    return {
+        "tensor_product": lambda: e3nn.tensor_product(x, sh),
+        "full tensor_product": lambda: e3nn.tensor_product(x, x),
+        "linear": lambda: e3nn.FunctionalLinear("4x0e+4x1o", "2x0e").apply(
+            [jnp.ones((4, 2))], x),
+        "message_passing": lambda: message_passing(x, sh, None, jnp.arange(8), jnp.arange(8), 8),
+        "symmetric_contraction": lambda: symmetric_contraction(cx, jnp.asarray([0, 1, 2, 0]), weights, (1, 2)),
+        "spherical_harmonics": lambda: e3nn.spherical_harmonics(3, e3nn.normal("1o", jax.random.PRNGKey(2), (8,)), True),
+    }
+
+
+@pytest.mark.parametrize("op", list(_ops()))
+def test_pallas_on_cpu_fails_with_one_clear_error(op):
+    assert jax.default_backend() == "cpu"
+    run = _ops()[op]
+    with e3nn.backend("pallas"):
+        with pytest.raises(ValueError, match="'pallas' compiles Pallas kernels for a GPU or a TPU.*pallas-interpret"):
+            jax.block_until_ready(jax.jit(run)())
+
+
+# --- 5. named errors -------------------------------------------------------------------------------------------------
+
+
+def test_functional_linear_weights_as_dict():
+    lin = e3nn.FunctionalLinear("2x0e", "0e")
+    with pytest.raises(TypeError, match="got a dict"):
+        lin({"w[0,0] 2x0e,1x0e": jnp.ones((2, 1))}, e3nn.IrrepsArray("2x0e", jnp.ones(2)))
+
+
+def test_irreps_from_bytes():
+    with pytest.raises(TypeError, match="decode"):
+        e3nn.Irreps(b"1x0e")
+    with pytest.raises(TypeError, match="decode"):
+        e3nn.Irrep(b"0e")
+
+
+def test_radius_graph_under_jit_needs_size():
+    pos = jnp.asarray([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0]])
+    with pytest.raises(ValueError, match="size="):
+        jax.jit(lambda p: e3nn.radius_graph(p, 1.0))(pos)
+    src, dst = jax.jit(lambda p: e3nn.radius_graph(p, 1.0, size=4))(pos)
+    assert src.shape == (4,)
+
+
+def test_radius_graph_nan_position():
+    pos = jnp.asarray([[0.0, 0.0, 0.0], [np.nan, 0.0, 0.0], [0.5, 0.0, 0.0]])
+    with pytest.raises(ValueError, match=r"non-finite.*rows \[1\]"):
+        e3nn.radius_graph(pos, 1.0)
+
+
+# --- 6. AssertionError compatibility with e3nn-jax -----------------------------------------------------------------
+
+
+def test_errors_are_assertion_errors_where_e3nn_jax_asserts():
+    with pytest.raises(AssertionError):
+        e3nn.Irreps([(32, 1)])  # e3nn-jax's test_fail1
+    with pytest.raises(InvalidValueError):
+        e3nn.Irrep(1, 0)
+    with pytest.raises(InvalidTypeError):
+        e3nn.Irrep(1)
+    with pytest.raises(InvalidTypeError):
+        _ = 2.5 * e3nn.Irrep("1o")
+    with pytest.raises(InvalidValueError):
+        e3nn.FunctionalLinear("2x0e + 1o", "0e + 1o", biases=[False, True])
+    with pytest.raises(InvalidValueError):
+        e3nn.FunctionalLinear("2x0e", "0e", biases=[True, True])
+    with pytest.raises(InvalidValueError):
+        e3nn.FunctionalLinear("2x0e", "0e", biases=True).matrix(jnp.ones(3))
+    data = jnp.ones((3, 2))
+    with pytest.raises(InvalidValueError):
+        e3nn.scatter_sum(data, dst=jnp.zeros(3, jnp.int32), nel=jnp.asarray([3]))
+    with pytest.raises(InvalidValueError):
+        e3nn.scatter_mean(data, nel=jnp.asarray([3]), output_size=1, map_back=True)
+    assert issubclass(InvalidValueError, ValueError) and issubclass(InvalidTypeError, TypeError)
