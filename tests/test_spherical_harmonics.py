@@ -424,4 +424,6 @@ def test_dispatcher_picks_and_switches_executors(monkeypatch):
     with e3nn_fast.backend("reference"):
         forced = sh(3, x, True)  # must not be served from the jnp trace's cache
     assert ("spherical_harmonics", "reference") in calls
-    np.testing.assert_allclose(default, forced, rtol=1e-12)
+    # atol: where a harmonic vanishes exactly (y = 0 and l + m odd), the straight-line polynomial gives 0 and the
+    # reference's Legendre recurrence a rounding residue (~1e-16 here)
+    np.testing.assert_allclose(default, forced, rtol=1e-12, atol=1e-14)
