@@ -18,6 +18,7 @@ One concept per module:
 ``device``     one timed session on a lent GPU: parts in their own processes and time limits, numerics first
 ``device_numerics``  every kernel family against the float64 reference on the device (fp32, fp64, bf16)
 ``cue``        cuequivariance-jax implementations of the workloads (its CUDA ``uniform_1d`` method where it applies)
+``sm90_resources``  offline sm_90 compile of every kernel (registers, spills, shared memory, programs per SM)
 ============== =====================================================================================================
 
 ``bench/test_micro.py`` holds pytest-benchmark micro-benchmarks of the hot functions (run it explicitly:
