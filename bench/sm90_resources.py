@@ -74,6 +74,8 @@ import e3nn_fast as e3nn
 from e3nn_fast import dispatch
 from e3nn_fast.kernels import tuning
 
+from bench.device_numerics import uvu_instructions
+
 # --- sm_90 (H100 / H200 SXM) limits ---------------------------------------------------------------------------------
 
 SM_COUNT = 132  # streaming multiprocessors of an H100 / H200 SXM
@@ -178,18 +180,6 @@ def channelwise_sh_case(irreps_x, irreps_sh, keep, rows):
     return build, f"{irreps_x} (x) {irreps_sh}{keep_text}, {rows} rows"
 
 
-def _uvu_instructions(irreps1, irreps2, keep):
-    keep = {ir for _, ir in e3nn.Irreps(keep)}
-    outs, instructions = [], []
-    for i1, (mul1, ir1) in enumerate(irreps1):
-        for i2, (_, ir2) in enumerate(irreps2):
-            for ir in ir1 * ir2:
-                if ir in keep:
-                    instructions.append((i1, i2, len(outs), "uvu", True))
-                    outs.append((mul1, ir))
-    return e3nn.Irreps(outs), instructions
-
-
 def legacy_uvu_case(irreps1, irreps2, keep, rows):
     """Legacy ``FunctionalTensorProduct`` with weighted ``uvu`` instructions, vmapped over rows including the
     weights (one weight vector per row: the channelwise kernel with per-row weights)."""
@@ -197,7 +187,7 @@ def legacy_uvu_case(irreps1, irreps2, keep, rows):
         from e3nn_fast.legacy import FunctionalTensorProduct
 
         i1, i2 = e3nn.Irreps(irreps1), e3nn.Irreps(irreps2)
-        irreps_out, instructions = _uvu_instructions(i1, i2, keep)
+        irreps_out, instructions = uvu_instructions(i1, i2, keep)
         tp = FunctionalTensorProduct(i1, i2, irreps_out, instructions)
         weights = sum(math.prod(ins.path_shape) for ins in tp.instructions if ins.has_weight)
 
