@@ -79,7 +79,7 @@ def _bench(workloads, backends, *, jsonl: str, passes=None, tag: str = ""):
         chosen = [b for b in backends if b not in s.exclude_backends]
         argv = _python("-m", "bench", "--suite", s.suite, "--workloads", *workloads, "--backends", *chosen,
                        "--jsonl", os.path.join(s.out, jsonl), "--repeats", str(s.repeats), "--no-progress",
-                       "--measure-bandwidth")
+                       "--measure-bandwidth", "--verbose")
         if passes:
             argv += ["--passes", *passes]
         if tag:

@@ -37,6 +37,7 @@ class Settings:
     passes: tuple = PASSES
     min_sample_s: Optional[float] = None  # per timed sample; None: 0 on CPU, MIN_SAMPLE_S_ACCELERATOR on GPU/TPU
     measure_bandwidth: bool = False  # replace the datasheet bandwidth by a measured copy on an accelerator
+    verbose: bool = False  # one stderr line per compile and per timed pass (to see where a time limit struck)
 
 
 MIN_SAMPLE_S_ACCELERATOR = 2e-3
@@ -108,6 +109,11 @@ def _rates(row: dict, cost: Optional[costs.Cost], pass_name: str, peaks, dtype: 
         row["fraction_peak_bandwidth"] = costs.fraction(nbytes / seconds, peaks.bandwidth)
 
 
+def _say(settings: Settings, text: str) -> None:
+    if settings.verbose:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
 def _run_pass(workload, pass_name, forwards, inputs, args, settings, cost, peaks) -> list[dict]:
     """Rows of one pass of one workload for every backend that built a forward."""
     base = {"workload": workload.name, "group": workload.group, "pass": pass_name,
@@ -117,7 +123,9 @@ def _run_pass(workload, pass_name, forwards, inputs, args, settings, cost, peaks
         row = rows[name] = dict(base, backend=name, status="ok")
         try:
             function = workload.passes(forward, inputs)[pass_name]
+            _say(settings, f"{workload.name} {pass_name} {name}: compiling")
             compiled[name] = timing.compile_function(function, args, backend.context)
+            _say(settings, f"{workload.name} {pass_name} {name}: compiled in {compiled[name].compile_s:.1f} s")
             outputs[name] = timing.run_once(compiled[name], args)
             row["compile_s"] = compiled[name].compile_s
             row["memory"] = compiled[name].memory
@@ -129,6 +137,7 @@ def _run_pass(workload, pass_name, forwards, inputs, args, settings, cost, peaks
     min_sample_s = settings.min_sample_s
     if min_sample_s is None:
         min_sample_s = MIN_SAMPLE_S_ACCELERATOR if devices.is_accelerator() else 0.0
+    _say(settings, f"{workload.name} {pass_name}: timing {', '.join(compiled)}")
     for name, measured in timing.time_interleaved(compiled, args, settings.repeats, min_sample_s).items():
         if isinstance(measured, BaseException):
             rows[name].update(status="error", error=error_text(measured))
