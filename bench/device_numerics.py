@@ -278,13 +278,9 @@ def uvu_instructions(irreps1, irreps2, keep) -> Tuple[e3nn.Irreps, list]:
     return e3nn.Irreps(outs), instructions
 
 
-def build_channelwise_uvu_weighted(tiny: bool, rng: np.random.Generator) -> Problem:
-    """Legacy ``FunctionalTensorProduct`` with weighted ``uvu`` instructions, vmapped over rows *including the
-    weights*: the channelwise kernel with one weight vector per row (older NequIP convolutions)."""
-    if tiny:
-        irreps1, irreps2, keep, rows = "3x0e+2x1o", "0e+1o", "0e+1o", 9
-    else:
-        irreps1, irreps2, keep, rows = "32x0e+32x1o+16x2e", "0e+1o+2e", "0e+1o+2e", 1999
+def vmapped_uvu_product(irreps1, irreps2, keep) -> Tuple[Callable, int]:
+    """``(forward(w, x1, x2), weights per row)``: the legacy weighted ``uvu`` product of :func:`uvu_instructions`,
+    vmapped over rows including the weights (the channelwise kernel with one weight vector per row)."""
     irreps1, irreps2 = e3nn.Irreps(irreps1), e3nn.Irreps(irreps2)
     irreps_out, instructions = uvu_instructions(irreps1, irreps2, keep)
     tp = FunctionalTensorProduct(irreps1, irreps2, irreps_out, instructions)
@@ -295,6 +291,19 @@ def build_channelwise_uvu_weighted(tiny: bool, rng: np.random.Generator) -> Prob
             return tp.left_right(w, e3nn.IrrepsArray(irreps1, a), e3nn.IrrepsArray(irreps2, b)).array
 
         return jax.vmap(one)(w, x1, x2)
+
+    return forward, num_weights
+
+
+def build_channelwise_uvu_weighted(tiny: bool, rng: np.random.Generator) -> Problem:
+    """Legacy ``FunctionalTensorProduct`` with weighted ``uvu`` instructions, vmapped over rows *including the
+    weights*: the channelwise kernel with one weight vector per row (older NequIP convolutions)."""
+    if tiny:
+        irreps1, irreps2, keep, rows = "3x0e+2x1o", "0e+1o", "0e+1o", 9
+    else:
+        irreps1, irreps2, keep, rows = "32x0e+32x1o+16x2e", "0e+1o+2e", "0e+1o+2e", 1999
+    irreps1, irreps2 = e3nn.Irreps(irreps1), e3nn.Irreps(irreps2)
+    forward, num_weights = vmapped_uvu_product(irreps1, irreps2, keep)
 
     floats = {
         "w": random_floats(rng, (rows, num_weights)),

@@ -74,7 +74,7 @@ import e3nn_fast as e3nn
 from e3nn_fast import dispatch
 from e3nn_fast.kernels import tuning
 
-from bench.device_numerics import uvu_instructions
+from bench.device_numerics import vmapped_uvu_product
 
 # --- sm_90 (H100 / H200 SXM) limits ---------------------------------------------------------------------------------
 
@@ -184,21 +184,13 @@ def legacy_uvu_case(irreps1, irreps2, keep, rows):
     """Legacy ``FunctionalTensorProduct`` with weighted ``uvu`` instructions, vmapped over rows including the
     weights (one weight vector per row: the channelwise kernel with per-row weights)."""
     def build():
-        from e3nn_fast.legacy import FunctionalTensorProduct
-
-        i1, i2 = e3nn.Irreps(irreps1), e3nn.Irreps(irreps2)
-        irreps_out, instructions = uvu_instructions(i1, i2, keep)
-        tp = FunctionalTensorProduct(i1, i2, irreps_out, instructions)
-        weights = sum(math.prod(ins.path_shape) for ins in tp.instructions if ins.has_weight)
+        product, weights = vmapped_uvu_product(irreps1, irreps2, keep)
 
         def forward(w, x1, x2):
-            def one(w, a, b):
-                return tp.left_right(w, e3nn.IrrepsArray(i1, a), e3nn.IrrepsArray(i2, b)).array
-
             with e3nn.backend("pallas"):
-                return jax.vmap(one)(w, x1, x2)
+                return product(w, x1, x2)
 
-        floats = {"w": (rows, weights), "x1": (rows, i1.dim), "x2": (rows, i2.dim)}
+        floats = {"w": (rows, weights), "x1": (rows, _dim(irreps1)), "x2": (rows, _dim(irreps2))}
         return Problem(forward, floats, {}, "x2", ("w", "x1"))
 
     return build, f"{irreps1} (x) {irreps2} -> uvu {keep}, per-row weights, {rows} rows"

@@ -189,13 +189,27 @@ def executor(op: str, **kwargs) -> Callable:
     wanted = kwargs.get("requested") or current_backend()
     chosen = choose(op, **kwargs)
     run = _EXECUTORS[op][chosen]
-    if wanted != "pallas" or not (chosen == "pallas" or "pallas" not in _EXECUTORS[op]):
+    if not _refuses_cpu(op, chosen, wanted):
         return run
 
     def guarded(*args, **kw):
         return require_accelerator(run(*args, **kw), f"the op {op!r}")
 
     return guarded
+
+
+def _refuses_cpu(op: str, chosen: str, wanted: str) -> bool:
+    """Whether ``op``'s outputs must refuse a CPU compile: a forced ``pallas`` that chose the kernel executor, or an
+    op without any kernel executor."""
+    return wanted == "pallas" and (chosen == "pallas" or "pallas" not in _EXECUTORS.get(op, {}))
+
+
+def guard_forced_pallas(op: str, chosen: str, tree):
+    """``tree`` as :func:`executor`'s wrapper leaves it, for ops that call :func:`choose` and
+    :func:`implementation` themselves (e.g. to pass the executor as a static argument)."""
+    if _refuses_cpu(op, chosen, current_backend()):
+        return require_accelerator(tree, f"the op {op!r}")
+    return tree
 
 
 # --- the CPU check of a forced "pallas" ------------------------------------------------------------------------------

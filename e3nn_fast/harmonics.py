@@ -160,10 +160,8 @@ def _run_per_l(ls: Tuple[int, ...], x: jax.Array, normalize: bool, normalization
 
 def _harmonics_per_l(ls: Tuple[int, ...], x: jax.Array, normalize: bool, normalization: str) -> List[jax.Array]:
     executor = dispatch.choose("spherical_harmonics", size=x.size)
-    out = _run_per_l(ls, x, normalize, normalization, executor)
-    if dispatch.current_backend() == "pallas":  # no kernel of its own: still refuse a CPU compile, like every op
-        out = dispatch.require_accelerator(out, "the op 'spherical_harmonics'")
-    return out
+    return dispatch.guard_forced_pallas("spherical_harmonics", executor, _run_per_l(ls, x, normalize, normalization,
+                                                                                   executor))
 
 
 def _chunks(irreps_out: Irreps, x: jax.Array, normalize: bool, normalization: str) -> List[jax.Array]:
