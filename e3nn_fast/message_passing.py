@@ -10,10 +10,12 @@ an executor that streams over the edges (see :mod:`e3nn_fast.xla.message_passing
 :mod:`e3nn_fast.kernels.message_passing` on GPU).  The unfused composition itself is the ``reference`` executor
 (:mod:`e3nn_fast.reference.message_passing`).
 
-Graph padding as jraph pads works unchanged: padded edges with zero weight contribute zero, edges into a dummy node
-add into that node only, and receivers outside ``[-num_nodes, num_nodes)`` are dropped, negative ones counting from
-the end (exactly ``scatter_sum(..., mode="drop")``), whatever the integer dtype (``uint32(2**32 - 1)`` is dropped,
-not wrapped to ``-1``).
+Receivers follow ``scatter_sum``'s ``dst`` and its ``mode``.  Negative receivers count from the end.  Graph padding as
+jraph pads (edges into a dummy node, with zero weight) works unchanged.  A receiver outside ``[-num_nodes, num_nodes)``
+is a mistake by default (``mode="promise_in_bounds"``): outside ``jit`` it raises, naming the opt-out; pass
+``mode="drop"`` to drop such edges on purpose (padding edges pointing past the last node).  Under ``jit`` nothing can
+be checked and such edges are dropped in both modes, whatever the integer dtype (``uint32(2**32 - 1)`` is out of
+range, never wrapped to ``-1``).
 Senders must index a row of ``node_feats`` (negative values count from the end).  Outside ``jit`` they are checked
 and an out-of-range sender raises; a padding edge should send from any real node (e.g. 0) and be neutralised by a
 zero weight or a dropped receiver.  Under ``jit`` nothing can be checked: out-of-range senders are clamped to the
@@ -40,6 +42,9 @@ from e3nn_fast.tensor_products import _as_filter, _irrep_normalization
 __all__ = ["message_passing", "message_passing_irreps_out", "layer_filter"]
 
 OP = "message_passing"
+
+#: Values of ``mode``: what out-of-range receivers mean (``scatter_sum``'s names for the same two cases).
+RECEIVER_MODES = ("promise_in_bounds", "drop")
 
 
 def message_passing_irreps_out(irreps_in, irreps_sh, filter_ir_out=None) -> Irreps:
@@ -133,6 +138,27 @@ def _num_nodes(value, default: int) -> int:
     return value
 
 
+def _receiver_mode(value) -> str:
+    """``mode`` checked: one of :data:`RECEIVER_MODES` (``clip`` and ``fill`` of ``scatter_sum`` have no use here)."""
+    if not isinstance(value, str) or value not in RECEIVER_MODES:
+        raise ValueError(
+            f"message_passing: mode={value!r} is not supported; use 'promise_in_bounds' (the default: receivers "
+            "must be in range, checked outside jit) or 'drop' (edges whose receiver is out of range are ignored)"
+        )
+    return value
+
+
+def _check_receivers(receivers, num_nodes: int, mode: str) -> None:
+    """Under the default mode, concrete receivers outside ``[-num_nodes, num_nodes)`` are an error, not padding."""
+    if mode == "drop":
+        return
+    check_indices_in_range(
+        receivers, num_nodes, f"message_passing: receivers (rows of the output, num_nodes={num_nodes})",
+        "pass mode='drop' to ignore edges whose receiver is out of range on purpose (padding edges), "
+        "or point padding edges at a padding node with a zero weight",
+    )
+
+
 def _float_dtype(*arrays):
     dtype = jnp.result_type(*arrays)
     return dtype if jnp.issubdtype(dtype, jnp.inexact) else jnp.ones(()).dtype
@@ -171,11 +197,12 @@ def message_passing(
     filter_ir_out=None,
     irrep_normalization: Optional[str] = None,
     edge_chunk_size: Optional[int] = None,
+    mode: str = "promise_in_bounds",
 ) -> IrrepsArray:
     r"""Equivariant convolution: ``out[n] = sum_{e: receivers[e] = n} tensor_product(x[senders[e]], sh[e]) * w[e]``.
 
     Equal to ``e3nn.scatter_sum(e3nn.tensor_product(node_feats[senders], edge_sh, filter_ir_out=filter_ir_out,
-    irrep_normalization=irrep_normalization) * edge_weights, dst=receivers, output_size=num_nodes, mode="drop")``,
+    irrep_normalization=irrep_normalization) * edge_weights, dst=receivers, output_size=num_nodes, mode=mode)``,
     computed without a ``(num_edges, irreps_out.dim)`` array (forward and backward) by the executor the dispatcher
     picks (``with e3nn_fast.backend(...)``).  Differentiable to any order in every input; ``jax.jvp`` and ``vmap``
     work.
@@ -186,15 +213,17 @@ def message_passing(
         edge_weights: ``(num_edges, irreps_out.num_irreps)``: one weight per edge and irrep copy of the output (as
             ``IrrepsArray * array`` scales them), e.g. from a radial MLP; a scalar IrrepsArray is accepted; ``None``
             for no weights.  :func:`message_passing_irreps_out` gives ``irreps_out``.
-        senders, receivers: integers ``(num_edges,)`` of any integer dtype.  Receivers follow
-            ``scatter_sum(..., mode="drop")`` (negatives count from the end, values outside
-            ``[-num_nodes, num_nodes)`` are dropped: padding edges); senders must lie in
-            ``[-num_inputs, num_inputs)`` (negatives count from the end): checked outside ``jit``, clamped under it.
+        senders, receivers: integers ``(num_edges,)`` of any integer dtype; negatives count from the end.  Senders
+            must lie in ``[-num_inputs, num_inputs)``: checked outside ``jit``, clamped under it.  Receivers must lie
+            in ``[-num_nodes, num_nodes)`` unless ``mode="drop"`` (see ``mode``).
         num_nodes: static number of output rows; default ``node_feats.shape[0]``.
         filter_ir_out: keep only these output irreps (as in :func:`e3nn_fast.tensor_product`).
         irrep_normalization: ``"component"`` (default from ``config``), ``"norm"`` or ``"none"``.
         edge_chunk_size: positive int, edges per step of the chunked ``jnp`` executor (its memory bound); ignored by
             the others.
+        mode: ``"promise_in_bounds"`` (default): receivers are node rows; concrete ones out of range raise (under
+            ``jit`` they cannot be checked and their edges are dropped).  ``"drop"``: edges whose receiver is out of
+            range are dropped on purpose (padding), as ``scatter_sum(..., mode="drop")`` does.
 
     Returns:
         IrrepsArray ``(num_nodes, irreps_out.dim)`` with sorted, regrouped ``irreps_out`` (those of
@@ -203,7 +232,8 @@ def message_passing(
     Raises:
         TypeError: non-IrrepsArray features, non-integer indices, non-int ``num_nodes`` or ``edge_chunk_size``.
         ValueError: arrays that are not 2-D, edge counts that disagree, weights of the wrong shape, bad
-            normalisation or filter, concrete senders out of range, ``edge_chunk_size < 1``.
+            normalisation or filter, an unknown ``mode``, concrete senders out of range (or receivers, unless
+            ``mode="drop"``), ``edge_chunk_size < 1``.
     """
     node_feats = _irreps_array(node_feats, "node_feats")
     edge_sh = _irreps_array(edge_sh, "edge_sh")
@@ -211,12 +241,14 @@ def message_passing(
     num_nodes = _num_nodes(num_nodes, node_feats.shape[0])
     senders = _indices(senders, "senders", num_edges)
     receivers = _indices(receivers, "receivers", num_edges)
+    mode = _receiver_mode(mode)
     node_feats, edge_sh = node_feats.regroup(), edge_sh.regroup()
     spec = message_passing_spec(
         node_feats.irreps, edge_sh.irreps, _as_filter(filter_ir_out), _irrep_normalization(irrep_normalization)
     )
     weights = _weights(edge_weights, num_edges, spec.irreps_out)
     edge_chunk_size = _edge_chunk_size(edge_chunk_size)
+    _check_receivers(receivers, num_nodes, mode)
 
     dtype = _float_dtype(node_feats.dtype, edge_sh.dtype, *([] if weights is None else [weights.dtype]))
     x, sh = node_feats.array.astype(dtype), edge_sh.array.astype(dtype)
@@ -226,8 +258,8 @@ def message_passing(
     num_inputs = node_feats.shape[0]
     check_indices_in_range(
         senders, num_inputs, f"message_passing: senders (rows of node_feats, {num_inputs} of them)",
-        "a padding edge should send from any real node (e.g. 0) with a zero weight or a dropped receiver "
-        "(receivers outside the range are dropped); under jax.jit senders are not checked and are clamped",
+        "a padding edge should send from any real node (e.g. 0) with a zero weight, or with an out-of-range receiver "
+        "and mode='drop'; under jax.jit senders are not checked and are clamped",
     )
     senders = normalize_senders(senders, num_inputs)
     receivers = normalize_receivers(receivers, num_nodes)

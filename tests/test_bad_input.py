@@ -67,8 +67,38 @@ def test_message_passing_drops_out_of_range_receivers_of_every_dtype(dtype):
     senders = np.asarray([0, 1], dtype)
     receivers = np.asarray([np.iinfo(dtype).max, 1], dtype)  # the maximum used to wrap to -1 (the last node)
     for r in (receivers, jnp.asarray(receivers) if np.dtype(dtype).itemsize < 8 else receivers):
-        out = message_passing(node_feats, edge_sh, None, senders, r, 3).array
+        out = message_passing(node_feats, edge_sh, None, senders, r, 3, mode="drop").array
         np.testing.assert_array_equal(np.asarray(out).ravel(), [0.0, 10.0, 0.0])
+        if isinstance(r, jax.Array):  # (64-bit NumPy input would be narrowed by jit itself before we see it)
+            # Under jit nothing can be checked, and the default mode drops such an edge too (never wraps it).
+            run = jax.jit(lambda r: message_passing(node_feats, edge_sh, None, senders, r, 3).array)
+            np.testing.assert_array_equal(np.asarray(run(r)).ravel(), [0.0, 10.0, 0.0])
+
+
+@pytest.mark.parametrize("receivers", [[3, 1], [0, -4], [2**32 - 1, 1]])
+def test_message_passing_checks_concrete_receivers(receivers):
+    """Outside jit an out-of-range receiver is a mistake unless mode='drop' says it is padding."""
+    node_feats, edge_sh = _graph()
+    receivers = np.asarray(receivers, np.uint32 if max(receivers) > 2**31 else np.int32)
+    with pytest.raises(ValueError, match=r"receivers .*num_nodes=3.* must lie in \[-3, 3\).*mode='drop'"):
+        message_passing(node_feats, edge_sh, None, jnp.asarray([0, 1]), receivers, 3)
+    kept = [i for i, r in enumerate(receivers.astype(np.int64)) if -3 <= r < 3]
+    out = message_passing(node_feats, edge_sh, None, jnp.asarray([0, 1]), receivers, 3, mode="drop").array
+    assert float(np.sum(out)) == sum([1.0, 10.0][i] for i in kept)
+
+
+def test_message_passing_mode_is_checked_and_reaches_the_layers():
+    hk = pytest.importorskip("haiku")
+    node_feats, edge_sh = _graph()
+    args = (node_feats, edge_sh, None, jnp.asarray([0, 1]), jnp.asarray([5, 1]), 3)
+    for bad in ("clip", "fill", None, "DROP"):
+        with pytest.raises(ValueError, match=r"mode=.* is not supported; use 'promise_in_bounds'.* or 'drop'"):
+            message_passing(*args, mode=bad)
+    layer = hk.without_apply_rng(hk.transform(lambda *a, **k: e3nn.haiku.MessagePassing()(*a, **k)))
+    params = layer.init(jax.random.PRNGKey(0), *args, mode="drop")
+    with pytest.raises(ValueError, match="receivers"):
+        layer.apply(params, *args)
+    np.testing.assert_array_equal(np.asarray(layer.apply(params, *args, mode="drop").array).ravel(), [0, 10, 0])
 
 
 def test_message_passing_checks_concrete_senders():

@@ -8,6 +8,7 @@ are not multiples of the chunk.  Everything runs under ``jax.jit`` and inputs ar
 
 from __future__ import annotations
 
+import functools
 import re
 
 import jax
@@ -26,8 +27,8 @@ IRREPS_SH = "0e+1o+2e"
 
 def random_graph(seed: int, num_nodes: int = 9, num_real: int = 29, num_pad: int = 6):
     """Senders/receivers with: node ``num_nodes - 2`` isolated, node 0 receiving many edges, self-loops, and padding
-    edges (receivers ``num_nodes`` and ``-num_nodes - 3``, i.e. dropped, and zero-weight edges into the dummy node
-    ``num_nodes - 1``).  Returns (senders, receivers, padding mask)."""
+    edges (receivers ``num_nodes`` and ``-num_nodes - 3``, dropped under ``mode="drop"``, and zero-weight edges into
+    the dummy node ``num_nodes - 1``).  Returns (senders, receivers, padding mask)."""
     rng = np.random.default_rng(seed)
     real = num_nodes - 2  # nodes 0..real-1 are real; real is isolated, real + 1 the dummy
     senders = rng.integers(0, real, num_real)
@@ -214,14 +215,14 @@ def test_jvp_and_vmap():
                   receivers, 9).array
 
     jvp = lambda fn: jax.jit(lambda *p: jax.jvp(lambda *a: run(fn, *a), p, tuple(tangents)))
-    ours = jvp(lambda *a: message_passing(*a, edge_chunk_size=6))(x.array, sh.array, w)
+    ours = jvp(lambda *a: message_passing(*a, edge_chunk_size=6, mode="drop"))(x.array, sh.array, w)
     theirs = jvp(unfused)(x.array, sh.array, w)
     jax.tree.map(lambda a, b: assert_close(a, b, jnp.float64), ours, theirs)
 
     batch_x = jnp.stack([x.array, 2 * x.array, -x.array])
     batch_w = jnp.stack([w, w * 0.5, w])
     vmapped = lambda fn: jax.jit(jax.vmap(lambda xa, w: run(fn, xa, sh.array, w)))
-    assert_close(vmapped(lambda *a: message_passing(*a, edge_chunk_size=6))(batch_x, batch_w),
+    assert_close(vmapped(lambda *a: message_passing(*a, edge_chunk_size=6, mode="drop"))(batch_x, batch_w),
                  vmapped(unfused)(batch_x, batch_w), jnp.float64)
 
 
@@ -339,7 +340,7 @@ def test_kernel_forces_double_backward(small_kernel_blocks):
     x = e3nn.IrrepsArray("2x0e+1x1o", jnp.asarray(rng.standard_normal((num_nodes, 5))))
     w = jnp.asarray(rng.standard_normal((len(senders), message_passing_irreps_out("2x0e+1x1o", "0e+1o").num_irreps)))
     with e3nn.backend("pallas-interpret"):
-        ours = forces_loss(message_passing, senders, receivers, num_nodes, "0e+1o")(positions, x, w)
+        ours = forces_loss(message_passing, senders, receivers, num_nodes, "0e+1o", mode="drop")(positions, x, w)
     theirs = forces_loss(unfused, senders, receivers, num_nodes, "0e+1o")(positions, x, w)
     jax.tree.map(lambda a, b: assert_close(a, b, jnp.float64), ours, theirs)
 
@@ -355,7 +356,7 @@ def test_kernel_jvp_matches_unfused(small_kernel_blocks):
         return jax.jit(lambda *p: jax.jvp(run, p, tangents))
 
     with e3nn.backend("pallas-interpret"):
-        ours = jvp(message_passing)(x.array, sh.array, w)
+        ours = jvp(functools.partial(message_passing, mode="drop"))(x.array, sh.array, w)
     theirs = jvp(unfused)(x.array, sh.array, w)
     jax.tree.map(lambda a, b: assert_close(a, b, jnp.float64), ours, theirs)
 
@@ -364,7 +365,7 @@ def test_kernel_vmap_and_bitwise_reproducible(small_kernel_blocks):
     x, sh, w, senders, receivers = random_inputs(13, jnp.float64, "2x0e+1x1o", "0e+1o", num_real=10, num_pad=2)
     batch_w = jnp.stack([w, 0.5 * w])
     # x and sh are arguments, not closed over: IrrepsArray caches its chunks, which must not capture tracers.
-    run = lambda x, sh, w: message_passing(x, sh, w, senders, receivers, 9).array
+    run = lambda x, sh, w: message_passing(x, sh, w, senders, receivers, 9, mode="drop").array
     with e3nn.backend("pallas-interpret"):
         ours = jax.jit(jax.vmap(run, in_axes=(None, None, 0)))(x, sh, batch_w)
         again = jax.jit(jax.vmap(run, in_axes=(None, None, 0)))(x, sh, batch_w)
@@ -409,7 +410,8 @@ def test_kernel_forward_gradient_and_double_backward_lower_for_cuda(dtype):
     def energy(positions, x, w):
         vectors = e3nn.IrrepsArray("1o", positions[receivers % num_nodes] - positions[senders])
         sh = e3nn.spherical_harmonics("0e+1o+2e", vectors, normalize=True)
-        return jnp.sum(jnp.sin(message_passing(x, sh, w, senders, receivers, num_nodes).array.astype(jnp.float32)))
+        out = message_passing(x, sh, w, senders, receivers, num_nodes, mode="drop").array
+        return jnp.sum(jnp.sin(out.astype(jnp.float32)))
 
     def everything(positions, x, w):
         first = jax.grad(energy, argnums=(0, 1, 2))(positions, x, w)
@@ -447,7 +449,7 @@ def test_haiku_and_flax_modules_match_unfused_composition():
     def haiku_model(x, sh, w):
         module = HaikuMP(irreps_out, avg_num_neighbors=4.0)
         assert module.num_edge_weights(x.irreps, sh.irreps) == n_weights
-        return module(x, sh, w, senders, receivers, 9)
+        return module(x, sh, w, senders, receivers, 9, mode="drop")
 
     params = haiku_model.init(jax.random.PRNGKey(0), x, sh, w)
     ours = jax.jit(haiku_model.apply)(params, x, sh, w)
@@ -458,8 +460,9 @@ def test_haiku_and_flax_modules_match_unfused_composition():
     assert_close(ours.array, theirs.array, jnp.float32)
 
     module = FlaxMP(irreps_out=irreps_out, avg_num_neighbors=4.0)
-    variables = module.init(jax.random.PRNGKey(1), x, sh, w, senders, receivers, 9)
-    ours = jax.jit(lambda v, x, sh, w: module.apply(v, x, sh, w, senders, receivers, 9))(variables, x, sh, w)
+    variables = module.init(jax.random.PRNGKey(1), x, sh, w, senders, receivers, 9, mode="drop")
+    ours = jax.jit(lambda v, x, sh, w: module.apply(v, x, sh, w, senders, receivers, 9, mode="drop"))(
+        variables, x, sh, w)
     linear = e3nn.flax.Linear(irreps_out)
     theirs = composition(lambda m: linear.apply({"params": variables["params"]["linear"]}, m))
     assert_close(ours.array, theirs.array, jnp.float32)
@@ -470,5 +473,5 @@ def test_haiku_and_flax_modules_match_unfused_composition():
     nnx_module = e3nn.nnx.MessagePassing(x.irreps, sh.irreps, irreps_out, avg_num_neighbors=4.0, rngs=nnx.Rngs(0))
     assert nnx_module.num_edge_weights == n_weights
     nnx.update(nnx_module.linear, {"params": variables["params"]["linear"]})
-    ours = nnx_module(x, sh, w, senders, receivers, 9)
+    ours = nnx_module(x, sh, w, senders, receivers, 9, mode="drop")
     assert_close(ours.array, theirs.array, jnp.float32)

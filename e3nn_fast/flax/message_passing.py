@@ -29,7 +29,7 @@ class MessagePassing(flax.linen.Module):
         irrep_normalization: of the tensor product (default from ``config``).
         avg_num_neighbors: the aggregated messages are divided by it.
 
-    Call as ``module(node_feats, edge_sh, edge_weights, senders, receivers, num_nodes=None)``; arguments as in
+    Call as ``module(node_feats, edge_sh, edge_weights, senders, receivers, num_nodes=None, *, mode=...)``; arguments as in
     :func:`e3nn_fast.message_passing`.
     """
 
@@ -47,8 +47,8 @@ class MessagePassing(flax.linen.Module):
 
     @flax.linen.compact
     def __call__(self, node_feats: IrrepsArray, edge_sh: IrrepsArray, edge_weights, senders, receivers,
-                 num_nodes: Optional[int] = None) -> IrrepsArray:
-        out = message_passing(node_feats, edge_sh, edge_weights, senders, receivers, num_nodes,
+                 num_nodes: Optional[int] = None, *, mode: str = "promise_in_bounds") -> IrrepsArray:
+        out = message_passing(node_feats, edge_sh, edge_weights, senders, receivers, num_nodes, mode=mode,
                               filter_ir_out=self._filter(), irrep_normalization=self.irrep_normalization)
         out = out / self.avg_num_neighbors
         if self.irreps_out is not None:

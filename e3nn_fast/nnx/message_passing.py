@@ -36,7 +36,7 @@ class MessagePassing(nnx.Module):
     Attributes:
         num_edge_weights: how many weights per edge the radial network must produce.
 
-    Call as ``module(node_feats, edge_sh, edge_weights, senders, receivers, num_nodes=None)``; arguments as in
+    Call as ``module(node_feats, edge_sh, edge_weights, senders, receivers, num_nodes=None, *, mode=...)``; arguments as in
     :func:`e3nn_fast.message_passing`.
     """
 
@@ -60,8 +60,8 @@ class MessagePassing(nnx.Module):
         self.linear = None if self.irreps_out is None else Linear(irreps_messages, self.irreps_out, rngs=rngs)
 
     def __call__(self, node_feats: IrrepsArray, edge_sh: IrrepsArray, edge_weights, senders, receivers,
-                 num_nodes: Optional[int] = None) -> IrrepsArray:
-        out = message_passing(node_feats, edge_sh, edge_weights, senders, receivers, num_nodes,
+                 num_nodes: Optional[int] = None, *, mode: str = "promise_in_bounds") -> IrrepsArray:
+        out = message_passing(node_feats, edge_sh, edge_weights, senders, receivers, num_nodes, mode=mode,
                               filter_ir_out=self.filter_ir_out, irrep_normalization=self.irrep_normalization)
         out = out / self.avg_num_neighbors
         if self.linear is not None:
