@@ -113,8 +113,9 @@ from e3nn_fast.s2grid import (
 from e3nn_fast.so3grid import SO3Signal
 from e3nn_fast import legacy, legendre, perm, utils
 
-# Sub-packages that need optional dependencies (dm-haiku, flax, flax.nnx) load on first access: ``e3nn_fast.haiku.Linear``.
-_OPTIONAL_SUBPACKAGES = ("haiku", "flax", "nnx", "experimental")
+# Sub-packages that need optional dependencies (dm-haiku, flax, flax.nnx, equinox) load on first access:
+# ``e3nn_fast.haiku.Linear``.
+_OPTIONAL_SUBPACKAGES = ("haiku", "flax", "nnx", "equinox", "experimental")
 
 
 def __getattr__(name):

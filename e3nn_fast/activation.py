@@ -26,6 +26,8 @@ from e3nn_fast.radial import sus
 __all__ = [
     "soft_odd",
     "normalize_function",
+    "parity_function",
+    "is_zero_in_zero",
     "scalar_activation",
     "norm_activation",
     "soft_normalization",
@@ -111,20 +113,50 @@ def normalize_function(phi: Activation) -> Activation:
     return result
 
 
-def _parity(phi: Activation) -> int:
-    """``1`` if ``phi`` is even, ``-1`` if odd, ``0`` if neither (checked numerically on [0, 10])."""
+# Where a function's parity is checked: the even/odd test compares phi(x) and phi(-x) on 256 points of [0, 10] and
+# accepts differences below 1e-5 (e3nn-jax's numbers, so the same functions are classified the same way).
+_PARITY_SAMPLES = 256
+_PARITY_RANGE = 10.0
+_PARITY_TOLERANCE = 1e-5
+
+
+def parity_function(phi: Activation) -> int:
+    """The parity of a scalar function, found numerically: ``1`` if even, ``-1`` if odd, ``0`` if neither.
+
+    ``phi`` is evaluated on a grid of ``[0, 10]`` and on its mirror image; it counts as even (odd) when
+    ``phi(-x)`` and ``phi(x)`` (``-phi(x)``) agree to within ``1e-5`` everywhere on the grid.  The check runs eagerly
+    even inside ``jax.jit``, so it can decide the output irreps of a traced function.  A function that is both (zero)
+    is reported even.
+
+    This decides what an activation may do to odd scalars (``0o``): an even function maps them to ``0e``, an odd one
+    keeps them ``0o``, and any other function would break the parity symmetry.
+
+    Raises:
+        TypeError: ``phi`` is not callable.
+    """
+    if not callable(phi):
+        raise TypeError(f"parity_function: expected a callable, got {phi!r} of type {type(phi).__name__}")
     with jax.ensure_compile_time_eval():
-        x = jnp.linspace(0.0, 10.0, 256)
-        plus, minus = phi(x), phi(-x)
-        if jnp.max(jnp.abs(plus - minus)) < 1e-5:
-            return 1
-        if jnp.max(jnp.abs(plus + minus)) < 1e-5:
-            return -1
-        return 0
+        grid = jnp.linspace(0.0, _PARITY_RANGE, _PARITY_SAMPLES)
+        values, mirrored = phi(grid), phi(-grid)
+        # phi(-x) = parity * phi(x); even is tried first, so a function that is both (zero) counts as even.
+        for parity in (1, -1):
+            if jnp.max(jnp.abs(mirrored - parity * values)) < _PARITY_TOLERANCE:
+                return parity
+    return 0
 
 
-def _vanishes_at_zero(phi: Activation) -> bool:
-    """Whether ``phi(0) == 0``: a chunk known to be zero then stays known to be zero."""
+def is_zero_in_zero(phi: Activation) -> bool:
+    """Whether ``phi(0) == 0`` (to ``allclose`` precision), checked eagerly even under ``jax.jit``.
+
+    ``scalar_activation`` uses it to keep a block that is known to be zero marked as zero (no array is stored for it)
+    when the function applied to it vanishes at zero.
+
+    Raises:
+        TypeError: ``phi`` is not callable.
+    """
+    if not callable(phi):
+        raise TypeError(f"is_zero_in_zero: expected a callable, got {phi!r} of type {type(phi).__name__}")
     with jax.ensure_compile_time_eval():
         return bool(jnp.allclose(phi(jnp.array(0.0)), 0.0))
 
@@ -153,7 +185,7 @@ def _activated_block(
         )
     if ir.p == 1:
         return mul, (0, 1)
-    parity = _parity(act)
+    parity = parity_function(act)
     if parity == 0:
         raise ValueError(
             f"scalar_activation: the odd scalars {mul}x{ir} of {irreps} need an even or odd activation, "
@@ -219,7 +251,7 @@ def scalar_activation(
         irreps_out.append(_activated_block(mul, ir, act, input.irreps, acts))
         if x is not None:
             chunks.append(act(x))
-        elif _vanishes_at_zero(act):
+        elif is_zero_in_zero(act):
             chunks.append(None)
         else:  # a block known to be zero maps to the constant act(0)
             chunks.append(act(jnp.zeros(input.shape[:-1] + (mul, 1), input.dtype)))

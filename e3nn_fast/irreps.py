@@ -89,6 +89,31 @@ def _check_multiplicity(mul: Any) -> int:
     return int(mul)
 
 
+def _foreign_irrep_fields(obj: Any) -> Optional[Tuple[int, int]]:
+    """``(l, p)`` of an irrep object of another library, ``None`` for anything else.
+
+    Another library's irrep is recognised by its integer attributes ``l`` and ``p`` (torch-e3nn's ``Irrep``, a
+    tuple subclass that refuses ``len()``; e3nn-jax's ``Irrep``; our own ``Irrep`` is handled before this is asked).
+    Duck typing is used instead of importing those libraries, so that none of them is a dependency.
+    """
+    if isinstance(obj, str):
+        return None
+    l, p = getattr(obj, "l", None), getattr(obj, "p", None)
+    if _is_integer(l) and _is_integer(p):
+        return l, p
+    return None
+
+
+def _foreign_mul_irrep_fields(obj: Any) -> Optional[Tuple[Any, Any]]:
+    """``(mul, ir)`` of a multiplicity-irrep pair of another library (attributes ``mul`` and ``ir``), else ``None``.
+
+    Covers torch-e3nn's ``_MulIr`` and e3nn-jax's ``MulIrrep``, whatever their tuple behaviour.
+    """
+    if isinstance(obj, str) or not (hasattr(obj, "mul") and hasattr(obj, "ir")):
+        return None
+    return obj.mul, obj.ir
+
+
 def _parity_from_letter(letter: str, l: int) -> int:
     """``e`` -> +1, ``o`` -> -1, ``y`` -> parity of the spherical harmonics of degree ``l``."""
     return {"e": 1, "o": -1, "y": (-1) ** l}[letter]
@@ -219,7 +244,8 @@ class Irrep:
     r"""An irreducible representation of :math:`O(3)`: degree ``l`` and parity ``p``.
 
     Accepted forms: ``Irrep(l, p)``, ``Irrep("1o")`` / ``"1e"`` / ``"1y"`` (``y``: parity :math:`(-1)^l`),
-    ``Irrep((l, p))``, another ``Irrep`` or a ``MulIrrep`` (its irrep).
+    ``Irrep((l, p))``, another ``Irrep`` or a ``MulIrrep`` (its irrep), or the irrep object of another library
+    (torch-e3nn's or e3nn-jax's ``Irrep``: anything with integer attributes ``l`` and ``p``).
 
     >>> Irrep(2, -1), Irrep("1y"), Irrep("2e").dim
     (2o, 1o, 5)
@@ -246,10 +272,16 @@ class Irrep:
             return obj.ir.l, obj.ir.p
         if isinstance(obj, str):
             return _parse_irrep_string(obj)
+        foreign = _foreign_irrep_fields(obj)
+        if foreign is not None:
+            return foreign
         if isinstance(obj, (tuple, list)) and not isinstance(obj, Irreps):
-            if len(obj) != 2:
-                raise ValueError(f"unable to convert {obj!r} into an Irrep: expected a pair (l, p)")
-            return obj[0], obj[1]
+            # Unpack rather than ``len()``: torch-e3nn's Irrep is a tuple subclass whose __len__ raises.
+            try:
+                l, p = obj
+            except ValueError:
+                raise ValueError(f"unable to convert {obj!r} into an Irrep: expected a pair (l, p)") from None
+            return l, p
         if _is_integer(obj):
             raise InvalidTypeError(
                 f"Irrep({obj!r}) needs a parity: use Irrep({obj}, p) or a string such as '{obj}e'"
@@ -386,21 +418,36 @@ class Irrep:
 @functools.total_ordering
 @dataclasses.dataclass(init=False, frozen=True, repr=False)
 class MulIrrep:
-    """An irrep with a multiplicity: ``MulIrrep(mul, ir)`` or ``MulIrrep((mul, ir))``; prints as ``"5x1o"``."""
+    """An irrep with a multiplicity: ``MulIrrep(mul, ir)`` or ``MulIrrep((mul, ir))``; prints as ``"5x1o"``.
+
+    The one-argument form also takes another library's pair (torch-e3nn's ``_MulIr``, e3nn-jax's ``MulIrrep``).
+    """
 
     mul: int
     ir: Irrep
 
     def __init__(self, mul: Any, ir: Optional[IntoIrrep] = None):
         if ir is None:
-            if isinstance(mul, MulIrrep):
-                mul, ir = mul.mul, mul.ir
-            elif isinstance(mul, (tuple, list)) and len(mul) == 2:
-                mul, ir = mul
-            else:
-                raise TypeError(f"unable to convert {mul!r} into a MulIrrep: expected MulIrrep(mul, ir)")
+            mul, ir = self._fields_from(mul)
         object.__setattr__(self, "mul", _check_multiplicity(mul))
         object.__setattr__(self, "ir", Irrep(ir))
+
+    @staticmethod
+    def _fields_from(obj: Any) -> Tuple[Any, Any]:
+        """``(mul, ir)`` of a one-argument constructor input: a MulIrrep (ours or another library's) or a pair."""
+        if isinstance(obj, MulIrrep):
+            return obj.mul, obj.ir
+        foreign = _foreign_mul_irrep_fields(obj)
+        if foreign is not None:
+            return foreign
+        if isinstance(obj, (tuple, list)):
+            try:
+                mul, ir = obj  # unpacked, not len()-checked: tuple subclasses may refuse len()
+            except ValueError:
+                pass
+            else:
+                return mul, ir
+        raise TypeError(f"unable to convert {obj!r} into a MulIrrep: expected MulIrrep(mul, ir) or a pair (mul, ir)")
 
     @property
     def dim(self) -> int:
@@ -442,8 +489,12 @@ def _as_mul_irrep(item: Any) -> MulIrrep:
         return MulIrrep(1, Irrep(item))
     if _is_integer(item):
         return MulIrrep(1, Irrep(item, 1))
+    # Another library's irrep (torch-e3nn's is the tuple (l, p)): one copy, not a (mul, ir) pair.
+    if _foreign_irrep_fields(item) is not None:
+        return MulIrrep(1, Irrep(item))
+    foreign = _foreign_mul_irrep_fields(item)
     try:
-        mul, ir = item
+        mul, ir = item if foreign is None else foreign
     except (TypeError, ValueError):
         raise ValueError(f'Unable to interpret "{item!r}" as an irrep: expected "1o", an Irrep or (mul, ir)') from None
     try:
@@ -462,6 +513,11 @@ def _mul_irreps_from(irreps: IntoIrreps) -> Tuple[MulIrrep, ...]:
         return (MulIrrep(1, irreps),)
     if isinstance(irreps, MulIrrep):
         return (irreps,)
+    # A single irrep or (mul, ir) pair of another library (torch-e3nn, e3nn-jax): one term, not a sequence of terms.
+    if _foreign_irrep_fields(irreps) is not None:
+        return (MulIrrep(1, Irrep(irreps)),)
+    if _foreign_mul_irrep_fields(irreps) is not None:
+        return (MulIrrep(irreps),)
     if isinstance(irreps, (bytes, bytearray)):  # iterating would give one integer (an "l") per byte
         raise TypeError(f"Irreps got bytes {irreps!r}; decode them first, e.g. Irreps({irreps!r}.decode())")
     try:
@@ -473,6 +529,10 @@ def _mul_irreps_from(irreps: IntoIrreps) -> Tuple[MulIrrep, ...]:
 
 class Irreps(tuple):
     r"""Direct sum of irreps of :math:`O(3)`, a tuple of :class:`MulIrrep`.
+
+    Built from a string, ``None`` (empty), an ``Irrep`` or ``MulIrrep``, or a sequence whose items are strings,
+    irreps, even degrees ``l`` or ``(mul, ir)`` pairs; the irreps objects of torch-e3nn and e3nn-jax (``Irreps``,
+    ``Irrep``, ``MulIrrep``/``_MulIr``) convert too.
 
     >>> Irreps("100x0e + 50x1e")
     100x0e+50x1e

@@ -527,9 +527,9 @@ class SphericalSignal:
         As in e3nn-jax the result keeps this signal's ``p_val``.
         """
         if self.p_val == -1:
-            from e3nn_fast.activation import _parity  # local: activation imports far more than we need here
+            from e3nn_fast.activation import parity_function  # local: activation imports far more than we need here
 
-            if _parity(func) == 0:
+            if parity_function(func) == 0:
                 raise ValueError(
                     f"apply: this signal is odd (p_val=-1), so {func} must be an even or an odd function for the "
                     "result to keep a definite parity, but it is neither. Use an even or odd function, or apply "

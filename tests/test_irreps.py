@@ -615,3 +615,123 @@ def test_D_from_quaternion_axis_angle_log_coordinates_match(dtype):
 def test_D_from_matrix_bad_shape():
     with pytest.raises(ValueError, match="3, 3"):
         Irrep("1o").D_from_matrix(jnp.eye(4))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Irreps objects of other libraries: torch-e3nn (mimicked here, torch is not needed) and e3nn-jax
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class TupleIrrepRefusingLen(tuple):
+    """Shaped like torch-e3nn's ``o3.Irrep``: the tuple ``(l, p)`` with ``l``/``p`` properties and no ``len()``."""
+
+    def __new__(cls, l, p):
+        return super().__new__(cls, (l, p))
+
+    @property
+    def l(self):  # noqa: E743
+        return self[0]
+
+    @property
+    def p(self):
+        return self[1]
+
+    def __len__(self):
+        raise NotImplementedError
+
+    def __contains__(self, _object):
+        raise NotImplementedError
+
+
+class TupleMulIrrep(tuple):
+    """Shaped like torch-e3nn's ``_MulIr``: the tuple ``(mul, ir)`` with ``mul``/``ir`` properties."""
+
+    def __new__(cls, mul, ir):
+        return super().__new__(cls, (mul, ir))
+
+    @property
+    def mul(self):
+        return self[0]
+
+    @property
+    def ir(self):
+        return self[1]
+
+
+class TupleIrreps(tuple):
+    """Shaped like torch-e3nn's ``o3.Irreps``: a tuple of ``_MulIr``."""
+
+    def __new__(cls, terms):
+        return super().__new__(cls, [TupleMulIrrep(mul, TupleIrrepRefusingLen(l, p)) for mul, (l, p) in terms])
+
+
+def test_irrep_from_a_tuple_that_refuses_len():
+    foreign = TupleIrrepRefusingLen(2, -1)
+    with pytest.raises(NotImplementedError):
+        len(foreign)  # the mimic really refuses
+    assert Irrep(foreign) == Irrep(2, -1)
+    assert str(Irrep(foreign)) == str(e3nn_ref.Irrep(foreign))  # e3nn-jax reads it the same way
+    assert Irrep("2o") == foreign  # comparisons convert too
+    assert MulIrrep(3, foreign) == MulIrrep(3, "2o")
+
+
+def test_irreps_from_torch_like_objects():
+    terms = [(2, (0, 1)), (3, (1, -1)), (1, (2, 1))]
+    foreign = TupleIrreps(terms)
+    assert Irreps(foreign) == Irreps("2x0e + 3x1o + 1x2e")
+    assert str(Irreps(foreign)) == str(e3nn_ref.Irreps(foreign))
+    assert MulIrrep(foreign[1]) == MulIrrep(3, "1o")
+    assert Irreps([foreign[1], "0o"]) == Irreps("3x1o + 0o")
+    assert Irreps([(4, TupleIrrepRefusingLen(1, 1))]) == Irreps("4x1e")
+
+
+def test_irreps_from_a_single_torch_like_irrep():
+    """One irrep of another library is one term, as for our Irrep (e3nn-jax would unpack it as a sequence)."""
+    assert Irreps(TupleIrrepRefusingLen(1, -1)) == Irreps("1o")
+    assert Irreps([TupleIrrepRefusingLen(1, -1), TupleIrrepRefusingLen(0, 1)]) == Irreps("1o + 0e")
+
+
+def test_irreps_from_e3nn_jax_objects():
+    assert Irrep(e3nn_ref.Irrep("3o")) == Irrep("3o")
+    assert Irreps(e3nn_ref.Irreps("2x0e + 1o")) == Irreps("2x0e + 1o")
+    assert Irreps(e3nn_ref.MulIrrep(2, e3nn_ref.Irrep("1e"))) == Irreps("2x1e")
+    assert Irreps(e3nn_ref.Irrep("2e")) == Irreps("2e")
+    assert MulIrrep(e3nn_ref.MulIrrep(2, e3nn_ref.Irrep("1e"))) == MulIrrep(2, "1e")
+
+
+def test_pairs_and_mul_irreps_as_before():
+    """Plain ``(mul, (l, p))`` pairs and our MulIrrep keep working; bad tuples still fail with clear errors."""
+    assert Irreps([(2, (1, -1)), MulIrrep(1, "0e")]) == Irreps("2x1o + 0e")
+    assert Irreps(MulIrrep(5, "2e")) == Irreps("5x2e")
+    assert MulIrrep((2, (1, -1))) == MulIrrep(2, "1o")
+    assert Irrep([1, -1]) == Irrep("1o")
+    with pytest.raises(ValueError, match=r"pair \(l, p\)"):
+        Irrep(())
+    with pytest.raises(ValueError, match=r"pair \(l, p\)"):
+        Irrep((1, -1, 0))
+    with pytest.raises(TypeError, match=r"pair \(mul, ir\)"):
+        MulIrrep((1, 2, 3))
+    with pytest.raises(TypeError, match="MulIrrep"):
+        MulIrrep("ab")
+    with pytest.raises(AssertionError):  # e3nn-jax asserts here; ours is also a TypeError
+        Irreps([(32, 1)])
+    with pytest.raises(TypeError, match="decode"):
+        Irreps(b"1x0e")
+
+
+def test_bad_torch_like_irreps_are_still_rejected():
+    with pytest.raises(ValueError, match="parity"):
+        Irrep(TupleIrrepRefusingLen(1, 0))
+    with pytest.raises(ValueError, match="non-negative"):
+        Irrep(TupleIrrepRefusingLen(-1, 1))
+    with pytest.raises(ValueError, match="non-negative"):
+        Irreps([TupleMulIrrep(-2, TupleIrrepRefusingLen(1, 1))])
+
+
+def test_real_torch_e3nn_objects():
+    o3 = pytest.importorskip("e3nn.o3")  # torch-e3nn, only where it is installed
+    assert Irrep(o3.Irrep("1o")) == Irrep("1o")
+    assert Irreps(o3.Irreps("16x0e + 8x1o + 2x2e")) == Irreps("16x0e + 8x1o + 2x2e")
+    assert Irreps(o3.Irrep("2e")) == Irreps("2e")
+    assert Irreps([(4, o3.Irrep("1e"))]) == Irreps("4x1e")
+    assert MulIrrep(o3.Irreps("3x1o")[0]) == MulIrrep(3, "1o")
