@@ -14,18 +14,19 @@ Construction (deterministic, so that the numbers agree with e3nn-jax 0.21):
 3. Entries are snapped to the nearest ``±sqrt(p)/q`` (``q <= 2**20``), which removes round-off noise.
 
 A fully symmetric power of several irreps is built faster: each irrep's own symmetric powers are multiplied
-together and symmetrised over the positions of the factors.
+together and symmetrised over the positions of the factors; each product is computed once on its own small axes and
+then copied to its positions, so the (mostly zero) full-size tensor is only ever written, never computed with.
 
-All the work is plain ``numpy`` in float64; results are cached.
+All the work is plain ``numpy`` in float64. Results are cached per configuration, and the public functions return
+the cached array itself, made read-only (a fourth power of ``0e+1o+2e+3o`` is already 2 GB).
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-from fractions import Fraction
 from math import prod
-from typing import Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, FrozenSet, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
@@ -87,17 +88,36 @@ def _identity_blocks(irreps: Irreps, position: int, n_indices: int) -> List[Bloc
     return blocks
 
 
-def _to_irreps_array(blocks: List[Block], index_shape: Tuple[int, ...]) -> IrrepsArray:
+class _Basis(NamedTuple):
+    """A finished basis: ``array`` of shape ``(*index_dims, irreps.dim)``, read-only because it is cached and shared."""
+
+    irreps: Irreps
+    array: np.ndarray
+
+
+def _frozen_basis(irreps: Irreps, array: np.ndarray) -> _Basis:
+    array.flags.writeable = False  # every caller gets this very array back from the caches
+    return _Basis(irreps, array)
+
+
+def _dense(blocks: List[Block], index_shape: Tuple[int, ...]) -> _Basis:
+    """Concatenate blocks along the irreps axis."""
     irreps = Irreps([(mul, ir) for mul, ir, _ in blocks])
     if blocks:
         array = np.concatenate([x.reshape(x.shape[:-2] + (-1,)) for _, _, x in blocks], axis=-1)
     else:
         array = np.zeros(index_shape + (0,))
-    return IrrepsArray(irreps, array)
+    return _frozen_basis(irreps, array)
 
 
-def _from_irreps_array(x: IrrepsArray) -> List[Block]:
-    return [(mul, ir, np.asarray(c)) for (mul, ir), c in zip(x.irreps, x.chunks) if mul > 0]
+def _blocks_of(basis: _Basis) -> List[Block]:
+    """The blocks of a basis as views (no copy) of its array."""
+    blocks = []
+    for (mul, ir), sl in zip(basis.irreps, basis.irreps.slices()):
+        if mul > 0:
+            x = basis.array[..., sl]
+            blocks.append((mul, ir, x.reshape(x.shape[:-1] + (mul, ir.dim))))
+    return blocks
 
 
 def _couple(blocks1: List[Block], blocks2: List[Block], keep_ir: KeepIr = None) -> List[Block]:
@@ -289,15 +309,41 @@ def _constrain_by_symmetry(blocks: List[Block], subspace: np.ndarray, epsilon: f
     return out
 
 
+def _closest_fraction(numerator: int, denominator: int, bound: int) -> Tuple[int, int]:
+    """The fraction nearest to ``numerator / denominator`` among those with a denominator at most ``bound``.
+
+    Walks the continued fraction expansion: the answer is either the last convergent whose denominator fits, or the
+    largest semiconvergent past it that still fits, whichever is nearer (the convergent when both are as near).
+    Plain integers throughout, which is much cheaper than ``Fraction`` objects and exact all the same.
+    """
+    p_prev, q_prev, p, q = 0, 1, 1, 0  # the two latest convergents, p / q the newest
+    n, d = numerator, denominator
+    while d != 0:
+        a = n // d
+        if q_prev + a * q > bound:
+            break
+        p_prev, q_prev, p, q = p, q, p_prev + a * p, q_prev + a * q
+        n, d = d, n - a * d
+    else:
+        return p, q  # the expansion ended within the bound: the value itself
+    t = (bound - q_prev) // q
+    p_semi, q_semi = p_prev + t * p, q_prev + t * q
+    # compare the distances of p / q and p_semi / q_semi to numerator / denominator without dividing
+    error = abs(p * denominator - numerator * q) * q_semi
+    error_semi = abs(p_semi * denominator - numerator * q_semi) * q
+    return (p, q) if error <= error_semi else (p_semi, q_semi)
+
+
 def _round_to_sqrt_rational(x: np.ndarray, max_denominator: int = 2**20) -> np.ndarray:
     """Snap each entry to the closest ``±sqrt(p/q²)``, i.e. round x² to a fraction with denominator <= q²."""
     x = np.asarray(x, dtype=np.float64)
     values, inverse = np.unique(x, return_inverse=True)
+    if not values.size:
+        return x
     bound = max_denominator**2 + 1
-    snapped = np.array(
-        [np.sign(v) * np.sqrt(float(Fraction(float(v * v)).limit_denominator(bound))) for v in values]
-    )
-    return snapped[inverse.reshape(x.shape)] if values.size else x
+    squares = [_closest_fraction(*float(v).as_integer_ratio(), bound) for v in values * values]
+    snapped = np.sign(values) * np.sqrt(np.array([p / q for p, q in squares]))
+    return snapped[inverse.reshape(x.shape)]
 
 
 def _round_blocks(blocks: List[Block]) -> List[Block]:
@@ -339,19 +385,19 @@ def _needed_before_coupling(keep_ir: KeepIr, irreps: Irreps, remaining: int) -> 
 @functools.lru_cache(maxsize=None)
 def _reduce(
     irreps_tuple: Tuple[Irreps, ...], group: PermGroup, keep_ir: KeepIr, epsilon: float, optimized: bool
-) -> Tuple[Block, ...]:
+) -> _Basis:
     n = len(irreps_tuple)
     if n == 0:
         raise ReducedTensorProductError("reduced_tensor_product_basis: the tensor product of zero indices is undefined")
     if optimized and n > 1 and group == _symmetric_group(n) and irreps_tuple[0].num_irreps > 1:
-        return tuple(_round_blocks(_symmetric_power(irreps_tuple[0], n, epsilon, keep_ir)))
+        return _symmetric_power(irreps_tuple[0], n, epsilon, keep_ir)
 
     dims = tuple(irreps.dim for irreps in irreps_tuple)
     parts: List[Tuple[FrozenSet[int], List[Block]]] = [
         (frozenset({i}), _identity_blocks(irreps, i, n)) for i, irreps in enumerate(irreps_tuple)
     ]
     if n == 1:
-        return tuple(_regroup(_filter(parts[0][1], keep_ir)))
+        return _dense(_regroup(_filter(parts[0][1], keep_ir)), dims)
 
     while len(parts) > 2:
         # greedy: merge first the pair of index groups with the fewest symmetric degrees of freedom
@@ -372,16 +418,16 @@ def _reduce(
             tuple(irreps_tuple[k] for k in sorted(merged)), _subgroup(merged, group), keep, epsilon, optimized
         )
         shape = tuple(dims[k] if k in merged else 1 for k in range(n))
-        parts.insert(0, (merged, [(mul, ir, x.reshape(shape + x.shape[-2:])) for mul, ir, x in sub]))
+        parts.insert(0, (merged, [(mul, ir, x.reshape(shape + x.shape[-2:])) for mul, ir, x in _blocks_of(sub)]))
 
     (fa, a), (fb, b) = parts
     blocks = _couple(a, b, keep_ir)
     everything = fa | fb
     if len(_subgroup(everything, group)) == 1:
-        return tuple(blocks)
+        return _dense(blocks, dims)
     subspace = _symmetric_subspace_of(everything, group, dims)
     blocks = _constrain_by_symmetry(blocks, subspace, epsilon)
-    return tuple(_round_blocks(_regroup(blocks)))
+    return _dense(_round_blocks(_regroup(blocks)), dims)
 
 
 def _compositions(length: int, total: int) -> Iterator[Tuple[int, ...]]:
@@ -394,11 +440,32 @@ def _compositions(length: int, total: int) -> Iterator[Tuple[int, ...]]:
             yield (first,) + rest
 
 
-def _symmetric_power(irreps: Irreps, degree: int, epsilon: float, keep_ir: KeepIr) -> List[Block]:
+def _distinct_arrangements(labels: Tuple[int, ...]) -> Dict[Tuple[int, ...], Tuple[int, ...]]:
+    """Every distinct reordering of ``labels``, mapped to the first axis permutation (itertools order) giving it."""
+    first: Dict[Tuple[int, ...], Tuple[int, ...]] = {}
+    for axes in itertools.permutations(range(len(labels))):
+        first.setdefault(tuple(labels[a] for a in axes), axes)
+    return first
+
+
+def _round_all(arrays: List[np.ndarray]) -> List[np.ndarray]:
+    """:func:`_round_to_sqrt_rational` of several arrays at once, so that a value shared by many is snapped once."""
+    if not arrays:
+        return []
+    snapped = _round_to_sqrt_rational(np.concatenate([a.ravel() for a in arrays]))
+    ends = np.cumsum([a.size for a in arrays])
+    return [piece.reshape(a.shape) for a, piece in zip(arrays, np.split(snapped, ends[:-1]))]
+
+
+def _symmetric_power(irreps: Irreps, degree: int, epsilon: float, keep_ir: KeepIr) -> _Basis:
     """Symmetric power of a sum of irreps, assembled from the symmetric powers of each irrep.
 
     Sym^n(V_1 + ... + V_m) = sum over n_1 + ... + n_m = n of Sym^{n_1} V_1 x ... x Sym^{n_m} V_m, each term placed at
     every arrangement of its factors among the n positions (normalised by the square root of their count).
+
+    Each term is computed once, on its own small axes; the (d,) * n result, by far the largest array involved (it is
+    mostly zeros), is then written exactly once: every arrangement fills its own disjoint window. So the entries of
+    the result are those of the small terms, which is why rounding them beforehand is the same as rounding the result.
     """
     singles = [Irreps([(1, ir)]) for mul, ir in irreps for _ in range(mul)]
     offsets = np.cumsum([0] + [s.dim for s in singles])
@@ -408,9 +475,10 @@ def _symmetric_power(irreps: Irreps, degree: int, epsilon: float, keep_ir: KeepI
     for i, single in enumerate(singles):
         for k in range(1, degree + 1):
             keep = _needed_before_coupling(keep_ir, irreps, degree - k)
-            powers[i, k] = list(_reduce((single,) * k, _symmetric_group(k), keep, epsilon, True))
+            powers[i, k] = _blocks_of(_reduce((single,) * k, _symmetric_group(k), keep, epsilon, True))
 
-    out: List[Block] = []
+    # 1. the terms: a product of single-irrep powers, one per composition of the degree
+    terms_found: List[Tuple[Dict[Tuple[int, ...], Tuple[int, ...]], List[Block]]] = []
     for exponents in _compositions(len(singles), degree):
         factors = [(i, k) for i, k in enumerate(exponents) if k > 0]
         # put each factor on its own consecutive axes
@@ -431,21 +499,39 @@ def _symmetric_power(irreps: Irreps, degree: int, epsilon: float, keep_ir: KeepI
         product = _regroup(product)
         if not product:
             continue
+        arrangements = _distinct_arrangements(tuple(i for i, k in factors for _ in range(k)))
+        norm = np.sqrt(len(arrangements))
+        terms_found.append((arrangements, [(mul, ir, x / norm) for mul, ir, x in product]))
 
-        labels = tuple(i for i, k in factors for _ in range(k))  # which irrep sits on each axis
-        seen = set()
-        symmetrised = [np.zeros((total_dim,) * degree + x.shape[-2:]) for _, _, x in product]
-        for axes in itertools.permutations(range(degree)):
-            arrangement = tuple(labels[a] for a in axes)
-            if arrangement in seen:
-                continue
-            seen.add(arrangement)
+    # 2. snap the values (see the docstring)
+    rounded = iter(_round_all([x for _, product in terms_found for _, _, x in product]))
+    terms_found = [(arr, [(mul, ir, next(rounded)) for mul, ir, _ in product]) for arr, product in terms_found]
+
+    # 3. columns: irreps in increasing order, each irrep's copies in the order of the terms (as _regroup would do)
+    irs = sorted({ir for _, product in terms_found for _, ir, _ in product})
+    columns: Dict[Tuple[int, Irrep], int] = {}
+    irreps_out = []
+    start = 0
+    for ir in irs:
+        total_mul = 0
+        for t, (_, product) in enumerate(terms_found):
+            for mul, ir_t, _ in product:
+                if ir_t == ir:
+                    columns[t, ir] = start + total_mul * ir.dim
+                    total_mul += mul
+        irreps_out.append((total_mul, ir))
+        start += total_mul * ir.dim
+
+    # 4. write each term at every arrangement of its factors
+    out = np.zeros((total_dim,) * degree + (start,))
+    for t, (arrangements, product) in enumerate(terms_found):
+        for arrangement, axes in arrangements.items():
             window = tuple(slice(offsets[lab], offsets[lab + 1]) for lab in arrangement)
-            for target, (_, _, x) in zip(symmetrised, product):
-                target[window] += np.transpose(x, axes + (degree, degree + 1))
-        norm = np.sqrt(len(seen))
-        out.extend((mul, ir, s / norm) for (mul, ir, _), s in zip(product, symmetrised))
-    return _regroup(out)
+            for mul, ir, x in product:
+                x = np.transpose(x, axes + (degree, degree + 1))
+                c0 = columns[t, ir]
+                out[window + (slice(c0, c0 + mul * ir.dim),)] = x.reshape(x.shape[:-2] + (-1,))
+    return _frozen_basis(Irreps(irreps_out), out)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -471,8 +557,9 @@ def _as_irreps(irreps, what: str) -> Irreps:
         raise ValueError(f"reduced_tensor_product_basis: invalid irreps for {what}: {irreps!r}") from e
 
 
-def _finish(blocks: Sequence[Block], irreps_tuple: Tuple[Irreps, ...]) -> IrrepsArray:
-    return _to_irreps_array(list(blocks), tuple(irreps.dim for irreps in irreps_tuple))
+def _finish(basis: _Basis) -> IrrepsArray:
+    # no copy: the cached (read-only) array itself, so asking again for the same basis costs nothing
+    return IrrepsArray(basis.irreps, basis.array)
 
 
 def _check_degree(degree) -> int:
@@ -502,7 +589,8 @@ def reduced_tensor_product_basis(
 
     Returns:
         IrrepsArray of shape ``(d_1, ..., d_n, irreps_out.dim)`` (``d_k`` the dimension of the k-th index); its
-        irreps axis is orthonormal and each output irrep transforms equivariantly.
+        irreps axis is orthonormal and each output irrep transforms equivariantly. Its array is a read-only numpy
+        array, shared by every call with the same arguments (copy it to modify it).
 
     Example:
         >>> Q = reduced_tensor_product_basis("ij=ji", i="1o")  # symmetric 3x3 matrices
@@ -515,8 +603,8 @@ def reduced_tensor_product_basis(
         if irreps_dict:
             raise ValueError("reduced_tensor_product_basis: index irreps keywords are only allowed with a formula")
         irreps_tuple = tuple(_as_irreps(irreps, f"index {k}") for k, irreps in enumerate(formula_or_irreps_list))
-        blocks = _reduce(irreps_tuple, _trivial_group(len(irreps_tuple)), keep, epsilon, _use_optimized_implementation)
-        return _finish(blocks, irreps_tuple)
+        basis = _reduce(irreps_tuple, _trivial_group(len(irreps_tuple)), keep, epsilon, _use_optimized_implementation)
+        return _finish(basis)
 
     if not isinstance(formula_or_irreps_list, str):
         raise TypeError(
@@ -554,8 +642,8 @@ def reduced_tensor_product_basis(
         )
 
     irreps_tuple = tuple(index_irreps[c] for c in f0)
-    blocks = _reduce(irreps_tuple, group, keep, epsilon, _use_optimized_implementation)
-    return _finish(blocks, irreps_tuple)
+    basis = _reduce(irreps_tuple, group, keep, epsilon, _use_optimized_implementation)
+    return _finish(basis)
 
 
 def reduced_symmetric_tensor_product_basis(
@@ -569,14 +657,15 @@ def reduced_symmetric_tensor_product_basis(
     r"""Change of basis of the fully symmetric ``degree``-th tensor power of ``irreps``.
 
     Returns an IrrepsArray of shape ``(d, ..., d, irreps_out.dim)`` with ``degree`` axes of size ``d = irreps.dim``,
-    symmetric under any exchange of those axes. ``keep_ir`` restricts the output irreps.
+    symmetric under any exchange of those axes. ``keep_ir`` restricts the output irreps. As for
+    :func:`reduced_tensor_product_basis`, the array is read-only and shared by the calls with the same arguments.
     """
     irreps = _as_irreps(irreps, "irreps")
     degree = _check_degree(degree)
     irreps_tuple = (irreps,) * degree
-    blocks = _reduce(irreps_tuple, _symmetric_group(degree), _parse_keep_ir(keep_ir), epsilon,
+    basis = _reduce(irreps_tuple, _symmetric_group(degree), _parse_keep_ir(keep_ir), epsilon,
                      _use_optimized_implementation)
-    return _finish(blocks, irreps_tuple)
+    return _finish(basis)
 
 
 def reduced_antisymmetric_tensor_product_basis(
@@ -590,11 +679,11 @@ def reduced_antisymmetric_tensor_product_basis(
     r"""Change of basis of the fully antisymmetric ``degree``-th tensor power of ``irreps``.
 
     Returns an IrrepsArray of shape ``(d, ..., d, irreps_out.dim)``, changing sign under any odd permutation of its
-    first ``degree`` axes. ``keep_ir`` restricts the output irreps.
+    first ``degree`` axes. ``keep_ir`` restricts the output irreps. The array is read-only and shared, as above.
     """
     irreps = _as_irreps(irreps, "irreps")
     degree = _check_degree(degree)
     irreps_tuple = (irreps,) * degree
-    blocks = _reduce(irreps_tuple, _antisymmetric_group(degree), _parse_keep_ir(keep_ir), epsilon,
+    basis = _reduce(irreps_tuple, _antisymmetric_group(degree), _parse_keep_ir(keep_ir), epsilon,
                      _use_optimized_implementation)
-    return _finish(blocks, irreps_tuple)
+    return _finish(basis)

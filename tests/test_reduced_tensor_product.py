@@ -3,15 +3,18 @@ equivariance, span, bad input."""
 
 import functools
 import itertools
+from fractions import Fraction
 
 import e3nn_jax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.linalg
+import scipy.sparse
 
 import e3nn_fast.reduced_tensor_product as rtp
-from e3nn_fast.irreps import Irreps
+from e3nn_fast.irreps import Irrep, Irreps
 from e3nn_fast.irreps_array import IrrepsArray
 from e3nn_fast.reduced_tensor_product import (
     reduced_antisymmetric_tensor_product_basis,
@@ -19,6 +22,7 @@ from e3nn_fast.reduced_tensor_product import (
     reduced_tensor_product_basis,
 )
 from e3nn_fast.rotation import rand_matrix
+from e3nn_fast.so3 import generators
 
 # (kind, first argument, keyword arguments); kind picks the function
 CASES = [
@@ -35,6 +39,9 @@ CASES = [
     ("sym", "0e+1o", dict(degree=3)),
     ("sym", "2x0e+1o", dict(degree=2)),
     ("sym", "1o", dict(degree=3)),
+    ("sym", "0e+1o+2e", dict(degree=3)),
+    ("sym", "0e+1o+2e", dict(degree=4)),
+    ("sym", "2x0e+1o", dict(degree=4)),
     ("antisym", "1o+2e", dict(degree=2)),
     ("antisym", "0e+1o", dict(degree=3)),
 ]
@@ -201,3 +208,152 @@ def test_other_bad_input():
         reduced_antisymmetric_tensor_product_basis("1o", 1.5)
     with pytest.raises(ValueError, match="keep_ir"):
         reduced_symmetric_tensor_product_basis("1o", 2, keep_ir=[object()])
+
+
+# --- large symmetric powers (MACE's product basis), checked without ever forming a dense copy of the basis -----------
+
+
+def _symmetric_power_multiplicities(irreps: Irreps, degree: int):
+    """{irrep: multiplicity} of the symmetric ``degree``-th power of ``irreps``, from characters alone.
+
+    Independent of any basis construction: the character of Sym^n V at g is the average over the permutations of n
+    items of the product, over their cycles, of chi_V(g^(cycle length)).  For g a rotation by theta, possibly times
+    the inversion, g^k is a rotation by k theta (times the inversion k times).  Multiplicities are then inner products
+    with the characters of the irreps of O(3), integrated exactly on a uniform grid of angles (the integrands are
+    trigonometric polynomials of low degree; the half-step offset keeps sin(k theta / 2) away from zero).
+    """
+    num = 512
+    theta = 2 * np.pi * (np.arange(num) + 0.5) / num
+
+    def chi_l(l, angle):
+        return np.sin((2 * l + 1) * angle / 2) / np.sin(angle / 2)
+
+    def chi_v(k, inversion):
+        return sum(mul * (ir.p**k if inversion else 1) * chi_l(ir.l, k * theta) for mul, ir in irreps)
+
+    def chi_sym(inversion):
+        total = 0
+        for perm in itertools.permutations(range(degree)):
+            seen, term = set(), 1
+            for start in range(degree):
+                length = 0
+                while start not in seen:
+                    seen.add(start)
+                    start = perm[start]
+                    length += 1
+                if length:
+                    term = term * chi_v(length, inversion)
+            total = total + term
+        return total / len(list(itertools.permutations(range(degree))))
+
+    haar = 1 - np.cos(theta)  # SO(3) measure of the rotations by theta, up to the grid's normalisation
+    proper, improper = chi_sym(False), chi_sym(True)
+    lmax = degree * max(ir.l for _, ir in irreps)
+    out = {}
+    for l in range(lmax + 1):
+        for p in (1, -1):
+            m = 0.5 * np.mean((proper + p * improper) * chi_l(l, theta) * haar)
+            assert abs(m - round(m)) < 1e-8
+            if round(m):
+                out[Irrep(l, p)] = int(round(m))
+    return out
+
+
+def _improper_rotation(irreps: Irreps, axis_angle: np.ndarray) -> np.ndarray:
+    """Block-diagonal representation of the rotation ``exp(axis_angle . generators)`` times the inversion.
+
+    Built from the Lie algebra generators with ``scipy.linalg.expm``: cheap even for l = 12, unlike compiling
+    Wigner D matrices, and any one fixed convention serves to test equivariance.
+    """
+    blocks = []
+    for mul, ir in irreps:
+        D = ir.p * scipy.linalg.expm(np.einsum("a,aij->ij", axis_angle, generators(ir.l)))
+        blocks += [D] * mul
+    return scipy.linalg.block_diag(*blocks)
+
+
+def _check_symmetric_basis(Q: IrrepsArray, irreps: str, degree: int, keep_ir):
+    """Irreps (from characters), index symmetry, orthonormality and equivariance of a symmetric power basis.
+
+    Works on the nonzero entries only (a sparse matrix of shape (d**degree, irreps_out.dim)), so that the 2 GB basis
+    of the fourth power of 0e+1o+2e+3o costs no dense copy.
+    """
+    irreps = Irreps(irreps)
+    d = irreps.dim
+    assert Q.shape == (d,) * degree + (Q.irreps.dim,)
+    keep = None if keep_ir is None else {ir for _, ir in Irreps(keep_ir)}
+    expected = {ir: m for ir, m in _symmetric_power_multiplicities(irreps, degree).items() if keep is None or ir in keep}
+    assert Q.irreps == Irreps([(expected[ir], ir) for ir in sorted(expected)])
+
+    array = np.asarray(Q.array)
+    index = np.nonzero(array)
+    values = array[index]
+    for a, b in itertools.combinations(range(degree), 2):  # exchanging two input indices changes nothing
+        swapped = list(index)
+        swapped[a], swapped[b] = index[b], index[a]
+        np.testing.assert_allclose(array[tuple(swapped)], values, rtol=0, atol=1e-12)
+
+    rows = np.ravel_multi_index(index[:degree], (d,) * degree)
+    S = scipy.sparse.csr_matrix((values, (rows, index[degree])), shape=(d**degree, Q.irreps.dim))
+    np.testing.assert_allclose((S.T @ S).toarray(), np.eye(Q.irreps.dim), rtol=0, atol=1e-10)
+
+    # S is symmetric, so testing it on the symmetric tensors x^(x)degree, which span them, is enough
+    rng = np.random.default_rng(0)
+    axis_angle = rng.normal(size=3)
+    D_in, D_out = _improper_rotation(irreps, axis_angle), _improper_rotation(Q.irreps, axis_angle)
+    for _ in range(3):
+        x = rng.normal(size=d)
+        x /= np.linalg.norm(x)
+
+        def power(v):
+            return functools.reduce(np.multiply.outer, [v] * degree).reshape(-1)
+
+        np.testing.assert_allclose(S.T @ power(D_in @ x), D_out @ (S.T @ power(x)), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("irreps,degree,keep_ir", [
+    ("0e+1o+2e+3o", 4, "0e+1o"),
+    ("0e+1o+2e+3o", 4, "0e+1o+2e+3o"),
+    ("0e+1o+2e+3o", 3, None),
+    ("2x0e+1o+1e", 4, None),
+])
+def test_symmetric_power_of_several_irreps(irreps, degree, keep_ir):
+    _check_symmetric_basis(reduced_symmetric_tensor_product_basis(irreps, degree, keep_ir=keep_ir), irreps, degree,
+                           keep_ir)
+
+
+@pytest.mark.slow  # about 5-10 s to build (most of it writing the 2 GB result) and as much to check
+def test_fourth_power_of_irreps_up_to_l3():
+    """The basis of issue 16, (16,) * 4 + (3876,), all output irreps."""
+    _check_symmetric_basis(reduced_symmetric_tensor_product_basis("0e+1o+2e+3o", 4), "0e+1o+2e+3o", 4, None)
+
+
+@pytest.mark.slow  # e3nn-jax needs about 10 s for it (and more memory than a CI runner has without keep_ir)
+def test_fourth_power_of_irreps_up_to_l3_same_numbers_as_e3nn_jax():
+    ours = reduced_symmetric_tensor_product_basis("0e+1o+2e+3o", 4, keep_ir="0e+1o")
+    ref = e3nn_jax.reduced_symmetric_tensor_product_basis("0e+1o+2e+3o", 4, keep_ir="0e+1o")
+    assert str(ours.irreps) == str(ref.irreps)
+    np.testing.assert_allclose(np.asarray(ours.array), np.asarray(ref.array), rtol=0, atol=1e-12)
+
+
+def test_bases_are_cached_and_read_only():
+    a = reduced_symmetric_tensor_product_basis("0e+1o+2e", 3, keep_ir="0e+1o")
+    b = reduced_symmetric_tensor_product_basis(Irreps("0e+1o+2e"), 3, keep_ir=[Irrep("1o"), Irrep("0e")])
+    assert b.array is a.array  # the same configuration, however spelled, is built once
+    with pytest.raises(ValueError, match="read-only"):
+        a.array[(0,) * 4] = 1.0  # would otherwise corrupt what every later call returns
+    c = reduced_tensor_product_basis("ij=ji", i="1o")
+    assert reduced_tensor_product_basis("ij=ji", i="1o").array is c.array
+
+
+def test_rounding_matches_the_fraction_definition():
+    """Snapping to ±sqrt(p/q) agrees with rounding x² by ``Fraction.limit_denominator``, ties and edge values too."""
+    rng = np.random.default_rng(1)
+    exact = np.array([np.sqrt(p / q) for p in range(40) for q in range(1, 40)])
+    noisy = np.nextafter(np.nextafter(exact, 2.0), 2.0)  # two ulps of round-off
+    x = np.concatenate([rng.normal(size=3000), 1e-9 * rng.normal(size=300), exact, -noisy,
+                        [0.0, 1.0, -1.0, 2.0**-40, 1e-300, 1e8]])
+    bound = 2**40 + 1
+    expected = [np.sign(v) * np.sqrt(float(Fraction(float(v * v)).limit_denominator(bound))) for v in x]
+    np.testing.assert_array_equal(rtp._round_to_sqrt_rational(x), expected)
+    np.testing.assert_array_equal(rtp._round_to_sqrt_rational(noisy), exact)  # noise is removed
