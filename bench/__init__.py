@@ -7,7 +7,7 @@ One concept per module:
                training step, each sized per suite (``tiny`` for tests, ``quick`` for a CPU, ``full`` for a GPU)
 ``fused``      the fused-op workloads: message passing (MACE-large/-medium, NequIP-benzene) and MACE's symmetric
                contraction, e3nn_fast's fused ops against the op by op composition and e3nn-jax
-``model``      the NequIP-style model and the molecule graph (rMD17 aspirin) of the training-step workload
+``model``      the NequIP-style model and its graphs (rMD17 aspirin when present, else generated EMT copper) for the training-step workload
 ``passes``     the three timed passes derived from a forward function: fwd, fwd+bwd, forces (double backward)
 ``backends``   the backend registry: e3nn_fast executors, e3nn-jax, cuequivariance-jax (whichever import)
 ``costs``      FLOPs and bytes of a workload, counted from e3nn_fast's path descriptions

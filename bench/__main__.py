@@ -110,6 +110,9 @@ def main(argv=None) -> int:
     if args.jsonl:
         written.append(args.jsonl)
     print(report.summary_table(results))
+    notes = report.data_lines(results) + report.compile_lines(results)
+    if notes:
+        print("\n" + "\n".join(notes))
     print(f"\n{len(results['rows'])} rows in {time.perf_counter() - start:.0f} s; wrote " + ", ".join(written),
           file=sys.stderr)
     return 0

@@ -4,11 +4,15 @@ How to read them:
 
 * ``results.json``: ``environment`` (date, command, machine, device, device peaks, versions, settings, wall time),
   ``backends`` (available or the reason not), ``workloads`` (sizes), ``skipped_workloads`` (with the reason) and
-  ``rows``, one per workload x pass x backend with every figure (times of every run, compile time, memory, FLOPs,
-  bytes, rates, fractions of peak, speedup vs e3nn-jax, largest difference from the baseline's output) or the error.
+  ``rows``, one per workload x pass x backend with every figure (times of every run, compile time and its ratio to
+  e3nn-jax's, memory, FLOPs, bytes, rates, fractions of peak, speedup vs e3nn-jax, largest difference from the
+  baseline's output, the data a model workload ran on) or the error.
 * ``results.md``: a summary table (median milliseconds per backend, in brackets the speedup relative to e3nn-jax:
-  above 1 means faster than e3nn-jax), time and memory side by side (median ms, the compiled executable's temporary
-  bytes from ``memory_analysis``, and on a GPU the allocator's peak), the memory-bound floors of the fused-op
+  above 1 means faster than e3nn-jax), the compile time of every pass (``jax.jit`` lower + compile, one compile, the
+  first call excluded) with its ratio to e3nn-jax's and a headline for the NequIP-style model's energy + forces step
+  against issue 16's goal (at most 0.5x e3nn-jax's), which data the model ran on, time and memory side by side
+  (median ms, the compiled executable's temporary bytes from ``memory_analysis``, and on a GPU the allocator's
+  peak), the memory-bound floors of the fused-op
   workloads (counted compulsory bytes at the device's peak bandwidth, and published floors such as issue 6's 0.43 ms
   for MACE-large forward on an H100) with the fraction each backend reaches, and a detailed table.
 * ``speedup.png``: speedup vs e3nn-jax per workload, one panel per pass (log scale; 1 = parity).
@@ -96,6 +100,73 @@ def summary_table(results: dict) -> str:
     return _backend_table(results, lambda name: name, cell)
 
 
+COMPILE_GOAL = 0.5  # issue 16: e3nn_fast compiles a NequIP-style energy+forces step in at most half e3nn-jax's time
+MODEL_PASSES = {"fwd": "energy", "fwd+bwd": "energy + forces", "forces": "training step: loss gradient through "
+                                                                          "the forces"}
+
+
+def compile_table(results: dict) -> str:
+    """Workload x pass rows, one column per backend: seconds of ``jax.jit`` lower + compile (one compile; the first
+    call is not included) and, in brackets, that time relative to e3nn-jax's (below 1: compiles faster)."""
+
+    def cell(row: dict) -> str:
+        ratio = row.get("compile_ratio_vs_e3nn_jax")
+        return _fmt(row.get("compile_s"), ".3g") + (f" ({ratio:.2f}×)" if ratio is not None else "")
+
+    return _backend_table(results, lambda name: f"{name} s", cell)
+
+
+def _geomean(values: list) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def compile_lines(results: dict) -> list[str]:
+    """The compile-time headline: for every whole-model workload (group ``model``, the NequIP-style step) and pass,
+    each backend's compile seconds and its ratio to e3nn-jax's (wall time, then the process's CPU time, which a
+    loaded machine disturbs less), the energy + forces pass's wall-time ratio against :data:`COMPILE_GOAL`; then the
+    geometric mean of the wall-time ratio over every row of each backend."""
+    lines = []
+    rows = [r for r in results["rows"] if r["status"] == "ok" and r.get("compile_s") is not None]
+    for workload, info in results["workloads"].items():
+        if info.get("group") != "model":
+            continue
+        for pass_name in results["environment"]["settings"]["passes"]:
+            mine = [r for r in rows if r["workload"] == workload and r["pass"] == pass_name]
+            baseline = next((r for r in mine if r["backend"] == BASELINE), None)
+            others = [r for r in mine if r["backend"] != BASELINE]
+            if not others:
+                continue
+            parts = []
+            for r in others:
+                ratio, cpu_ratio = r.get("compile_ratio_vs_e3nn_jax"), r.get("compile_cpu_ratio_vs_e3nn_jax")
+                text = f"{r['backend']} {r['compile_s']:.3g} s"
+                if ratio:
+                    text += f" ({ratio:.2f}×" + (f"; CPU time {cpu_ratio:.2f}×)" if cpu_ratio else ")")
+                parts.append(text)
+            text = f"- {workload} {pass_name} ({MODEL_PASSES.get(pass_name, pass_name)}) compile: " + ", ".join(parts)
+            if baseline is not None:
+                text += f"; e3nn-jax {baseline['compile_s']:.3g} s"
+                if pass_name == "fwd+bwd":
+                    met = [r["backend"] for r in others if r.get("compile_ratio_vs_e3nn_jax", math.inf) <= COMPILE_GOAL]
+                    text += (f"; goal ≤ {COMPILE_GOAL}× e3nn-jax: "
+                             + (f"met by {', '.join(met)}" if met else "not met"))
+            lines.append(text)
+    by_backend: dict = {}
+    for r in rows:
+        if r.get("compile_ratio_vs_e3nn_jax") and r["backend"] != BASELINE:
+            by_backend.setdefault(r["backend"], []).append(r["compile_ratio_vs_e3nn_jax"])
+    if by_backend:
+        lines.append("- geometric mean of compile time / e3nn-jax's over every pass run: " + ", ".join(
+            f"{name} {_geomean(values):.2f}× ({len(values)} passes)" for name, values in by_backend.items()))
+    return lines
+
+
+def data_lines(results: dict) -> list[str]:
+    """Which data each workload that reads or generates data ran on."""
+    return [f"- workload {name} data: {info['data']}" for name, info in results["workloads"].items()
+            if info.get("data") and name not in results["skipped_workloads"]]
+
+
 def _mib(value) -> str:
     return f"{value / 2**20:.3g}" if value < 100 * 2**20 else f"{value / 2**20:.0f}"
 
@@ -143,19 +214,20 @@ def floor_lines(results: dict) -> list[str]:
 
 def detail_table(results: dict) -> str:
     """One line per workload x pass x backend with every headline figure."""
-    lines = ["| workload | pass | backend | median ms | × e3nn-jax | compile s | temp MiB | peak MiB | GFLOP/s "
-             "| GB/s | % peak FLOP/s | % peak BW | max rel diff |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| workload | pass | backend | median ms | × e3nn-jax | compile s | compile / e3nn-jax | temp MiB "
+             "| peak MiB | GFLOP/s | GB/s | % peak FLOP/s | % peak BW | max rel diff |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in results["rows"]:
         head = f"| {row['workload']} | {row['pass']} | {row['backend']} |"
         if row["status"] != "ok":
-            lines.append(head + f" error: {row.get('error', '')[:120].replace('|', '/')} |" + " |" * 9)
+            lines.append(head + f" error: {row.get('error', '')[:120].replace('|', '/')} |" + " |" * 10)
             continue
         memory = row.get("memory") or {}
         lines.append(head + " | ".join([
             f" {_ms(row['median_ms'])}",
             _fmt(row.get("speedup_vs_e3nn_jax"), ".2f"),
             _fmt(row.get("compile_s"), ".2f"),
+            _fmt(row.get("compile_ratio_vs_e3nn_jax"), ".2f"),
             _fmt(memory.get("temp_bytes"), ".1f", 2**-20),
             _fmt(row.get("peak_memory_bytes"), ".0f", 2**-20),
             _fmt(row.get("gflops_per_s"), ".3g"),
@@ -194,8 +266,16 @@ def markdown(results: dict) -> str:
                          f"({backend['api']!r})")
     for name, reason in results["skipped_workloads"].items():
         lines.append(f"- workload {name} skipped: {reason}")
+    lines += data_lines(results)
     lines += ["", "Median milliseconds per pass; in brackets the speedup relative to e3nn-jax (above 1: faster).", "",
               summary_table(results), "",
+              "## Compile time", "",
+              "Seconds of `jax.jit` lower + compile of each pass, one compile per backend, the first call not "
+              "included; every backend's forward is traced once untimed first, so that no backend pays for "
+              "filling its library's caches (e.g. Clebsch-Gordan coefficients) because it ran first. In brackets "
+              "the time relative to e3nn-jax's (below 1: compiles faster).", ""]
+    lines += compile_lines(results)
+    lines += ["", compile_table(results), "",
               "## Time and memory", "",
               "Median ms / temporary MiB of the compiled executable (its memory_analysis; on a GPU also the "
               "allocator's peak, a process-wide high-water mark).", "", time_memory_table(results), ""]

@@ -5,7 +5,9 @@ compiled (timed) and run once (warm-up; its result is compared with the baseline
 together, runs interleaved (see :mod:`bench.timing`).  Anything a backend raises while building, compiling or running
 becomes that backend's error row for the pass and the run goes on.  Rows carry the FLOPs and bytes of the pass (from
 :mod:`bench.costs`), the achieved rates and fractions of the device's peaks (:mod:`bench.devices`), memory, and the
-speedup relative to e3nn-jax (baseline median / this median: above 1 is faster than e3nn-jax).
+speedup relative to e3nn-jax (baseline median / this median: above 1 is faster than e3nn-jax) and the compile time
+relative to e3nn-jax's (this compile / baseline compile: below 1 compiles faster; one compile each, lower + compile,
+the first call not included, after every backend's forward has been traced once untimed).
 """
 
 from __future__ import annotations
@@ -124,10 +126,13 @@ def _run_pass(workload, pass_name, forwards, inputs, args, settings, cost, peaks
         try:
             function = workload.passes(forward, inputs)[pass_name]
             _say(settings, f"{workload.name} {pass_name} {name}: compiling")
+            cpu_start = time.process_time()  # CPU seconds of this process: less sensitive than wall time to load
             compiled[name] = timing.compile_function(function, args, backend.context)
+            compile_cpu_s = time.process_time() - cpu_start
             _say(settings, f"{workload.name} {pass_name} {name}: compiled in {compiled[name].compile_s:.1f} s")
             outputs[name] = timing.run_once(compiled[name], args)
             row["compile_s"] = compiled[name].compile_s
+            row["compile_cpu_s"] = compile_cpu_s
             row["memory"] = compiled[name].memory
             row["executable_bytes"] = timing.executable_bytes(compiled[name].memory)
             row["peak_memory_bytes"] = devices.peak_memory_bytes()
@@ -147,6 +152,12 @@ def _run_pass(workload, pass_name, forwards, inputs, args, settings, cost, peaks
         _published_floor(rows[name], workload, settings.suite, peaks)
     baseline = rows.get(backends_module.BASELINE)
     for name, row in rows.items():
+        if baseline is not None and row.get("compile_s") and baseline.get("compile_s"):
+            # seconds of lower + compile relative to e3nn-jax's (below 1: compiles faster); kept even when the timed
+            # runs later failed, since the compile itself was measured
+            row["compile_ratio_vs_e3nn_jax"] = row["compile_s"] / baseline["compile_s"]
+            if row.get("compile_cpu_s") and baseline.get("compile_cpu_s"):
+                row["compile_cpu_ratio_vs_e3nn_jax"] = row["compile_cpu_s"] / baseline["compile_cpu_s"]
         if row["status"] != "ok":
             continue
         if baseline is not None and baseline["status"] == "ok":
@@ -211,6 +222,19 @@ def _cotangent(workload: Workload, forwards: dict, inputs, key, rows: list, pass
     return None
 
 
+def _trace_each(forwards: dict, inputs) -> None:
+    """Trace every backend's forward once, untimed (``jax.eval_shape``), so that each library's own caches (e.g.
+    Clebsch-Gordan coefficients; e3nn_fast's are also filled by initialising a model's parameters) are filled before
+    any compile is timed: the compile times then compare tracing and XLA compiling, not who ran first.  A backend
+    that fails here fails again in its passes, where its error rows are made."""
+    for backend, forward in forwards.values():
+        try:
+            with backend.context():
+                jax.eval_shape(forward, *inputs.arrays)
+        except Exception:  # noqa: BLE001
+            pass
+
+
 def run_suite(workloads: list[Workload], backends: list, settings: Settings,
               on_row: Optional[Callable[[dict], None]] = None) -> dict:
     """Measure ``workloads`` x passes x ``backends``; the whole results document (see :mod:`bench.report`).
@@ -265,11 +289,16 @@ def run_suite(workloads: list[Workload], backends: list, settings: Settings,
                 for _ in settings.passes:
                     progress.step(f"{workload.name}: failed", done=True)
                 continue
+            _trace_each(forwards, inputs)
             args = (*inputs.arrays, cotangent)
             cost = workload.cost(size, dtype.itemsize) if workload.cost is not None else None
             for pass_name in settings.passes:
                 progress.step(f"{workload.name} {pass_name}", done=False)
-                results["rows"].extend(_run_pass(workload, pass_name, forwards, inputs, args, settings, cost, peaks))
+                rows = _run_pass(workload, pass_name, forwards, inputs, args, settings, cost, peaks)
+                if "data" in results["workloads"][workload.name]:  # which data a model workload ran on
+                    for row in rows:
+                        row["data"] = results["workloads"][workload.name]["data"]
+                results["rows"].extend(rows)
                 progress.step(f"{workload.name} {pass_name}", done=True)
     finally:
         progress.close()

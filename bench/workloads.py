@@ -18,7 +18,8 @@ high-l7                 ``128x7e (x) 1x7e -> 128x7e`` (one path), per-edge weigh
 fctp                    e3nn-jax's FCTP benchmark: fully connected ``128x0e+128x1e+128x2e`` squared into     1024
                         itself, shared weights
 sh-l3 / sh-l8           ``spherical_harmonics(l <= 3 / 8, normalize=True)`` of random vectors                1M vectors
-nequip-train            a NequIP-style training step with forces on rMD17 aspirin (:mod:`bench.model`)       64 molecules
+nequip-train            a NequIP-style training step with forces on rMD17 aspirin, or on EMT copper MD       64 frames
+                        generated offline when that file is absent (:mod:`bench.model`)
 mp-* / sc-mace          e3nn_fast's fused message passing and symmetric contraction against the op by op     see
                         composition (:mod:`bench.fused`)                                                     there
 ======================= ================================================================================= ===========
@@ -362,9 +363,9 @@ register(fully_connected(
 register(spherical_harmonics("sh-l3", 3, {"tiny": 64, "quick": 50_000, "full": 1_000_000}))
 register(spherical_harmonics("sh-l8", 8, {"tiny": 64, "quick": 20_000, "full": 1_000_000}))
 register(Workload(
-    "nequip-train", "model", "NequIP-style step with forces, rMD17 aspirin, 5 Å", "molecules",
+    "nequip-train", "model", "NequIP-style step with forces: rMD17 aspirin, else generated EMT copper", "frames",
     {"tiny": 1, "quick": 2, "full": 64}, model.make_inputs, {E3NN_API: model.energy_function},
-    passes=model.training_passes, unavailable=model.unavailable_reason))
+    passes=model.training_passes, unavailable=model.unavailable_reason, details=model.details))
 
 register(sh_tensor_product("sh-tp", "32x0e+32x1o+32x2e", 3, {"tiny": 8, "quick": 4_000, "full": 160_000}))
 register(plain_tensor_product("tp-16", "16x0e+16x1o+16x2e", "0e+1o+2e", {"tiny": 8, "quick": 4_096, "full": 200_000}))

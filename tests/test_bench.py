@@ -1,6 +1,7 @@
 """The benchmark harness (``python -m bench``) on CPU with the tiny suite: it runs end to end, writes valid JSON, a
-markdown table and PNGs, reports a missing optional backend cleanly, turns a failing backend into error rows, and
-skips the molecule workload when its data file is absent."""
+markdown table and PNGs, reports a missing optional backend cleanly, turns a failing backend into error rows, runs
+the molecule workload on generated EMT data when the rMD17 file is absent (skips it when a named file is absent),
+and reports compile times against e3nn-jax's."""
 
 import json
 import os
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 import e3nn_fast
-from bench import backends, costs, devices, report, runner, workloads
+from bench import backends, costs, devices, model, report, runner, workloads
 from bench.__main__ import main
 from bench.passes import PASSES
 
@@ -42,11 +43,13 @@ def test_cli_tiny_suite_writes_json_markdown_and_pngs(tmp_path, capsys):
         assert row["flops"] > 0 and row["bytes"] > 0 and row["fraction_peak_flops"] > 0
         assert row["max_rel_diff"] < 1e-4  # e3nn_fast agrees with e3nn-jax on every pass
         assert row["speedup_vs_e3nn_jax"] > 0
+        assert row["compile_ratio_vs_e3nn_jax"] > 0
     baseline = [r for r in rows if r["backend"] == "e3nn-jax"]
     assert all(r["speedup_vs_e3nn_jax"] == 1.0 for r in baseline)
     text = (out / "results.md").read_text()
     assert "| workload | size | pass | e3nn_fast:jnp | e3nn-jax |" in text
     assert "| high-l5 | 8 edges | forces |" in text
+    assert "| workload | size | pass | e3nn_fast:jnp s | e3nn-jax s |" in text  # the compile-time table
     for name in ("speedup.png", "roofline.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
     assert "| high-l5 | 8 edges | fwd |" in capsys.readouterr().out
@@ -88,12 +91,82 @@ def test_failing_backend_becomes_error_rows(monkeypatch, tmp_path):
     assert json.load(open(paths["json"]))["rows"]
 
 
-def test_molecule_workload_skipped_without_data_file(monkeypatch):
+def test_molecule_workload_skipped_when_a_named_file_is_absent(monkeypatch):
     monkeypatch.setenv("E3NN_FAST_BENCH_MOLECULE", os.path.join("no", "such", "aspirin.xyz"))
     results = _tiny(["nequip-train"], ["e3nn_fast:jnp"], passes=("fwd",))
     assert "not found" in results["skipped_workloads"]["nequip-train"]
     assert results["rows"] == []
     assert "workload nequip-train skipped" in report.markdown(results)
+
+
+def test_molecule_workload_falls_back_to_generated_emt_data(monkeypatch):
+    """A fresh clone (no ../shared/data): the training step runs on EMT copper generated offline by the training
+    example's generator, says so in every row and in results.md, and reports its compile time against e3nn-jax."""
+    monkeypatch.delenv("E3NN_FAST_BENCH_MOLECULE", raising=False)
+    monkeypatch.setattr(model, "DATA_FILE", os.path.join("no", "such", "rmd17.xyz"))
+    data = model.dataset()
+    assert data.file is None and data.cutoff == model.EMT_CUTOFF and "EMT copper" in data.description
+    assert model.species_table() == (29,)
+    graph = model.load_graph(1, jnp.float32)
+    assert graph["positions"].shape == (32, 3) and graph["species"].tolist() == [0] * 32
+    vectors = graph["positions"][graph["receivers"]] - graph["positions"][graph["senders"]] + graph["shifts"]
+    lengths = jnp.linalg.norm(vectors, axis=1)
+    assert float(lengths.max()) < model.EMT_CUTOFF and float(lengths.min()) > 1.5  # periodic images, no self-pairs
+    assert bool(jnp.any(graph["shifts"] != 0))  # a 7.2 Å cell with a 4 Å cutoff has edges to periodic images
+    assert float(jnp.abs(graph["forces"]).max()) > 0  # EMT labels, not zeros
+
+    results = _tiny(["nequip-train"], ["e3nn_fast:jnp", "e3nn-jax"], passes=("fwd+bwd",), repeats=1)
+    assert results["skipped_workloads"] == {}
+    assert results["workloads"]["nequip-train"]["data"] == data.description
+    rows = {r["backend"]: r for r in results["rows"]}
+    assert set(rows) == {"e3nn_fast:jnp", "e3nn-jax"}
+    for row in rows.values():
+        assert row["status"] == "ok" and row["data"] == data.description
+        assert row["max_rel_diff"] < 1e-4  # energy and forces agree with e3nn-jax on the generated graph
+    ours, theirs = rows["e3nn_fast:jnp"], rows["e3nn-jax"]
+    assert ours["compile_ratio_vs_e3nn_jax"] == pytest.approx(ours["compile_s"] / theirs["compile_s"])
+    assert ours["compile_cpu_ratio_vs_e3nn_jax"] == pytest.approx(ours["compile_cpu_s"] / theirs["compile_cpu_s"])
+    assert ours["compile_cpu_s"] > 0 and theirs["compile_cpu_s"] > 0
+    assert theirs["compile_ratio_vs_e3nn_jax"] == 1.0
+    text = report.markdown(results)
+    assert f"- workload nequip-train data: {data.description}" in text
+    assert "## Compile time" in text
+    assert "- nequip-train fwd+bwd (energy + forces) compile: e3nn_fast:jnp " in text and "goal ≤ 0.5×" in text
+
+
+def _compile_row(workload, pass_name, backend, compile_s, ratio):
+    return {"workload": workload, "group": "model" if workload == "nequip-train" else "convolution",
+            "pass": pass_name, "backend": backend, "status": "ok", "median_ms": 1.0, "compile_s": compile_s,
+            "compile_ratio_vs_e3nn_jax": ratio}
+
+
+def test_compile_time_report_lines_and_table():
+    results = {
+        "environment": {"settings": {"passes": ["fwd", "fwd+bwd"]}},
+        "backends": {"e3nn_fast:jnp": {}, "e3nn-jax": {}},
+        "workloads": {"nequip-train": {"group": "model", "size": 2, "unit": "frames"},
+                      "high-l5": {"group": "convolution", "size": 8, "unit": "edges"}},
+        "skipped_workloads": {},
+        "rows": [_compile_row("nequip-train", "fwd", "e3nn_fast:jnp", 1.0, 0.5),
+                 _compile_row("nequip-train", "fwd", "e3nn-jax", 2.0, 1.0),
+                 _compile_row("nequip-train", "fwd+bwd", "e3nn_fast:jnp", 3.0, 0.75),
+                 _compile_row("nequip-train", "fwd+bwd", "e3nn-jax", 4.0, 1.0),
+                 _compile_row("high-l5", "fwd", "e3nn_fast:jnp", 0.5, 0.25),
+                 _compile_row("high-l5", "fwd", "e3nn-jax", 2.0, 1.0)],
+    }
+    results["rows"][2]["compile_cpu_ratio_vs_e3nn_jax"] = 0.6
+    lines = report.compile_lines(results)
+    assert lines[0] == "- nequip-train fwd (energy) compile: e3nn_fast:jnp 1 s (0.50×); e3nn-jax 2 s"
+    assert lines[1] == ("- nequip-train fwd+bwd (energy + forces) compile: e3nn_fast:jnp 3 s "
+                        "(0.75×; CPU time 0.60×); e3nn-jax 4 s; goal ≤ 0.5× e3nn-jax: not met")
+    # geometric mean of 0.5, 0.75 and 0.25 over every e3nn_fast pass, the baseline left out
+    assert lines[2] == ("- geometric mean of compile time / e3nn-jax's over every pass run: e3nn_fast:jnp "
+                        f"{(0.5 * 0.75 * 0.25) ** (1 / 3):.2f}× (3 passes)")
+    results["rows"][2]["compile_ratio_vs_e3nn_jax"] = 0.5
+    assert report.compile_lines(results)[1].endswith("goal ≤ 0.5× e3nn-jax: met by e3nn_fast:jnp")
+    table = report.compile_table(results)
+    assert "| workload | size | pass | e3nn_fast:jnp s | e3nn-jax s |" in table
+    assert "| high-l5 | 8 edges | fwd | 0.5 (0.25×) | 2 (1.00×) |" in table
 
 
 def test_costs_follow_the_path_description():
