@@ -374,6 +374,23 @@ def _scalar_pair_factor(ir_out: Irrep, normalization: str) -> float:
     raise ValueError(f"irrep_normalization={normalization!r} not supported, use 'component', 'norm' or 'none'")
 
 
+def _times_scalar_block(c1, c2):
+    """``c1 * c2`` for two aligned chunks ``(..., mul, d)`` where one side is a scalar per copy (``d = 1``).
+
+    The scalar side is repeated along the component axis with ``concatenate`` instead of being broadcast.  Both give
+    the same forward loop, but reverse mode transposes a broadcast into a reduction over the short component axis,
+    which XLA's CPU backend hands to a library fusion that is about 5x slower than the slice additions that the
+    transpose of a concatenation becomes (per-copy weights of a ``(1024, 384, 5)`` chunk, jax 0.10.2, 2 cores:
+    gradient 1.66 ms -> 0.32 ms; forward 0.28 -> 0.33 ms).  This is the ``* w`` of every convolution's backward pass.
+    """
+    d1, d2 = c1.shape[-1], c2.shape[-1]
+    if d1 == 1 and d2 > 1:
+        c1 = jnp.concatenate([c1] * d2, axis=-1)
+    elif d2 == 1 and d1 > 1:
+        c2 = jnp.concatenate([c2] * d1, axis=-1)
+    return c1 * c2
+
+
 def _elementwise_scalar_product(x1: "IrrepsArray", x2: "IrrepsArray") -> "IrrepsArray":
     """Elementwise tensor product of two IrrepsArrays whose aligned blocks each have a scalar on one side.
 
@@ -401,7 +418,7 @@ def _elementwise_scalar_product(x1: "IrrepsArray", x2: "IrrepsArray") -> "Irreps
             chunks.append(None)
             continue
         factor = _scalar_pair_factor(ir_out, normalization)
-        chunk = c1 * c2
+        chunk = _times_scalar_block(c1, c2) if backend is jnp else c1 * c2
         chunks.append(chunk if factor == 1.0 else chunk * backend.asarray(factor, dtype))
     return from_chunks(irreps_out, chunks, leading_shape, dtype, backend=backend)
 

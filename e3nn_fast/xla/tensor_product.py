@@ -9,16 +9,16 @@ the *key* (its ``2l+1`` components are summed last) and the other is contracted 
    ``T[..., o, m, k] = other[..., o, j] C[j, m, k]`` (``o`` the other input's channel, ``m`` the key's component).
    ``T`` is small: it has no key channel.  The constant is kept opaque to XLA's simplifier (:func:`_unfoldable`) so
    that ``T`` stays a materialised ``dot`` rather than being recomputed inside the output loop.
-2. **Stage B**: ``z[..., u, v, k] = sum_m key[..., ., m] T[..., ., m, k]`` written as ``2l+1`` broadcast products.
-   XLA fuses them into the loop that writes the output (and the ``* w`` or concatenation after it), where e3nn-jax's
-   per-path ``einsum`` runs a batched ``dot`` of tiny matrices and writes an intermediate.  Keys of ``l >= 4``
-   (:data:`DOT_STAGE_B_MIN_COMPONENTS`) use the ``dot`` form instead, which is faster there.
+2. **Stage B**: ``z[..., u, v, k] = sum_m key[..., ., m] T[..., ., m, k]``, bound to the multilinear primitive
+   (:mod:`e3nn_fast.xla.stage_b`): forward it is ``2l+1`` broadcast products that XLA fuses into the loop writing the
+   output (and the ``* w`` or concatenation after it), where e3nn-jax's per-path ``einsum`` runs a batched ``dot`` of
+   tiny matrices and writes an intermediate.  Its derivatives are stage B's other two contractions, written by hand
+   in the forms XLA runs fastest instead of autodiff's reductions over short axes.
 3. **Mode**: ``z`` becomes the path's output according to its connection mode (a reshape for ``uvuv``, a plain or
    weighted sum over one channel for ``uvu``/``uvv``/``uuw``, a scaling by the weights for ``uuu``/``uvu<v``).
 
-Derivatives of stage B are given by a ``custom_jvp`` as ``dot`` contractions: autodiff of the broadcast form yields
-reductions that XLA's CPU backend turns into ``dot`` calls on materialised broadcasts (10x slower).  The rule is
-itself plain differentiable JAX, so the executor stays differentiable to any order, forward and reverse mode.
+Stage A and the mode's reduction are plain differentiable JAX, so the executor is differentiable to any order, forward
+and reverse mode.
 
 Measured on CPU (``bench/tp_vs_e3nn_jax.py``) and kept that way on purpose:
 
@@ -44,23 +44,15 @@ import functools
 import itertools
 from typing import Optional, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from e3nn_fast.path_description import Path, TensorProductDescription
 from e3nn_fast.reference.tensor_product import path_output as reference_path_output
+from e3nn_fast.xla.stage_b import DIAGONAL, KEY1, KEY2, stage_b
 
 Chunk = Optional[jnp.ndarray]
 
-# Stage-B layouts: "key1" (key = input 1: z[u, v] = key[u] T[v]), "key2" (key = input 2: z[u, v] = T[u] key[v]),
-# "diagonal" (z[u] = key[u] T[u]).  key is (..., channels, m), T is (..., channels, m, k).
-KEY1, KEY2, DIAGONAL = "key1", "key2", "diagonal"
-
-# Keys with this many components (l >= 4) run stage B as a ``dot`` also forward: ``2l+1`` fused broadcast products
-# per output lose to a small matmul there (CPU, high-l7 forward 0.72x -> 1.30x of e3nn-jax; at l = 3 the fused form is
-# still 1.5x faster).
-DOT_STAGE_B_MIN_COMPONENTS = 9
 
 # Modes evaluated by stages A and B, and whether they pair equal channels; the others use the reference einsum.
 _PAIRS_EQUAL_CHANNELS = {"uvuv": False, "uvu": False, "uvv": False, "uuu": True, "uuw": True, "uvu<v": True}
@@ -136,49 +128,6 @@ def _unfoldable(matrix: np.ndarray, dtype) -> jnp.ndarray:
     return jnp.matmul(jnp.eye(matrix.shape[0], dtype=dtype), jnp.asarray(matrix, dtype=dtype))
 
 
-def _contract_dot(layout: str, key: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:
-    """Stage B as one ``dot_general`` (for the derivatives, whose transposes are then ``dot``s too)."""
-    if layout == DIAGONAL:
-        return jnp.einsum("...um,...umk->...uk", key, t)
-    if layout == KEY1:
-        return jnp.einsum("...um,...vmk->...uvk", key, t)
-    return jnp.einsum("...umk,...vm->...uvk", t, key)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _contract(layout: str, key: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:
-    """Stage B as ``2l+1`` broadcast products, which XLA fuses with whatever consumes ``z``."""
-    total = None
-    for m in range(key.shape[-1]):
-        if layout == DIAGONAL:
-            term = key[..., :, m, None] * t[..., :, m, :]
-        elif layout == KEY1:
-            term = key[..., :, None, m, None] * t[..., None, :, m, :]
-        else:
-            term = t[..., :, None, m, :] * key[..., None, :, m, None]
-        total = term if total is None else total + term
-    return total
-
-
-def _contract_jvp(layout: str, primals, tangents):
-    """Stage B is bilinear: ``dz = B(dkey, T) + B(key, dT)``, with ``dot``s; symbolic zero tangents are skipped."""
-    key, t = primals
-    dkey, dt = tangents
-    out = _contract(layout, key, t)
-    tangent = None
-    if not isinstance(dkey, jax.custom_derivatives.SymbolicZero):
-        tangent = _contract_dot(layout, dkey, t)
-    if not isinstance(dt, jax.custom_derivatives.SymbolicZero):
-        term = _contract_dot(layout, key, dt)
-        tangent = term if tangent is None else tangent + term
-    if tangent is None:
-        tangent = jnp.zeros_like(out)
-    return out, jnp.broadcast_to(tangent, out.shape).astype(out.dtype)
-
-
-_contract.defjvp(_contract_jvp, symbolic_zeros=True)
-
-
 def _pairs(mul: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices ``u < v`` in ``itertools.combinations`` order (the ``q`` index of the triangular modes)."""
     pairs = list(itertools.combinations(range(mul), 2))
@@ -209,9 +158,7 @@ def _path_output(step: _Step, weight: Chunk, x1: jnp.ndarray, x2: jnp.ndarray) -
         u, v = _pairs(step.path.mul1)
         x1, x2 = x1[..., u, :], x2[..., v, :]
     key, other = (x1, x2) if step.key_is_1 else (x2, x1)
-    t = _stage_a(other, step.matrix)
-    contract = _contract_dot if key.shape[-1] >= DOT_STAGE_B_MIN_COMPONENTS else _contract
-    return _finish(step.path, weight, contract(step.layout, key, t))
+    return _finish(step.path, weight, stage_b(step.layout, key, _stage_a(other, step.matrix)))
 
 
 def tensor_product(

@@ -1,0 +1,96 @@
+"""Stage B of the jnp tensor product as a multilinear form (e3nn_fast/xla/stage_b.py): every layout and every form
+(unrolled sums, dots, outer products) against a plain einsum, with gradients of first and second order, jax.jvp,
+forward-over-reverse and vmap."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from e3nn_fast.xla.stage_b import DIAGONAL, DOT_MIN_COMPONENTS, KEY1, KEY2, stage_b
+
+
+SPECS = {KEY1: "...am,...bmk->...abk", KEY2: "...am,...bmk->...bak", DIAGONAL: "...am,...amk->...ak"}
+
+# (layout, key channels a, other channels b, key components m, output components k): one channel on either side
+# (the outer-product and unrolled forms), several on both (the dot forms), and components beyond l = 3 (dots).
+CASES = [
+    (KEY1, 4, 1, 3, 5),
+    (KEY1, 1, 3, 5, 3),
+    (KEY1, 3, 2, 3, 3),
+    (KEY1, 2, 1, 9, 7),
+    (KEY2, 4, 1, 5, 3),
+    (KEY2, 1, 3, 3, 5),
+    (KEY2, 2, 3, 1, 3),
+    (DIAGONAL, 3, 3, 3, 5),
+    (DIAGONAL, 2, 2, 11, 9),
+]
+
+
+def reference(layout, key, t):
+    return jnp.einsum(SPECS[layout], key, t)
+
+
+def operands(layout, a, b, m, k, lead=(6,), seed=0):
+    rng = np.random.default_rng(seed)
+    t_channels = a if layout == DIAGONAL else b
+    key = jnp.asarray(rng.standard_normal(lead + (a, m)))
+    t = jnp.asarray(rng.standard_normal(lead + (t_channels, m, k)))
+    return key, t
+
+
+def test_the_cases_reach_every_form():
+    assert any(max(m, k) >= DOT_MIN_COMPONENTS for _, _, _, m, k in CASES)
+    assert {layout for layout, *_ in CASES} == {KEY1, KEY2, DIAGONAL}
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_forward_first_and_second_derivatives(case):
+    layout = case[0]
+    key, t = operands(*case)
+    ours = jax.jit(lambda key, t: stage_b(layout, key, t))
+    np.testing.assert_allclose(ours(key, t), reference(layout, key, t), rtol=1e-12, atol=1e-12)
+
+    cotangent = jnp.asarray(np.random.default_rng(1).standard_normal(reference(layout, key, t).shape))
+
+    def loss(f):
+        return lambda key, t: jnp.sum(f(layout, key, t) * cotangent) ** 2  # not linear: second order is non-zero
+
+    for order_one in (0, 1):
+        got = jax.jit(jax.grad(loss(stage_b), argnums=order_one))(key, t)
+        want = jax.grad(loss(reference), argnums=order_one)(key, t)
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    # reverse over reverse (what force training does) and forward over reverse (jax.hessian)
+    direction = (jnp.ones_like(key), jnp.full_like(t, 0.5))
+    got = jax.jit(lambda *a: jax.jvp(jax.grad(loss(stage_b), argnums=(0, 1)), a, direction)[1])(key, t)
+    want = jax.jvp(jax.grad(loss(reference), argnums=(0, 1)), (key, t), direction)[1]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10)
+    got = jax.jit(jax.grad(lambda key, t: jnp.sum(jax.grad(loss(stage_b))(key, t) ** 2), argnums=1))(key, t)
+    want = jax.grad(lambda key, t: jnp.sum(jax.grad(loss(reference))(key, t) ** 2), argnums=1)(key, t)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[7]], ids=str)
+def test_vmap_and_broadcast_leading_axes(case):
+    layout = case[0]
+    key, t = operands(*case, lead=(3, 4))
+    got = jax.jit(jax.vmap(lambda key, t: stage_b(layout, key, t)))(key, t)
+    np.testing.assert_allclose(got, reference(layout, key, t), rtol=1e-12, atol=1e-12)
+    shared_t = t[0, :1]  # one T for every row of the key: broadcast over the leading axes
+    got = stage_b(layout, key, shared_t)
+    np.testing.assert_allclose(got, reference(layout, key, shared_t), rtol=1e-12, atol=1e-12)
+    grad = jax.grad(lambda t: jnp.sum(stage_b(layout, key, t) ** 2))(shared_t)
+    want = jax.grad(lambda t: jnp.sum(reference(layout, key, t) ** 2))(shared_t)
+    np.testing.assert_allclose(grad, want, rtol=1e-10, atol=1e-10)
+
+
+def test_no_rows():
+    key, t = operands(KEY1, 3, 1, 3, 5, lead=(0,))
+    assert stage_b(KEY1, key, t).shape == (0, 3, 1, 5)
+
+
+def test_unknown_layout_is_an_error():
+    key, t = operands(KEY1, 2, 1, 3, 3)
+    with pytest.raises(ValueError, match="layout"):
+        stage_b("sideways", key, t)
