@@ -111,7 +111,7 @@ from e3nn_fast.s2grid import (
     to_s2point,
 )
 from e3nn_fast.so3grid import SO3Signal
-from e3nn_fast import legacy, legendre, perm, utils
+from e3nn_fast import legacy, legendre, perm, sharding, utils
 
 # Sub-packages that need optional dependencies (dm-haiku, flax, flax.nnx, equinox) load on first access:
 # ``e3nn_fast.haiku.Linear``.

@@ -107,7 +107,28 @@ def pallas_call(kernel, *, family: str, interpret: bool, **kwargs):
     it raises the dispatcher's "pallas needs a GPU or TPU, use pallas-interpret" error (tracing it never fails).
     """
     if interpret:
-        return pl.pallas_call(kernel, interpret=True, **kwargs)
+        return _per_shard(lambda kw: pl.pallas_call(kernel, interpret=True, **kw), kwargs)
+    return _per_shard(lambda kw: _platform_call(kernel, family, kw), kwargs)
+
+
+def _per_shard(make, kwargs):
+    """The call ``make(kwargs)`` builds, usable inside ``shard_map(..., check_vma=True)``: there the operands are
+    marked as varying over one set of mesh axes and ``out_shape`` is declared to vary over the same (elsewhere it
+    changes nothing; see :mod:`e3nn_fast._shard_compat`)."""
+    from e3nn_fast import _shard_compat
+
+    def call(*args):
+        args = _shard_compat.match_varying(args)
+        out_shape = kwargs.get("out_shape")
+        if not args or out_shape is None:
+            return make(kwargs)(*args)
+        out_shape = jax.tree_util.tree_map(lambda s: _shard_compat.struct_like(s, args[0]), out_shape)
+        return make(dict(kwargs, out_shape=out_shape))(*args)
+
+    return call
+
+
+def _platform_call(kernel, family: str, kwargs):
     gpu_call = pl.pallas_call(kernel, compiler_params=compiler_params(family), **kwargs)
     plain_call = pl.pallas_call(kernel, **kwargs)
 

@@ -57,6 +57,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from e3nn_fast import _shard_compat as shard_compat
 from e3nn_fast.kernels import _pallas_compat as compat
 from e3nn_fast.kernels import tuning
 from e3nn_fast.kernels._aligned import AlignedPlan, _product_groups, _zero_runs, aligned_plan, compute_dtype
@@ -301,7 +302,9 @@ def contract(static: _Static, out_slot: int, operands: tuple, graph: Graph) -> j
     inputs = [op for index, op in enumerate(operands) if index != out_slot]
     if any(op is None for op in inputs):
         raise ValueError("contract: every slot but the output needs an operand")
-    return message_passing_p.bind(*inputs, *jax.tree.leaves(graph), static=static, out_slot=out_slot)
+    # inside shard_map: one set of varying mesh axes for all operands, the index arrays included
+    args = shard_compat.match_varying([*inputs, *jax.tree.leaves(graph)])
+    return message_passing_p.bind(*args, static=static, out_slot=out_slot)
 
 
 def _split(args, out_slot: int):
@@ -325,7 +328,7 @@ def _abstract_eval(*args, static: _Static, out_slot: int):
     operands, graph = _split(args, out_slot)
     rows = static.rows(static.plan.slots[out_slot].name, graph.senders.shape[0])
     dtype = jnp.result_type(*[op.dtype for op in operands if op is not None])
-    return compat.ShapedArray((rows, static.plan.slots[out_slot].columns), dtype)
+    return shard_compat.aval_like((rows, static.plan.slots[out_slot].columns), dtype, args[0])  # varying like them
 
 
 def _jvp(primals, tangents, *, static: _Static, out_slot: int):

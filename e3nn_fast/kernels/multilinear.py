@@ -42,6 +42,7 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from e3nn_fast import _shard_compat as shard_compat
 from e3nn_fast.kernels import _pallas_compat as compat
 
 
@@ -108,8 +109,9 @@ def contract(
     inputs = tuple(op for index, op in enumerate(operands) if index != out_slot)
     if any(op is None for op in inputs):
         raise ValueError(f"contract: every slot but the output ({plan.slots[out_slot].name}) needs an operand")
+    inputs = tuple(shard_compat.match_varying(inputs))  # inside shard_map: one set of varying axes for all operands
     if not plan.has_terms(out_slot, require):
-        return _zeros(plan, out_slot, inputs)
+        return shard_compat.vary(_zeros(plan, out_slot, inputs), shard_compat.varying_axes(inputs[0]))
     return multilinear_p.bind(*inputs, plan=plan, out_slot=out_slot, require=require, interpret=bool(interpret))
 
 
@@ -137,7 +139,8 @@ def _zeros(plan, out_slot, inputs):
 
 def _abstract_eval(*inputs, plan, out_slot, require, interpret):
     del require, interpret
-    return compat.ShapedArray(_out_shape(plan, inputs, out_slot), jnp.result_type(*[x.dtype for x in inputs]))
+    dtype = jnp.result_type(*[x.dtype for x in inputs])
+    return shard_compat.aval_like(_out_shape(plan, inputs, out_slot), dtype, inputs[0])  # varying like the operands
 
 
 def _impl(*inputs, plan, out_slot, require, interpret):

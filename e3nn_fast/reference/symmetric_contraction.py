@@ -12,6 +12,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from e3nn_fast import _shard_compat
 from e3nn_fast.symmetric_tensor_product import SymmetricContractionDescription, horner_contraction
 
 __all__ = ["symmetric_contraction", "gather_species"]
@@ -22,6 +23,9 @@ def gather_species(w: jax.Array, species: jax.Array) -> jax.Array:
     output), which is how padding nodes can be switched off."""
     # take counts negative indices from the end; send them past the end instead, where mode="fill" gives zeros.
     species = jnp.where(species < 0, w.shape[0], species)
+    sharding = _shard_compat.explicit_row_sharding(species, w.ndim - 1)  # None except on explicit-axes meshes
+    if sharding is not None:  # sharded nodes: the gathered weights are sharded like them
+        return w.at[species].get(mode="fill", fill_value=0, out_sharding=sharding)
     return jnp.take(w, species, axis=0, mode="fill", fill_value=0)
 
 

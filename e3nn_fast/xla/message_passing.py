@@ -87,9 +87,14 @@ def message_passing(
     """
     out_dim = spec.irreps_out.dim
     num_edges = sh.shape[0]
-    out = jnp.zeros((num_nodes, out_dim), x.dtype)
     if num_edges == 0 or out_dim == 0 or num_nodes == 0:
-        return out
+        return jnp.zeros((num_nodes, out_dim), x.dtype)
+    # The scan's initial carry must have the type of the carry each step returns.  Inside `shard_map` that type
+    # includes the mesh axes a value varies over (its "vma"), and the step's result varies wherever any input does,
+    # while plain zeros vary nowhere.  An empty sum of every input is an exact zero that varies where they do (on
+    # every JAX version, with or without `check_vma`; outside `shard_map` it is just a zero).
+    inputs = [a for a in (x, sh, w, senders, receivers) if a is not None]
+    out = jnp.zeros((num_nodes, out_dim), x.dtype) + sum(a[:0].sum().astype(x.dtype) for a in inputs)
     chunk = default_chunk_size(num_edges, out_dim) if chunk_size is None else max(1, min(int(chunk_size), num_edges))
     steps = -(-num_edges // chunk)
     total = steps * chunk
