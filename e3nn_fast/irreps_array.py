@@ -374,7 +374,7 @@ def _scalar_pair_factor(ir_out: Irrep, normalization: str) -> float:
     raise ValueError(f"irrep_normalization={normalization!r} not supported, use 'component', 'norm' or 'none'")
 
 
-def _times_scalar_block(c1, c2):
+def times_scalar_block(c1, c2):
     """``c1 * c2`` for two aligned chunks ``(..., mul, d)`` where one side is a scalar per copy (``d = 1``).
 
     The scalar side is repeated along the component axis with ``concatenate`` instead of being broadcast.  Both give
@@ -418,7 +418,7 @@ def _elementwise_scalar_product(x1: "IrrepsArray", x2: "IrrepsArray") -> "Irreps
             chunks.append(None)
             continue
         factor = _scalar_pair_factor(ir_out, normalization)
-        chunk = _times_scalar_block(c1, c2) if backend is jnp else c1 * c2
+        chunk = times_scalar_block(c1, c2) if backend is jnp else c1 * c2
         chunks.append(chunk if factor == 1.0 else chunk * backend.asarray(factor, dtype))
     return from_chunks(irreps_out, chunks, leading_shape, dtype, backend=backend)
 

@@ -47,6 +47,7 @@ from typing import Optional, Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from e3nn_fast.irreps_array import times_scalar_block
 from e3nn_fast.path_description import Path, TensorProductDescription
 from e3nn_fast.reference.tensor_product import path_output as reference_path_output
 from e3nn_fast.xla.stage_b import DIAGONAL, KEY1, KEY2, stage_b
@@ -136,17 +137,31 @@ def _pairs(mul: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _finish(path: Path, weight: Chunk, z: jnp.ndarray) -> jnp.ndarray:
     """A path's contribution ``(..., mul_out, 2 l_out + 1)`` from its ``z`` (``(..., u, v, k)`` for independent
-    channels, ``(..., u, k)`` for paired ones)."""
+    channels, ``(..., u, k)`` for paired ones).
+
+    A weight that scales whole irreps (one number per output channel) multiplies through
+    :func:`~e3nn_fast.irreps_array.times_scalar_block`, whose gradient XLA runs as slice additions rather than a
+    reduction over the short ``k`` axis; with one channel on the summed side (spherical harmonics), ``uvu``/``uvv`` are
+    such scalings too.
+    """
     mode, w = path.mode, weight
     if mode == "uvuv":
-        out = z if w is None else z * w[..., None]
+        out = z if w is None else times_scalar_block(z, w[..., None])
         return out.reshape(out.shape[:-3] + (path.mul_out, path.ir_out.dim))
     if mode == "uvu":
-        return z.sum(-2) if w is None else jnp.einsum("...uvk,...uv->...uk", z, w)
+        if w is None:
+            return z.sum(-2)
+        if path.mul2 == 1:
+            return times_scalar_block(z[..., 0, :], w[..., 0, None])
+        return jnp.einsum("...uvk,...uv->...uk", z, w)
     if mode == "uvv":
-        return z.sum(-3) if w is None else jnp.einsum("...uvk,...uv->...vk", z, w)
+        if w is None:
+            return z.sum(-3)
+        if path.mul1 == 1:
+            return times_scalar_block(z[..., 0, :, :], w[..., 0, :, None])
+        return jnp.einsum("...uvk,...uv->...vk", z, w)
     if mode in ("uuu", "uvu<v"):
-        return z if w is None else z * w[..., None]
+        return z if w is None else times_scalar_block(z, w[..., None])
     if mode == "uuw":  # without weights the channels are summed into the single output channel
         return z.sum(-2, keepdims=True) if w is None else jnp.einsum("...uk,...uw->...wk", z, w)
     raise ValueError(f"Connection mode {mode!r} is not evaluated by stage B")
