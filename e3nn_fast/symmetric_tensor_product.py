@@ -118,19 +118,29 @@ class SymmetricContractionDescription:
 
 
 def _sparse_symmetric(dense: np.ndarray, order: int, tol: float = 1e-12):
-    """The terms of a basis symmetric in its first ``order`` axes, one per sorted index tuple (see BasisBlock)."""
+    """The terms of a basis symmetric in its first ``order`` axes, one per sorted index tuple (see BasisBlock).
+
+    Vectorised: the non-zero entries' first ``order`` indices are sorted per entry, equal index tuples are merged by
+    ``np.unique`` of their flat indices (lexicographic order) and their values summed with ``np.add.at``, which adds in the order of
+    the entries, so the sums are the same floats as a loop over the entries would give.
+    """
     nonzero = np.argwhere(np.abs(dense) > tol)
-    summed: Dict[Tuple[int, ...], float] = {}
-    for entry in nonzero:
-        entry = tuple(int(e) for e in entry)
-        key = tuple(sorted(entry[:order])) + entry[order:]
-        summed[key] = summed.get(key, 0.0) + float(dense[entry])
-    keys = sorted(k for k, v in summed.items() if abs(v) > tol)
-    if not keys:
-        return np.zeros((0, order), np.int32), np.zeros((0,), np.int32), np.zeros((0,), np.int32), np.zeros((0,))
-    table = np.array(keys, dtype=np.int64)
-    value = np.array([summed[k] for k in keys], dtype=np.float64)
-    return table[:, :order].astype(np.int32), table[:, order].astype(np.int32), table[:, order + 1].astype(np.int32), value
+    empty = np.zeros((0, order), np.int32), np.zeros((0,), np.int32), np.zeros((0,), np.int32), np.zeros((0,))
+    if len(nonzero) == 0:
+        return empty
+    values = dense[tuple(nonzero.T)].astype(np.float64)
+    keys = np.concatenate([np.sort(nonzero[:, :order], axis=1), nonzero[:, order:]], axis=1)
+    # one integer per index tuple (mixed radix, most significant first), so that ordering and merging are 1-D
+    codes = np.ravel_multi_index(keys.T, dense.shape)
+    unique_codes, inverse = np.unique(codes, return_inverse=True)
+    table = np.stack(np.unravel_index(unique_codes, dense.shape), axis=1)
+    summed = np.zeros(len(unique_codes), np.float64)
+    np.add.at(summed, inverse.reshape(-1), values)
+    kept = np.abs(summed) > tol
+    if not kept.any():
+        return empty
+    table, summed = table[kept], summed[kept]
+    return table[:, :order].astype(np.int32), table[:, order].astype(np.int32), table[:, order + 1].astype(np.int32), summed
 
 
 @functools.lru_cache(maxsize=128)
