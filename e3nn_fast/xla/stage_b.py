@@ -20,7 +20,7 @@ Forms, with ``U``/``V`` the key's/other's channels and ``M``/``K`` the key's/out
 
 * the output ``z``: ``M`` broadcast products (a ``dot`` for ``M >= DOT_MIN_COMPONENTS``, where the unrolled sum loses);
 * ``dF/dkey``: for one channel on the summed side (the spherical harmonics of a convolution), ``K`` broadcast
-  products per component ``m``; otherwise a ``dot`` over the summed channel (a real matrix product);
+  products of ``(a, M)`` planes; otherwise a ``dot`` over the summed channel (a real matrix product);
 * ``dF/dT``: an outer product when the summed channel has one element (every ``diagonal`` path); otherwise a ``dot``
   over the summed channel.
 """
@@ -104,14 +104,18 @@ class StageBMaths:
         return total
 
     def _key(self, t, z):
-        """``dF/dkey[a, m] = sum_{b, k} z[.., a, .., k] T[b, m, k]`` (over ``k`` only for diagonal)."""
+        """``dF/dkey[a, m] = sum_{b, k} z[.., a, .., k] T[b, m, k]`` (over ``k`` only for diagonal).
+
+        With nothing or one channel summed, ``k`` broadcast products of ``(a, m)`` planes: one fused loop, and ``k``
+        terms rather than ``m * k`` (unrolling over ``m`` too ran no faster and doubled XLA's compile time).
+        """
         if self.layout == DIAGONAL:
             if self.use_dot:
                 return jnp.einsum("rak,ramk->ram", z, t)
-            return jnp.stack([_sum_k(lambda k, m=m: z[:, :, k] * t[:, :, m, k], self.k) for m in range(self.m)], -1)
-        if self.b == 1 and not self.use_dot:  # one channel summed: K broadcast products per component
+            return _sum_k(lambda k: z[:, :, None, k] * t[:, :, :, k], self.k)
+        if self.b == 1 and not self.use_dot:
             zb = z[:, :, 0, :] if self.layout == KEY1 else z[:, 0, :, :]  # (rows, a, k)
-            return jnp.stack([_sum_k(lambda k, m=m: zb[:, :, k] * t[:, 0, None, m, k], self.k) for m in range(self.m)], -1)
+            return _sum_k(lambda k: zb[:, :, None, k] * t[:, 0, None, :, k], self.k)
         spec = "rabk,rbmk->ram" if self.layout == KEY1 else "rbak,rbmk->ram"
         return jnp.einsum(spec, z, t)
 
