@@ -245,7 +245,8 @@ class Irrep:
 
     Accepted forms: ``Irrep(l, p)``, ``Irrep("1o")`` / ``"1e"`` / ``"1y"`` (``y``: parity :math:`(-1)^l`),
     ``Irrep((l, p))``, another ``Irrep`` or a ``MulIrrep`` (its irrep), or the irrep object of another library
-    (torch-e3nn's or e3nn-jax's ``Irrep``: anything with integer attributes ``l`` and ``p``).
+    (torch-e3nn's or e3nn-jax's ``Irrep``: anything with integer attributes ``l`` and ``p``) or its (mul, irrep)
+    pair (torch-e3nn's ``_MulIr``, e3nn-jax's ``MulIrrep``: attributes ``mul`` and ``ir``; its irrep).
 
     >>> Irrep(2, -1), Irrep("1y"), Irrep("2e").dim
     (2o, 1o, 5)
@@ -275,6 +276,11 @@ class Irrep:
         foreign = _foreign_irrep_fields(obj)
         if foreign is not None:
             return foreign
+        foreign_pair = _foreign_mul_irrep_fields(obj)
+        if foreign_pair is not None:
+            # Another library's (mul, ir) pair stands for its irrep, as our MulIrrep does (torch-e3nn's _MulIr is a
+            # tuple: unpacking it below would read mul as l and the irrep as p).
+            return Irrep._fields_from(foreign_pair[1])
         if isinstance(obj, (tuple, list)) and not isinstance(obj, Irreps):
             # Unpack rather than ``len()``: torch-e3nn's Irrep is a tuple subclass whose __len__ raises.
             try:

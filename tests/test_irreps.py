@@ -1,5 +1,6 @@
 """Parity of ``e3nn_fast.irreps`` (Irrep, MulIrrep, Irreps) with e3nn-jax 0.21, plus bad input and invariants."""
 
+import contextlib
 import copy
 import importlib.util
 import itertools
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import e3nn_fast
 from e3nn_fast.irreps import Irrep, Irreps, MulIrrep
 
 HAS_ROTATION = importlib.util.find_spec("e3nn_fast.rotation") is not None
@@ -699,6 +701,22 @@ def test_irreps_from_e3nn_jax_objects():
     assert MulIrrep(e3nn_ref.MulIrrep(2, e3nn_ref.Irrep("1e"))) == MulIrrep(2, "1e")
 
 
+def test_irrep_of_a_foreign_mul_irrep_and_filters_by_foreign_irreps():
+    """Another library's (mul, ir) pair converts to its irrep, as our MulIrrep does: so ``filter`` and
+    ``filter_ir_out`` take torch-e3nn's and e3nn-jax's Irreps (a torch-e3nn ``_MulIr`` once read as ``l=mul``)."""
+    assert Irrep(e3nn_ref.MulIrrep(2, e3nn_ref.Irrep("1e"))) == Irrep("1e")  # as e3nn-jax's own Irrep does
+    assert Irrep(TupleMulIrrep(3, TupleIrrepRefusingLen(1, -1))) == Irrep("1o")
+    irreps = Irreps("2x0e + 1o + 2e")
+    assert irreps.filter(keep=e3nn_ref.Irreps("0e + 2e")) == Irreps("2x0e + 2e")  # as e3nn-jax filters by its own
+    assert irreps.filter(keep=TupleIrreps([(1, (0, 1)), (4, (1, -1))])) == Irreps("2x0e + 1o")
+    assert irreps.filter(drop=TupleIrreps([(1, (0, 1))])) == Irreps("1o + 2e")
+    x = e3nn_fast.IrrepsArray("1o", jnp.array([0.0, 0.0, 1.0]))
+    keep = TupleIrreps([(1, (0, 1)), (1, (1, 1))])
+    assert e3nn_fast.tensor_product(x, x, filter_ir_out=keep).irreps == Irreps("0e + 1e")
+    with pytest.raises(ValueError, match="1q"):
+        Irrep(TupleMulIrrep(2, "1q"))
+
+
 def test_pairs_and_mul_irreps_as_before():
     """Plain ``(mul, (l, p))`` pairs and our MulIrrep keep working; bad tuples still fail with clear errors."""
     assert Irreps([(2, (1, -1)), MulIrrep(1, "0e")]) == Irreps("2x1o + 0e")
@@ -728,10 +746,24 @@ def test_bad_torch_like_irreps_are_still_rejected():
         Irreps([TupleMulIrrep(-2, TupleIrrepRefusingLen(1, 1))])
 
 
+def _torch_e3nn_o3():
+    """torch-e3nn's ``o3``, or a skip where torch-e3nn is not installed.
+
+    torch-e3nn 0.4.x reads its constants with ``torch.load`` while being imported; since torch 2.6 that load refuses
+    the ``slice`` objects in the file unless they are allowed (as mace-jax's test setup does), so allow them here.
+    """
+    torch = pytest.importorskip("torch")
+    allow = getattr(torch.serialization, "safe_globals", None)
+    with allow([slice]) if allow is not None else contextlib.nullcontext():
+        return pytest.importorskip("e3nn.o3")
+
+
 def test_real_torch_e3nn_objects():
-    o3 = pytest.importorskip("e3nn.o3")  # torch-e3nn, only where it is installed
+    o3 = _torch_e3nn_o3()  # torch-e3nn, only where it is installed
     assert Irrep(o3.Irrep("1o")) == Irrep("1o")
     assert Irreps(o3.Irreps("16x0e + 8x1o + 2x2e")) == Irreps("16x0e + 8x1o + 2x2e")
     assert Irreps(o3.Irrep("2e")) == Irreps("2e")
     assert Irreps([(4, o3.Irrep("1e"))]) == Irreps("4x1e")
     assert MulIrrep(o3.Irreps("3x1o")[0]) == MulIrrep(3, "1o")
+    assert Irrep(o3.Irreps("3x1o")[0]) == Irrep("1o")
+    assert Irreps("2x0e + 1o + 2e").filter(keep=o3.Irreps("0e + 1o")) == Irreps("2x0e + 1o")
