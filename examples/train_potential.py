@@ -12,6 +12,18 @@ held-out set), a longer run on a GPU::
     python examples/train_potential.py --data ../shared/data/rmd17_aspirin_train.xyz --cutoff 5 \\
         --steps 20000 --batch-size 8 --features 64 --lmax 2 --layers 3 --backend auto
 
+Over several devices (``potential/parallel.py``): ``--devices N`` trains data-parallel (each batch split over N
+devices, parameters replicated); ``--graph-parallel`` trains on one large EMT copper cell (10,976 atoms, generated
+offline and cached) split atom-wise over the devices with ``e3nn_fast.sharding``.  On a CPU the script asks JAX for
+N host devices itself (the same as ``XLA_FLAGS=--xla_force_host_platform_device_count=N``)::
+
+    python examples/train_potential.py --devices 8 --batch-size 8
+    python examples/train_potential.py --devices 8 --graph-parallel --steps 20
+
+Several processes or hosts (``jax.distributed``): the same command in every process, plus ``--coordinator host:port
+--num-processes P --process-id i`` (or the ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``
+environment variables; ``--distributed`` alone lets JAX detect a SLURM / Open MPI cluster).
+
 Outputs (``--output``, default ``runs/potential``): ``checkpoint.msgpack`` (``--resume`` continues from it),
 ``learning_curves.png`` and ``summary.json`` (MAEs and time per step, also for e3nn-jax when it is installed).
 """
@@ -20,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -57,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--num-basis", type=int, default=8, help="radial Bessel functions (default 8)")
     group.add_argument("--radial-hidden", type=int, default=32, help="width of the radial MLP (default 32)")
     group = parser.add_argument_group("training")
-    group.add_argument("--steps", type=int, default=1000, help="total training steps (default 1000)")
+    group.add_argument("--steps", type=int, help="total training steps (default 1000; 20 with --graph-parallel)")
     group.add_argument("--batch-size", type=int, default=4, help="graphs per batch (default 4)")
     group.add_argument("--lr", type=float, default=5e-3, help="peak learning rate (default 5e-3)")
     group.add_argument("--warmup", type=int, default=50, help="warm-up steps (default 50)")
@@ -67,6 +81,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--backend", default="auto", choices=["auto", "reference", "jnp", "pallas"],
                        help="e3nn_fast executors (default auto)")
+    group = parser.add_argument_group(
+        "devices and hosts",
+        "On a CPU, --devices N makes this script start JAX with N host devices (jax_num_cpu_devices, the setting behind "
+        "XLA_FLAGS=--xla_force_host_platform_device_count=N); that only works while JAX has not started, so when "
+        "calling main() from Python after using JAX, set XLA_FLAGS before importing jax instead.")
+    group.add_argument("--devices", type=int, help="data-parallel training over N devices per process: a mesh over a "
+                                                   "'batch' axis, parameters replicated, every batch split into N "
+                                                   "parts (--batch-size must be a multiple of all devices)")
+    group.add_argument("--graph-parallel", action="store_true",
+                       help="train on one large EMT Cu cell split by atoms over the devices (all local devices unless "
+                            "--devices): partition_graph, halo exchange, psum of the energy")
+    group.add_argument("--supercell-repeat", type=int, default=14,
+                       help="--graph-parallel cell: 4*R^3 atoms (default 14: 10,976 atoms)")
+    group.add_argument("--supercell-frames", type=int, default=4,
+                       help="--graph-parallel frames; the last is held out (default 4)")
+    group.add_argument("--halo-mode", default="halo", choices=["halo", "all_gather"],
+                       help="how each device gets remote atoms' features (default halo)")
+    group.add_argument("--coordinator", default=os.environ.get("JAX_COORDINATOR_ADDRESS"),
+                       help="host:port of process 0 for jax.distributed.initialize (default $JAX_COORDINATOR_ADDRESS)")
+    group.add_argument("--num-processes", type=int, default=_env_int("JAX_NUM_PROCESSES"),
+                       help="number of processes (default $JAX_NUM_PROCESSES)")
+    group.add_argument("--process-id", type=int, default=_env_int("JAX_PROCESS_ID"),
+                       help="this process, 0 .. num-processes-1 (default $JAX_PROCESS_ID)")
+    group.add_argument("--distributed", action="store_true",
+                       help="call jax.distributed.initialize() and let JAX detect the cluster (SLURM, Open MPI, ...)")
     group = parser.add_argument_group("outputs")
     group.add_argument("--output", default="runs/potential", help="output folder (default runs/potential)")
     group.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output")
@@ -74,10 +113,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--no-compare", action="store_true", help="skip the e3nn-jax time-per-step comparison")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    for name in ("steps", "batch_size", "num_test", "md_frames", "eval_every"):
+    if args.steps is None:
+        args.steps = 20 if args.graph_parallel else 1000
+    for name in ("steps", "batch_size", "num_test", "md_frames", "eval_every", "devices", "supercell_repeat"):
+        if getattr(args, name) is None:
+            continue
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.graph_parallel and args.supercell_frames < 2:
+        parser.error("--supercell-frames must be >= 2 (the last frame is held out)")
+    if args.coordinator and (args.num_processes is None or args.process_id is None):
+        parser.error("--coordinator needs --num-processes and --process-id (or JAX_NUM_PROCESSES, JAX_PROCESS_ID)")
     return args
+
+
+def _env_int(name: str):
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else None
+
+
+def parallel_requested(args) -> bool:
+    return args.devices is not None or args.graph_parallel or bool(args.coordinator) or args.distributed
 
 
 def load_frames(args) -> tuple[list, list, str]:
@@ -145,6 +201,8 @@ def print_metrics(name: str, metrics: dict, num_frames: int) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if parallel_requested(args):
+        return main_parallel(args)
     platform = jax.devices()[0].platform
     if args.backend == "pallas" and platform == "cpu":
         raise SystemExit("--backend pallas needs a GPU or TPU; on a CPU use auto, jnp or reference")
@@ -217,6 +275,174 @@ def compare_with_e3nn_jax(config, params, batch, optimizer, weights, backend: st
     if "e3nn_jax" in results:
         print(f"speed-up: {results['e3nn_jax']['step_s'] / results['e3nn_fast']['step_s']:.2f}x")
     return results
+
+# --- several devices and hosts ---------------------------------------------------------------------------------------
+
+
+def main_parallel(args) -> dict:
+    """--devices / --graph-parallel / several processes: start JAX accordingly, then train on a mesh."""
+    from potential import parallel
+
+    if args.devices is not None:
+        parallel.request_cpu_devices(args.devices)  # before JAX starts; harmless on a GPU or TPU host
+    parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id, args.distributed)
+    platform = jax.devices()[0].platform
+    if args.backend == "pallas" and platform == "cpu":
+        raise SystemExit("--backend pallas needs a GPU or TPU; on a CPU use auto, jnp or reference")
+    placement = parallel.Placement(parallel.select_devices(args.devices), "graph" if args.graph_parallel else "batch")
+    lead = jax.process_index() == 0
+    args.no_compare = True  # the e3nn-jax timing comparison is single-device
+    args.no_progress = args.no_progress or not lead
+    print(f"jax {jax.__version__} on {platform}; process {jax.process_index()} of {jax.process_count()}; mesh "
+          f"{dict(placement.mesh.shape)} ({len(jax.local_devices())} local devices); backend {args.backend}")
+    if args.graph_parallel:
+        return _train_graph_parallel(args, placement, lead)
+    return _train_data_parallel(args, placement, lead)
+
+
+def _train_data_parallel(args, placement, lead: bool) -> dict:
+    from potential import parallel
+
+    if args.batch_size % placement.size:
+        raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the {placement.size} devices")
+    output = Path(args.output)
+    payload, stored = checkpoint.read_checkpoint(output / "checkpoint.msgpack") if args.resume else (None, None)
+    train_graphs, test_graphs, config, metadata = prepare(args, stored)
+    budget = graphs.padding_budget(train_graphs + test_graphs, args.batch_size)  # one device: init, evaluation
+    shard_budget = graphs.padding_budget(train_graphs + test_graphs, args.batch_size // placement.size)
+    print(f"model: {metadata['model']}\npadded batch per device: {shard_budget} x {placement.size} devices")
+    potential = model.Potential(e3nn=e3nn, config=config)
+    weights = training.LossWeights(energy=args.energy_weight, forces=args.forces_weight)
+    optimizer = training.make_optimizer(args.lr, args.steps, args.warmup)
+    first_batch = graphs.pad_and_batch(train_graphs[: args.batch_size], budget)
+    state = _initial_state(args, potential, first_batch, optimizer, payload, placement)
+    train_step = parallel.make_data_parallel_step(potential, optimizer, weights, placement)
+    batches = parallel.data_parallel_batches(train_graphs, args.batch_size, placement.size, shard_budget, args.seed,
+                                             state.step)
+    predict = training.make_predict(potential)
+
+    def evaluate(params, graph_list=test_graphs):  # on this process's first device, with its copy of the parameters
+        return training.evaluate(predict, placement.local(params), graph_list, args.batch_size, budget)
+
+    train_subset = train_graphs[: len(test_graphs)]
+    return _run(args, state, train_step, batches, evaluate, lambda p: evaluate(p, train_subset), metadata, config,
+                placement, lead, len(test_graphs), len(train_subset), "data parallel")
+
+
+def _train_graph_parallel(args, placement, lead: bool) -> dict:
+    from potential import parallel
+
+    output = Path(args.output)
+    payload, stored = checkpoint.read_checkpoint(output / "checkpoint.msgpack") if args.resume else (None, None)
+    start = time.perf_counter()
+    frames = data.cached_emt_supercell(args.supercell_frames, args.supercell_repeat, cache_dir=args.cache,
+                                       seed=args.seed)
+    print(f"EMT copper cell: {len(frames)} frames of {frames[0].num_atoms} atoms "
+          f"({time.perf_counter() - start:.1f} s, cached); the last frame is held out")
+    train_frames, test_frames = frames[:-1], frames[-1:]
+    if stored is not None:
+        config = model.ModelConfig(**stored["model"])
+        table, e0 = np.asarray(stored["species"]), np.asarray(stored["reference_energies"])
+    else:
+        table = data.species_table(train_frames)
+        e0 = data.fit_reference_energies(train_frames, table)
+        config = None
+    cutoff = config.cutoff if config else args.cutoff or EMT_CUTOFF
+    all_graphs = [graphs.build_graph(f, cutoff, table, e0) for f in frames]
+    train_graphs, test_graphs = all_graphs[:-1], all_graphs[-1:]
+    if config is None:
+        config = model.ModelConfig(
+            num_species=len(table), cutoff=cutoff, features=args.features, lmax=args.lmax, num_layers=args.layers,
+            num_basis=args.num_basis, radial_hidden=args.radial_hidden,
+            avg_num_neighbours=graphs.average_num_neighbours(train_graphs),
+            energy_scale=graphs.forces_rms(train_graphs),
+        )
+    description = f"EMT Cu{frames[0].num_atoms} cell"
+    metadata = {"model": dataclasses.asdict(config), "species": table.tolist(), "reference_energies": e0.tolist(),
+                "data": description}
+    # Host side, the same in every process: partitions with one edges_per_shard (halo sizes rounded up).
+    host = parallel.common_graph_inputs(all_graphs, placement.size)
+    part = host[0].partition
+    print(f"graph parallel over {placement.size} devices ({args.halo_mode}): {part.num_nodes} atoms, "
+          f"{part.num_edges} edges; per device {part.nodes_per_shard} atoms, {part.edges_per_shard} edge slots, "
+          f"{part.halo_rows_per_shard} halo rows from shard distances {list(part.halo_offsets)}")
+    placed = [parallel.place_graph(h, placement) for h in host]
+    placed_train, placed_test = placed[:-1], placed[-1:]
+
+    potential = model.Potential(e3nn=e3nn, config=config)
+    sharded = parallel.GraphParallelPotential(e3nn=e3nn, config=config, axis_name=placement.axis, mode=args.halo_mode)
+    weights = training.LossWeights(energy=args.energy_weight, forces=args.forces_weight)
+    optimizer = training.make_optimizer(args.lr, args.steps, args.warmup)
+    state = _initial_state(args, potential, _tiny_batch(train_graphs[0]), optimizer, payload, placement)
+    train_step = parallel.make_graph_parallel_step(sharded, optimizer, weights, placement)
+    batches = (placed_train[i % len(placed_train)] for i in itertools.count(state.step))
+    errors = parallel.make_graph_parallel_errors(sharded, placement)
+
+    def evaluate(params, which="test"):
+        chosen, graph_list = (placed_test, test_graphs) if which == "test" else (placed_train, train_graphs)
+        return parallel.graph_parallel_metrics(errors, params, chosen, [g.num_nodes for g in graph_list])
+
+    return _run(args, state, train_step, batches, evaluate, lambda p: evaluate(p, "train"), metadata, config,
+                placement, lead, len(test_graphs), len(train_graphs), "graph parallel")
+
+
+def _tiny_batch(graph):
+    """Two atoms and no edges of ``graph``: enough to initialise parameters (their shapes do not depend on sizes)."""
+    tiny = graphs.Graph(species=graph.species[:2], positions=graph.positions[:2], senders=np.zeros(0, np.int32),
+                        receivers=np.zeros(0, np.int32), shifts=np.zeros((0, 3)), energy=0.0, forces=graph.forces[:2])
+    return graphs.pad_and_batch([tiny], graphs.PaddingBudget(num_nodes=3, num_edges=1, num_graphs=2))
+
+
+def _initial_state(args, potential, batch, optimizer, payload, placement):
+    """Parameters initialised (or restored) on this process's first device, then replicated over the mesh."""
+    with e3nn.backend(args.backend), jax.default_device(jax.local_devices()[0]):
+        params = model.init_params(potential, batch, seed=args.seed)
+    state = training.TrainState(params, optimizer.init(params), 0, training.History())
+    if payload is not None:
+        state = checkpoint.restore_state(payload, params, state.opt_state)
+        print(f"resumed at step {state.step}")
+    print(f"{sum(np.size(p) for p in jax.tree_util.tree_leaves(state.params))} parameters")
+    state.params, state.opt_state = placement.replicate(state.params), placement.replicate(state.opt_state)
+    return state
+
+
+def _run(args, state, train_step, batches, evaluate, evaluate_train, metadata, config, placement, lead,
+         num_test: int, num_train: int, layout: str) -> dict:
+    """The training loop, final metrics and outputs (files written by process 0 only)."""
+    output = Path(args.output)
+    checkpoint_path = output / "checkpoint.msgpack"
+
+    def local_state(s):
+        return dataclasses.replace(s, params=placement.local(s.params), opt_state=placement.local(s.opt_state))
+
+    def save(s):
+        if lead:
+            checkpoint.save_checkpoint(checkpoint_path, local_state(s), metadata)
+
+    start = time.perf_counter()
+    with e3nn.backend(args.backend):
+        state, step_s = training.train(state, train_step, batches, args.steps, evaluate, args.eval_every,
+                                       on_checkpoint=save, checkpoint_every=args.checkpoint_every,
+                                       progress=not args.no_progress)
+        save(state)
+        train_s = time.perf_counter() - start
+        test_metrics = evaluate(state.params)
+        train_metrics = evaluate_train(state.params)
+    print(f"\ntrained to step {state.step} in {train_s:.1f} s; {1000 * step_s:.1f} ms per step ({layout}, "
+          f"{placement.size} devices, {jax.process_count()} process(es))")
+    print_metrics("test ", test_metrics, num_test)
+    print_metrics("train", train_metrics, num_train)
+    summary = {"data": metadata["data"], "steps": state.step, "train_seconds": train_s, "step_ms": 1000 * step_s,
+               "backend": args.backend, "layout": layout, "devices": placement.size,
+               "processes": jax.process_count(), "test": test_metrics, "train": train_metrics,
+               "model": metadata["model"], "device": str(jax.devices()[0]), "loss": state.history.loss}
+    if lead:
+        plots.plot_learning_curves(state.history, output / "learning_curves.png",
+                                   title=f"{metadata['data']} ({layout}, {placement.size} devices): "
+                                         f"{config.features} features, lmax {config.lmax}, {config.num_layers} layers")
+        (output / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(f"wrote {checkpoint_path}, {output / 'learning_curves.png'}, {output / 'summary.json'}")
+    return summary
 
 
 if __name__ == "__main__":

@@ -10,4 +10,6 @@ One concept per module:
 ``checkpoint``  save / restore of parameters, optimiser state and metadata with flax.serialization (msgpack)
 ``timing``      time per training step of the same model built on e3nn_fast and on e3nn_jax
 ``plots``       learning curves as a PNG
+``parallel``    several devices and hosts: data parallel (batch axis), graph parallel (one large cell split by atoms
+                with ``e3nn_fast.sharding``), ``jax.distributed`` start-up
 """

@@ -84,7 +84,7 @@ def write_xyz(path: str | os.PathLike, frames: Sequence[Frame]) -> None:
         structures.append(atoms)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp.xyz")
+    temporary = path.with_suffix(f".{os.getpid()}.tmp.xyz")  # processes writing the same cache do not collide
     ase.io.write(temporary, structures, format="extxyz")
     os.replace(temporary, path)
 
@@ -152,9 +152,55 @@ def cached_emt_dataset(num_frames: int, cache_dir: Optional[str | os.PathLike] =
     path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / f"emt_cu_md_{key}.xyz"
     if path.is_file():
         return read_xyz(path)
-    frames = simulate_emt_copper(num_frames, **md_options)
-    write_xyz(path, frames)
+    write_xyz(path, simulate_emt_copper(num_frames, **md_options))
+    return read_xyz(path)  # what the file holds, so that a first run and later runs (or processes) see equal data
+
+
+def emt_copper_supercell(
+    num_frames: int, repeat: int = 14, displacement_A: tuple = (0.05, 0.12), seed: int = 0
+) -> List[Frame]:
+    """Large periodic fcc Cu cells (``4 * repeat**3`` atoms; ``repeat=14``: 10,976) labelled with ASE's EMT.
+
+    Molecular dynamics of ten thousand atoms with ASE's pure-Python EMT would take long, so each frame is the lattice
+    with independent Gaussian displacements of an rms amplitude drawn per frame from ``displacement_A`` (Å per
+    component; 0.1 Å is roughly copper at 800 K), which spreads the energies as well as the forces.  Atoms are
+    sorted along x, then y, then z (the lattice sites, so every frame has the same order): in slabs along x,
+    neighbours sit on the same or the next device when the graph is split into node ranges.
+    """
+    import ase
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    if num_frames < 1 or repeat < 1:
+        raise ValueError(f"need num_frames >= 1 and repeat >= 1, got {num_frames} and {repeat}")
+    lattice = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((repeat, repeat, repeat))
+    sites = lattice.positions
+    order = np.lexsort((np.round(sites[:, 2], 3), np.round(sites[:, 1], 3), np.round(sites[:, 0], 3)))
+    lattice = lattice[order]
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(num_frames):
+        amplitude = rng.uniform(*displacement_A)
+        atoms = ase.Atoms(lattice.numbers, lattice.positions + rng.normal(scale=amplitude, size=sites.shape),
+                          cell=lattice.cell, pbc=True)
+        atoms.calc = EMT()
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+        frames.append(frame_from_atoms(atoms))
     return frames
+
+
+def cached_emt_supercell(num_frames: int, repeat: int = 14, cache_dir: Optional[str | os.PathLike] = None,
+                         seed: int = 0) -> List[Frame]:
+    """:func:`emt_copper_supercell`, cached as extended XYZ like :func:`cached_emt_dataset`."""
+    settings = dict(num_frames=num_frames, repeat=repeat, seed=seed, generator=f"supercell-{CACHE_VERSION}")
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / f"emt_cu_supercell_{key}.xyz"
+    if path.is_file():
+        return read_xyz(path)
+    write_xyz(path, emt_copper_supercell(num_frames, repeat=repeat, seed=seed))
+    return read_xyz(path)
 
 
 def split(frames: Sequence[Frame], num_test: int, seed: int = 0) -> tuple[List[Frame], List[Frame]]:

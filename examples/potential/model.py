@@ -93,11 +93,24 @@ class Potential(nn.Module):
     def __call__(self, positions, species, senders, receivers, shifts) -> jax.Array:
         e3nn, config = self.e3nn, self.config
         num_nodes = positions.shape[0]
-        vectors = e3nn.IrrepsArray("1o", positions[senders] - positions[receivers] + shifts)
+        vectors = positions[senders] - positions[receivers] + shifts
+
+        def convolve(nodes, sh, radial_weights, keep):
+            return convolution(e3nn, nodes, sh, radial_weights, senders, receivers, num_nodes,
+                               config.avg_num_neighbours, keep)
+
+        return self.atomic_energies(vectors, species, convolve)
+
+    def atomic_energies(self, vectors, species, convolve) -> jax.Array:
+        """The layers, given the edge vectors ``(num_edges, 3)`` and a ``convolve(nodes, sh, radial_weights, keep)``
+        that aggregates messages into this call's nodes.  Called from a compact ``__call__`` (here, or the
+        graph-parallel one of ``potential.parallel``), so both build the same parameter tree."""
+        e3nn, config = self.e3nn, self.config
+        vectors = e3nn.IrrepsArray("1o", vectors)
         sh = e3nn.spherical_harmonics(list(range(config.lmax + 1)), vectors, normalize=True, normalization="component")
         radial = self.radial_basis(e3nn.norm(vectors).array[:, 0])
 
-        one_hot = jax.nn.one_hot(species, config.num_species, dtype=positions.dtype)
+        one_hot = jax.nn.one_hot(species, config.num_species, dtype=vectors.dtype)
         nodes = e3nn.flax.Linear(f"{config.features}x0e")(e3nn.IrrepsArray(f"{config.num_species}x0e", one_hot))
         for layer in range(config.num_layers):
             last = layer == config.num_layers - 1
@@ -111,8 +124,7 @@ class Potential(nn.Module):
                                                      output_activation=False, name=f"radial_{layer}")
                 return mlp(radial)
 
-            aggregated = convolution(e3nn, nodes, sh, radial_weights, senders, receivers, num_nodes,
-                                     config.avg_num_neighbours, keep)
+            aggregated = convolve(nodes, sh, radial_weights, keep)
             update = e3nn.flax.Linear(target, name=f"update_{layer}")(aggregated)
             skip = e3nn.flax.Linear(target, num_indexed_weights=config.num_species, force_irreps_out=True,
                                     name=f"skip_{layer}")(species, nodes)

@@ -25,12 +25,23 @@ class LossWeights:
 
 def energy_forces_loss(model: Potential, params, batch: GraphBatch, weights: LossWeights) -> jax.Array:
     """``w_E * mean((dE / n_atoms)^2) + w_F * mean(dF^2)`` over the real graphs and atoms, divided by scale^2."""
+    return combine_loss_sums(loss_sums(model, params, batch), weights, model.config.energy_scale)
+
+
+def loss_sums(model: Potential, params, batch: GraphBatch) -> tuple:
+    """The sums the loss is made of: (sum of squared per-atom energy errors, real graphs, sum of squared force
+    errors, real atoms).  Sums add across shards of a batch, so a data-parallel loss is the loss of the whole batch."""
     energies, forces = graph_energies_and_forces(model, params, batch)
-    scale = model.config.energy_scale
     graph_error = jnp.where(batch.graph_mask, (energies - batch.energy) / jnp.maximum(batch.num_atoms, 1.0), 0.0)
-    energy_term = jnp.sum(graph_error**2) / jnp.maximum(jnp.sum(batch.graph_mask), 1)
     force_error = jnp.where(batch.node_mask[:, None], forces - batch.forces, 0.0)
-    forces_term = jnp.sum(force_error**2) / jnp.maximum(3 * jnp.sum(batch.node_mask), 1)
+    return jnp.sum(graph_error**2), jnp.sum(batch.graph_mask), jnp.sum(force_error**2), jnp.sum(batch.node_mask)
+
+
+def combine_loss_sums(sums: tuple, weights: LossWeights, scale: float) -> jax.Array:
+    """The loss from :func:`loss_sums` (summed over shards, if any)."""
+    energy_sq, num_graphs, forces_sq, num_atoms = sums
+    energy_term = energy_sq / jnp.maximum(num_graphs, 1)
+    forces_term = forces_sq / jnp.maximum(3 * num_atoms, 1)
     return (weights.energy * energy_term + weights.forces * forces_term) / scale**2
 
 
