@@ -43,6 +43,7 @@ Use::
 
     python -m bench.sm90_resources [--sizes test|mace-large|all] [--jsonl FILE] [--max-spill 0 --max-smem 232448]
                                    [--cases NAME ...] [--passes fwd grad grad2] [--dtype float32]
+                                   [--precision default|highest|tensorfloat32]
 
 Exit status 1 when any row violates a limit, 2 when ``triton`` is missing.  :func:`check` returns the rows to
 Python (the test suite runs the ``test`` sizes).
@@ -51,6 +52,7 @@ Python (the test suite runs the ``test`` sizes).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -105,7 +107,11 @@ KNOB_DEFAULTS = {
     "aligned.tile_elements": ("e3nn_fast.kernels.layout", "TARGET_TILE_ELEMENTS"),
     "aligned.max_block_rows": ("e3nn_fast.kernels.layout", "MAX_BLOCK_ROWS"),
     "fully_connected.tile_elements": ("e3nn_fast.kernels.fully_connected", "TILE_ELEMENTS"),
+    "fully_connected.block_rows": ("e3nn_fast.kernels.fully_connected", "BLOCK_ROWS"),
     "fully_connected.min_block_rows": ("e3nn_fast.kernels.fully_connected", "MIN_BLOCK_ROWS"),
+    "fully_connected.planes_per_program": ("e3nn_fast.kernels.fully_connected", "PLANES_PER_PROGRAM"),
+    "fully_connected.accumulator_elements": ("e3nn_fast.kernels.fully_connected", "ACCUMULATOR_ELEMENTS"),
+    "fully_connected.target_programs": ("e3nn_fast.kernels.fully_connected", "TARGET_PROGRAMS"),
     "fully_connected.max_splits": ("e3nn_fast.kernels.fully_connected", "MAX_SPLITS"),
     "message_passing.block_rows": ("e3nn_fast.kernels.message_passing", "BLOCK_ROWS"),
     "message_passing.channel_block": ("e3nn_fast.kernels.message_passing", "CHANNEL_BLOCK"),
@@ -610,7 +616,7 @@ def case_rows(case: Case, pass_name: str, dtype: str = "float32", *, max_spill: 
               max_smem: int = MAX_SMEM) -> List[dict]:
     """One row per distinct kernel launch of ``case``'s ``pass_name`` (or one error row)."""
     base = {"sizes": case.sizes, "case": case.name, "op": case.op, "pass": pass_name, "dtype": dtype,
-            "config": case.config, "knobs": tuning.current()}
+            "config": case.config, "knobs": tuning.current(), "precision": matmul_precision_setting()}
     start = time.perf_counter()
     try:
         problem = case.build()
@@ -730,22 +736,31 @@ def environment() -> dict:
             "sm_count": SM_COUNT, "knobs": tuning.current()}
 
 
+def matmul_precision_setting() -> str:
+    """``jax_default_matmul_precision`` as the kernels see it when traced (``default`` when unset): the fully
+    connected kernels' ``dot`` s run on tensor cores (TF32) by default and as IEEE float32 FMA loops under
+    ``highest``, with different tiles and resources."""
+    return str(jax.config.jax_default_matmul_precision or "default")
+
+
 def check(sizes: str = "test", *, cases: Optional[Iterable[str]] = None, passes: Sequence[str] = PASSES,
           dtype: str = "float32", max_spill: int = 0, max_smem: int = MAX_SMEM,
-          sink: Optional[Callable[[dict], None]] = None) -> List[dict]:
+          sink: Optional[Callable[[dict], None]] = None, precision: Optional[str] = None) -> List[dict]:
     """Rows of every kernel of every chosen case and pass; ``sink(row)`` is called as each row is ready.
+    ``precision`` (e.g. ``"highest"``) is set as ``jax.default_matmul_precision`` while the cases are traced.
 
     Raises RuntimeError naming the fix when ``triton`` is not importable."""
     missing = triton_missing()
     if missing:
         raise RuntimeError(missing)
     rows = []
-    for case in cases_for(sizes, cases):
-        for pass_name in passes:
-            for row in case_rows(case, pass_name, dtype, max_spill=max_spill, max_smem=max_smem):
-                rows.append(row)
-                if sink is not None:
-                    sink(row)
+    with jax.default_matmul_precision(precision) if precision else contextlib.nullcontext():
+        for case in cases_for(sizes, cases):
+            for pass_name in passes:
+                for row in case_rows(case, pass_name, dtype, max_spill=max_spill, max_smem=max_smem):
+                    rows.append(row)
+                    if sink is not None:
+                        sink(row)
     return rows
 
 
@@ -758,6 +773,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--jsonl", metavar="FILE", help="also write one JSON line per row (and a header line)")
     parser.add_argument("--max-spill", type=int, default=0, help="spill bytes (stores + loads) allowed per kernel")
     parser.add_argument("--max-smem", type=int, default=MAX_SMEM, help="shared memory bytes allowed per kernel")
+    parser.add_argument("--precision", choices=("default", "highest", "tensorfloat32"), default="default",
+                        help="jax_default_matmul_precision while tracing (the fully connected kernels' dots: "
+                             "TF32 tensor cores by default, IEEE float32 FMA under highest)")
     args = parser.parse_args(argv)
 
     missing = triton_missing()
@@ -766,8 +784,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
+    precision = None if args.precision == "default" else args.precision
     header = {"environment": environment(), "sizes": args.sizes, "dtype": args.dtype,
-              "max_spill": args.max_spill, "max_smem": args.max_smem}
+              "precision": args.precision, "max_spill": args.max_spill, "max_smem": args.max_smem}
     out = open(args.jsonl, "w") if args.jsonl else None
     start = time.perf_counter()
     try:
@@ -776,7 +795,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             out.flush()
         env = header["environment"]
         print(f"sm_90 resources: jax {env['jax']}, triton {env['triton']}, ptxas {env['ptxas']}, "
-              f"{SM_COUNT} SMs; knobs {env['knobs'] or 'defaults'}; limits: spill <= {args.max_spill} B, "
+              f"{SM_COUNT} SMs; knobs {env['knobs'] or 'defaults'}; {args.dtype}, matmul precision "
+              f"{args.precision}; limits: spill <= {args.max_spill} B, "
               f"shared memory <= {args.max_smem} B", flush=True)
         rows: List[dict] = []
 
@@ -789,7 +809,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"{'ok' if not row['violations'] else 'FAIL'}", file=sys.stderr, flush=True)
 
         check(args.sizes, cases=args.cases, passes=args.passes, dtype=args.dtype, max_spill=args.max_spill,
-              max_smem=args.max_smem, sink=sink)
+              max_smem=args.max_smem, sink=sink, precision=precision)
     finally:
         if out:
             out.close()

@@ -19,12 +19,11 @@ from bench import sm90_resources as sm90
 from e3nn_fast.kernels import tuning
 from pallas_lowering import require_pallas_lowering
 
-# Known violations, each with what is known (issue 14, item 2): strict, so that the fix shows up as an XPASS failure
-# and the entry must then be removed.
-KNOWN_SPILLS = {
-    "fully_connected": "the fully connected x2-gradient kernel spills 6,884 B and one weight-gradient kernel 192 B at "
-                       "255 registers (triton 3.6.0 ptxas, sm_90): tiles too large for one program (issue 14, item 2)",
-}
+# Known violations, each with what is known: strict, so that a fix shows up as an XPASS failure and the entry must
+# then be removed.  (Empty since the fully connected family's tiling, issue 14 item 2.)
+KNOWN_SPILLS: dict = {}
+# Kernel families checked on their own at MACE-large sizes (slow): no spill, and programs for every SM.
+SPILL_FREE_AT_MACE_LARGE = ("fully_connected", "linear")
 TEST_CASES = [pytest.param(name, marks=pytest.mark.xfail(reason=KNOWN_SPILLS[name], strict=True))
               if name in KNOWN_SPILLS else name
               for name in sorted({case.name for case in sm90.cases_for("test")})]
@@ -69,6 +68,34 @@ def test_kernels_fit_sm90_at_mace_large_sizes():
     assert {(row["case"], row["pass"]) for row in rows} == {
         (case.name, p) for case in sm90.cases_for("mace-large") for p in sm90.PASSES}
     _assert_fits(rows)
+
+
+@pytest.mark.parametrize("case_name", SPILL_FREE_AT_MACE_LARGE)
+def test_fully_connected_family_fits_sm90_with_ieee_dots(case_name):
+    """Under ``jax.default_matmul_precision("highest")`` the fully connected kernels' dots are IEEE float32 FMA
+    loops (no tensor cores), which hold more registers per output: they must not spill either (test sizes)."""
+    _require_triton()
+    require_pallas_lowering("cuda")
+    rows = sm90.check("test", cases=[case_name], precision="highest")
+    assert {row["pass"] for row in rows} == set(sm90.PASSES) and {row["precision"] for row in rows} == {"highest"}
+    _assert_fits(rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", [None, "highest"])
+@pytest.mark.parametrize("case_name", SPILL_FREE_AT_MACE_LARGE)
+def test_fully_connected_family_fits_sm90_at_mace_large_sizes(case_name, precision):
+    """FCTP ``64x(0e+1o+2e) (x) 0e+1o+2e`` and Linear ``128x(0e+1o+2e)`` on 5,000 rows, TF32 and IEEE dots: no
+    kernel of the forward, gradient or double backward spills, and every launch has at least 3 programs per SM
+    (issue 14, item 2)."""
+    _require_triton()
+    require_pallas_lowering("cuda")
+    rows = sm90.check("mace-large", cases=[case_name], precision=precision)
+    assert {row["pass"] for row in rows} == set(sm90.PASSES)
+    _assert_fits(rows)
+    assert {row["family"] for row in rows} == {"fully_connected"}
+    for row in rows:
+        assert row["programs_per_sm"] >= 3 and row["resident_per_sm"] >= 1, sm90.format_table([row])
 
 
 def test_knobs_reach_the_compiled_kernel_and_are_recorded():

@@ -17,9 +17,17 @@ Knobs (``family.name``):
 ``<family>.num_stages``             Triton software-pipelining stages (0 = Pallas's own default)
 ``aligned.tile_elements``           target elements of one ``(rows, width)`` plane of a row block
 ``aligned.max_block_rows``          upper bound on the rows of a block
-``fully_connected.tile_elements``   elements of the per-row outer-product tile
+``fully_connected.tile_elements``   elements of an operand register tile (the outer-product chunk; a quarter of it
+                                    when the dots are FMA loops: ``highest`` precision, float64)
+``fully_connected.block_rows``      rows of a block (default: ``accumulator_elements`` / widest output plane,
+                                    halved down to ``min_block_rows`` until a launch has ``target_programs``)
 ``fully_connected.min_block_rows``  lower bound on the rows of a block (Triton's ``dot`` needs 16)
-``fully_connected.max_splits``      programs along the batch in the weight gradient
+``fully_connected.planes_per_program``   output planes per product-kernel program (second grid axis: planes /
+                                    this; a large value gives one program per row block, as before issue 14)
+``fully_connected.accumulator_elements`` elements of one program's accumulator (rows x plane, or weight tile;
+                                    half of it with FMA dots)
+``fully_connected.target_programs`` programs a launch aims at (product kernels: rows; weight gradient: splits)
+``fully_connected.max_splits``      batch splits of the weight gradient at most
 ``message_passing.block_rows``      receiver (or sender) rows per program
 ``message_passing.channel_block``   channels per program (a second grid axis over channel blocks)
 ``symmetric_contraction.tile_elements``      elements of one (node block, channel block) plane
@@ -45,7 +53,11 @@ _BLOCK_KNOBS = {
     "aligned.tile_elements": True,
     "aligned.max_block_rows": True,
     "fully_connected.tile_elements": True,
+    "fully_connected.block_rows": True,
     "fully_connected.min_block_rows": True,
+    "fully_connected.planes_per_program": False,
+    "fully_connected.accumulator_elements": True,
+    "fully_connected.target_programs": False,
     "fully_connected.max_splits": False,
     "message_passing.block_rows": True,
     "message_passing.channel_block": True,
