@@ -157,16 +157,20 @@ def load_frames(args) -> tuple[list, list, str]:
     return train, test, Path(args.data).stem
 
 
+def model_setup(train_frames, metadata=None):
+    """``(config, species table, reference energies)``: a checkpoint's when its metadata is given (same species and
+    model), else fitted to the training frames with no model configuration yet (``None``)."""
+    if metadata is not None:
+        return (model.ModelConfig(**metadata["model"]), np.asarray(metadata["species"]),
+                np.asarray(metadata["reference_energies"]))
+    table = data.species_table(train_frames)
+    return None, table, data.fit_reference_energies(train_frames, table)
+
+
 def prepare(args, metadata=None):
     """Frames -> graphs, and the model configuration: from the training data, or from a checkpoint's metadata."""
     train_frames, test_frames, description = load_frames(args)
-    if metadata is not None:  # --resume: the same species, reference energies and model as the checkpoint
-        config = model.ModelConfig(**metadata["model"])
-        table, e0 = np.asarray(metadata["species"]), np.asarray(metadata["reference_energies"])
-    else:
-        table = data.species_table(train_frames)
-        e0 = data.fit_reference_energies(train_frames, table)
-        config = None
+    config, table, e0 = model_setup(train_frames, metadata)  # --resume: the checkpoint's species and model
     cutoff = config.cutoff if config else args.cutoff or (EMT_CUTOFF if args.data is None else MOLECULE_CUTOFF)
     train_graphs = [graphs.build_graph(f, cutoff, table, e0) for f in train_frames]
     test_graphs = [graphs.build_graph(f, cutoff, table, e0) for f in test_frames]
@@ -339,14 +343,8 @@ def _train_graph_parallel(args, placement, lead: bool) -> dict:
                                        seed=args.seed)
     print(f"EMT copper cell: {len(frames)} frames of {frames[0].num_atoms} atoms "
           f"({time.perf_counter() - start:.1f} s, cached); the last frame is held out")
-    train_frames, test_frames = frames[:-1], frames[-1:]
-    if stored is not None:
-        config = model.ModelConfig(**stored["model"])
-        table, e0 = np.asarray(stored["species"]), np.asarray(stored["reference_energies"])
-    else:
-        table = data.species_table(train_frames)
-        e0 = data.fit_reference_energies(train_frames, table)
-        config = None
+    train_frames = frames[:-1]  # the last frame is held out
+    config, table, e0 = model_setup(train_frames, stored)
     cutoff = config.cutoff if config else args.cutoff or EMT_CUTOFF
     all_graphs = [graphs.build_graph(f, cutoff, table, e0) for f in frames]
     train_graphs, test_graphs = all_graphs[:-1], all_graphs[-1:]
