@@ -103,3 +103,24 @@ def _shaped_array(shape, dtype):
     if shaped is None:  # pragma: no cover
         from jax._src.core import ShapedArray as shaped
     return shaped(tuple(shape), dtype)
+
+
+def operand_mesh(value):
+    """A context in which ``value``'s mesh is the current abstract mesh (a no-op where it has none).
+
+    A primitive lowered with ``mlir.lower_fun`` traces its implementation outside the caller's mesh context, but on
+    a mesh with *explicit* axes the operands' types name that mesh's axes; JAX operations that build new sharded
+    types in there (a ``scan`` carry, a ``vmap``) must see the mesh, or they fail with "Resource axis ... is not found
+    in mesh: ()".
+    """
+    import contextlib
+
+    aval = jax.typeof(value) if hasattr(jax, "typeof") else jax.core.get_aval(value)
+    mesh = getattr(getattr(aval, "sharding", None), "mesh", None)
+    use = getattr(jax.sharding, "use_abstract_mesh", None)
+    if use is None or mesh is None or getattr(mesh, "empty", True) or not getattr(mesh, "axis_names", ()):
+        return contextlib.nullcontext()
+    current = jax.sharding.get_abstract_mesh() if hasattr(jax.sharding, "get_abstract_mesh") else None
+    if current is not None and not getattr(current, "empty", True):
+        return contextlib.nullcontext()  # already inside a mesh context
+    return use(getattr(mesh, "abstract_mesh", mesh))

@@ -129,9 +129,9 @@ def test_backends_agree_and_reference_executor_registered():
     with e3nn.backend("reference"):
         reference = f(x, sh, w, senders, receivers)
         jaxpr = str(jax.make_jaxpr(lambda *a: message_passing(*a, 9).array)(x, sh, w, senders, receivers))
-    assert "scan" not in jaxpr
+    assert "e3nn_fast_graph_form" not in jaxpr
     jaxpr = str(jax.make_jaxpr(lambda *a: message_passing(*a, 9).array)(x, sh, w, senders, receivers))
-    assert "scan" in jaxpr  # CPU default: the chunked jnp executor
+    assert "ChunkedForm" in jaxpr  # CPU default: the chunked jnp executor
     assert_close(jax.jit(lambda *a: message_passing(*a, 9).array)(x, sh, w, senders, receivers), reference,
                  jnp.float64)
 
@@ -224,6 +224,62 @@ def test_jvp_and_vmap():
     vmapped = lambda fn: jax.jit(jax.vmap(lambda xa, w: run(fn, xa, sh.array, w)))
     assert_close(vmapped(lambda *a: message_passing(*a, edge_chunk_size=6, mode="drop"))(batch_x, batch_w),
                  vmapped(unfused)(batch_x, batch_w), jnp.float64)
+
+
+def _primitive_forms(jaxpr) -> list:
+    """The forms of every graph-form contraction in ``jaxpr`` and the jaxprs nested in it."""
+    forms = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "e3nn_fast_graph_form":
+            forms.append((eqn.params["form"], eqn.params["out_slot"]))
+        for param in eqn.params.values():
+            for value in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(value, "jaxpr", value)
+                if hasattr(inner, "eqns"):
+                    forms.extend(_primitive_forms(inner))
+    return forms
+
+
+def test_jnp_derivatives_are_contractions_of_the_form():
+    """Backward and force passes of the jnp executor: one chunked contraction per slot, no recomputed forward."""
+    x, sh, w, senders, receivers = random_inputs(9, jnp.float64)
+    run = lambda xa, sha, w: message_passing(e3nn.IrrepsArray(x.irreps, xa), e3nn.IrrepsArray(sh.irreps, sha), w,
+                                             senders, receivers, 9, edge_chunk_size=4, mode="drop").array
+    energy = lambda *a: jnp.sum(jnp.sin(run(*a)))
+    backward = jax.make_jaxpr(jax.grad(energy, argnums=(0, 1, 2)))(x.array, sh.array, w).jaxpr
+    slots = sorted(form.slot_names[slot] for form, slot in _primitive_forms(backward))
+    assert slots == ["out", "sh", "w", "x"]  # the forward once, then one contraction per input
+    assert "remat" not in str(backward) and "checkpoint" not in str(backward)
+    forces = lambda xa, sha, w: jnp.sum(jax.grad(energy, argnums=1)(xa, sha, w) ** 2)
+    double = jax.make_jaxpr(jax.grad(forces, argnums=(0, 2)))(x.array, sh.array, w).jaxpr
+    forms = _primitive_forms(double)
+    assert forms and all(type(form).__name__ == "ChunkedForm" for form, _ in forms)
+    # the forward (sin' needs it) and the force (sh slot); the loss's gradient: x and w through the force's two
+    # linear slots, and through its cotangent cos(out) an out-slot transpose and x and w once more: 7 scans, no
+    # autodiff of a scan
+    assert len(forms) == 7, sorted(form.slot_names[slot] for form, slot in forms)
+
+
+def test_jnp_hessian_and_vmap_of_gradients_match_unfused():
+    x, sh, w, senders, receivers = random_inputs(10, jnp.float64)
+
+    def energy(fn, **kwargs):
+        def f(xa, sha, w):
+            out = fn(e3nn.IrrepsArray(x.irreps, xa), e3nn.IrrepsArray(sh.irreps, sha), w, senders, receivers, 9,
+                     **kwargs)
+            return jnp.sum(jnp.sin(out.array))
+        return f
+
+    ours, theirs = energy(message_passing, edge_chunk_size=5, mode="drop"), energy(unfused)
+    hessian = lambda f: jax.jit(jax.hessian(f, argnums=1))(x.array, sh.array, w)
+    assert_close(hessian(ours), hessian(theirs), jnp.float64)
+    batch_sh = jnp.stack([sh.array, 0.5 * sh.array, -sh.array])
+    per_example = lambda f: jax.jit(jax.vmap(jax.grad(f, argnums=(0, 2)), in_axes=(None, 0, None)))(
+        x.array, batch_sh, w)
+    jax.tree.map(lambda a, b: assert_close(a, b, jnp.float64), per_example(ours), per_example(theirs))
+    of_vmap = lambda f: jax.jit(jax.grad(lambda xa, shb, w: jnp.sum(jax.vmap(f, in_axes=(None, 0, None))(xa, shb, w)),
+                                         argnums=(0, 1, 2)))(x.array, batch_sh, w)
+    jax.tree.map(lambda a, b: assert_close(a, b, jnp.float64), of_vmap(ours), of_vmap(theirs))
 
 
 # --- bad input ---------------------------------------------------------------------------------------------------
@@ -326,7 +382,7 @@ def test_kernel_forward_and_gradients_match_unfused(small_kernel_blocks, dtype, 
     with e3nn.backend("pallas-interpret"):
         jaxpr = str(jax.make_jaxpr(lambda *a: message_passing(*a, 9).array)(x, sh, w, senders, receivers))
         ours = loss_and_grads(fn, 9)(x, sh, w, senders, receivers)
-    assert "e3nn_fast_message_passing" in jaxpr
+    assert "e3nn_fast_graph_form" in jaxpr and "KernelForm" in jaxpr  # the kernels, not a fallback
     theirs = loss_and_grads(unfused, 9)(x, sh, w, senders, receivers)
     jax.tree.map(lambda a, b: assert_close(a, b, dtype), ours, theirs)
 

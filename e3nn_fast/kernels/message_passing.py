@@ -33,19 +33,12 @@ bitwise reproducible, and interpret mode is exact (its ``atomic_add`` is wrong f
 No ``(num_edges, irreps_out.dim)`` array exists: the forward reads edges and writes nodes, the ``x``-gradient reads
 the node-sized cotangent through the receiver index, the edge gradients write ``(num_edges, sh/w columns)``.
 
-Differentiability (documented choice): **a JAX primitive**, ``e3nn_fast_message_passing``, in the manner of
-:mod:`e3nn_fast.kernels.multilinear` (whose primitive cannot be reused as is: its slots share one row axis, here the
-node slots are reached through index arrays, which ride along as extra integer operands).  :func:`contract` is linear
-in each operand slot, so
-
-* the JVP w.r.t. slot ``u`` is ``contract(out_slot)`` with the tangent in slot ``u`` (summed over varied slots);
-* the transpose of ``contract(out_slot=t)`` w.r.t. its linear slot ``u`` is ``contract(out_slot=u)`` with the
-  cotangent in slot ``t``;
-* ``vmap`` runs one kernel call per mapped element (``lax.map``).
-
-Every derivative is thus again this kernel: reverse over reverse (forces in the loss), ``jax.jvp``,
-``jax.hessian`` and ``vmap`` all work to any order, and ``mlir.lower_fun`` of the Pallas implementation keeps them
-inside kernels when lowered for the GPU.  (A recursive ``jax.custom_vjp`` would give reverse mode only.)
+Differentiability: the kernels evaluate a :class:`~e3nn_fast.kernels.graph_form.GraphForm` (:class:`KernelForm`), so
+the graph-form primitive's rules make every derivative this kernel again (the transpose w.r.t. ``x`` a message pass
+over the reversed graph, w.r.t. an edge slot a per-edge product): reverse over reverse (forces in the loss),
+``jax.jvp``, ``jax.hessian`` and ``vmap`` (one kernel call per mapped element) all work to any order, and
+``mlir.lower_fun`` of the Pallas implementation keeps them inside kernels when lowered for the GPU.  (A recursive
+``jax.custom_vjp`` would give reverse mode only.)
 """
 
 from __future__ import annotations
@@ -57,9 +50,9 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from e3nn_fast import _shard_compat as shard_compat
 from e3nn_fast.kernels import _pallas_compat as compat
-from e3nn_fast.kernels import tuning
+from e3nn_fast.kernels import graph_form, tuning
+from e3nn_fast.kernels.graph_form import GraphForm
 from e3nn_fast.kernels._aligned import AlignedPlan, _product_groups, _zero_runs, aligned_plan, compute_dtype
 from e3nn_fast.kernels.layout import pack, unpack
 from e3nn_fast.path_description import TensorProductDescription, make_path
@@ -279,114 +272,36 @@ def _contract_kernel(plan: AlignedPlan, out_slot: int, operands, graph: Graph, r
 
 
 @dataclasses.dataclass(frozen=True)
-class _Static:  # a primitive parameter: hashable (the plan hashes by identity)
-    """Everything static about a contraction: the plan, the row counts of the node slots, interpret mode."""
+class KernelForm(GraphForm):  # a primitive parameter: hashable (the plan hashes by identity)
+    """The message-passing form evaluated by the Pallas kernels: the plan, the node slots' row counts, interpret
+    mode.  Its index arrays are the leaves of a :class:`Graph` (both edge orders, computed once per call)."""
 
     plan: AlignedPlan
     num_inputs: int
     num_nodes: int
     interpret: bool
 
-    def rows(self, slot_name: str, num_edges: int) -> int:
-        return {"x1": self.num_inputs, "out": self.num_nodes}.get(slot_name, num_edges)
+    index_count = len(dataclasses.fields(Graph))
 
+    @property
+    def slot_names(self) -> tuple[str, ...]:
+        return tuple(slot.name for slot in self.plan.slots)
 
-# --- the primitive: derivatives of any order, forward and reverse mode, vmap -----------------------------------
+    def rows(self, out_slot: int, num_edges: int) -> int:
+        return {"x1": self.num_inputs, "out": self.num_nodes}.get(self.plan.slots[out_slot].name, num_edges)
 
-message_passing_p = compat.Primitive("e3nn_fast_message_passing")
-_GRAPH_FIELDS = len(dataclasses.fields(Graph))
+    def columns(self, out_slot: int) -> int:
+        return self.plan.slots[out_slot].columns
 
-
-def contract(static: _Static, out_slot: int, operands: tuple, graph: Graph) -> jnp.ndarray:
-    """``dF/d(slot out_slot)`` (``operands`` has ``None`` there): one kernel, differentiable to any order."""
-    inputs = [op for index, op in enumerate(operands) if index != out_slot]
-    if any(op is None for op in inputs):
-        raise ValueError("contract: every slot but the output needs an operand")
-    # inside shard_map: one set of varying mesh axes for all operands, the index arrays included
-    args = shard_compat.match_varying([*inputs, *jax.tree.leaves(graph)])
-    return message_passing_p.bind(*args, static=static, out_slot=out_slot)
-
-
-def _split(args, out_slot: int):
-    """Primitive arguments -> (operands with None at ``out_slot``, graph)."""
-    floats, graph = list(args[: len(args) - _GRAPH_FIELDS]), Graph(*args[len(args) - _GRAPH_FIELDS :])
-    floats.insert(out_slot, None)
-    return floats, graph
-
-
-def _impl(*args, static: _Static, out_slot: int):
-    operands, graph = _split(args, out_slot)
-    slot_out = static.plan.slot_index("out")
-    if out_slot != slot_out:
-        # The cotangent g is read through receivers, and dropped edges point at row num_nodes: a zero row.
-        operands[slot_out] = jnp.pad(operands[slot_out], ((0, 1), (0, 0)))
-    rows = static.rows(static.plan.slots[out_slot].name, graph.senders.shape[0])
-    return _contract_kernel(static.plan, out_slot, operands, graph, rows, static.interpret)
-
-
-def _abstract_eval(*args, static: _Static, out_slot: int):
-    operands, graph = _split(args, out_slot)
-    rows = static.rows(static.plan.slots[out_slot].name, graph.senders.shape[0])
-    dtype = jnp.result_type(*[op.dtype for op in operands if op is not None])
-    return shard_compat.aval_like((rows, static.plan.slots[out_slot].columns), dtype, args[0])  # varying like them
-
-
-def _jvp(primals, tangents, *, static: _Static, out_slot: int):
-    """Linear in each operand slot: the tangent is the sum of one contraction per varied slot."""
-    out = message_passing_p.bind(*primals, static=static, out_slot=out_slot)
-    operands, graph = _split(primals, out_slot)
-    float_tangents, _ = _split(tangents, out_slot)
-    tangent_out = None
-    for slot, tangent in enumerate(float_tangents):
-        if slot == out_slot or type(tangent) is compat.Zero:
-            continue
-        varied = list(operands)
-        varied[slot] = tangent
-        term = contract(static, out_slot, tuple(varied), graph)
-        tangent_out = term if tangent_out is None else tangent_out + term
-    if tangent_out is None:
-        return out, compat.symbolic_zero_like(out)
-    return out, tangent_out
-
-
-def _transpose(cotangent, *args, static: _Static, out_slot: int):
-    """Transpose w.r.t. the one linear operand slot ``u``: ``contract(out_slot=u)`` with the cotangent at the
-    output slot (for ``u = x1`` a message pass on the reversed graph, for an edge slot a per-edge product)."""
-    undefined = [i for i, x in enumerate(args) if compat.is_undefined_primal(x)]
-    if len(undefined) != 1 or undefined[0] >= len(args) - _GRAPH_FIELDS:
-        raise NotImplementedError("e3nn_fast message passing: transposition needs exactly one linear float operand")
-    position = undefined[0]
-    result: list = [None] * len(args)
-    aval = args[position].aval
-    if type(cotangent) is compat.Zero:
-        result[position] = compat.Zero(aval)
-        return result
-    operands, graph = _split([None if compat.is_undefined_primal(x) else x for x in args], out_slot)
-    linear_slot = [i for i in range(len(operands)) if i != out_slot][position]
-    operands[out_slot] = cotangent
-    operands[linear_slot] = None
-    result[position] = contract(static, linear_slot, tuple(operands), graph).astype(aval.dtype)
-    return result
-
-
-def _batch(args, dims, *, static: _Static, out_slot: int):
-    """``vmap``: one kernel call per mapped element (``lax.map``); the graph may be mapped too."""
-    size = next(x.shape[d] for x, d in zip(args, dims) if d is not None)
-    moved = [x if d is None else jnp.moveaxis(x, d, 0) for x, d in zip(args, dims)]
-
-    def one(index):
-        operands = [x if d is None else x[index] for x, d in zip(moved, dims)]
-        return message_passing_p.bind(*operands, static=static, out_slot=out_slot)
-
-    return jax.lax.map(one, jnp.arange(size)), 0
-
-
-message_passing_p.def_impl(_impl)
-message_passing_p.def_abstract_eval(_abstract_eval)
-compat.primitive_jvps[message_passing_p] = _jvp
-compat.primitive_transposes[message_passing_p] = _transpose
-compat.primitive_batchers[message_passing_p] = _batch
-compat.register_lowering(message_passing_p, compat.lower_fun(_impl, multiple_results=False))
+    def evaluate(self, out_slot, operands, indices):
+        graph = Graph(*indices)
+        operands = list(operands)
+        slot_out = self.plan.slot_index("out")
+        if out_slot != slot_out:
+            # The cotangent g is read through receivers, and dropped edges point at row num_nodes: a zero row.
+            operands[slot_out] = jnp.pad(operands[slot_out], ((0, 1), (0, 0)))
+        rows = self.rows(out_slot, graph.senders.shape[0])
+        return _contract_kernel(self.plan, out_slot, operands, graph, rows, self.interpret)
 
 
 # --- the executor ------------------------------------------------------------------------------------------------
@@ -419,8 +334,8 @@ def message_passing(
         else:
             operands.append(None)
     graph = build_graph(senders, receivers, x.shape[0], num_nodes)
-    static = _Static(plan, x.shape[0], num_nodes, bool(interpret))
-    packed = contract(static, plan.slot_index("out"), tuple(operands), graph)
+    form = KernelForm(plan, x.shape[0], num_nodes, bool(interpret))
+    packed = graph_form.contract(form, plan.slot_index("out"), operands, jax.tree.leaves(graph))
     pieces = {}
     for segment, chunk in unpack(plan.layouts["out"], packed).items():
         mul, ir = description.irreps_out[segment]

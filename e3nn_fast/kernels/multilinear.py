@@ -16,8 +16,10 @@ multilinear, every derivative is again such a call:
   ``t`` (terms without ``t`` are constant in it).  The restriction is the ``require`` parameter.
 * **Transpose** (reverse mode) of a call that is linear in slot ``t``: the cotangent of ``t`` is
   ``contract(out_slot=t, ..., slot s <- cotangent)`` over the same terms.
-* **Batching** (``vmap``): an extra axis on batched slots is folded into the row axis (one kernel call); anything
-  else (a mapped weight, per-example gradients of shared weights) runs one kernel call per mapped element.
+* **Batching** (``vmap``): an extra axis on batched slots is folded into the row axis (one kernel call).  A mapped
+  shared slot (per-example weights, or per-example gradients of shared weights) becomes a per-row slot of one call
+  when the family has a per-row variant of its plan and each element has at most ``FOLD_MAX_ROWS`` rows; anything
+  else runs one kernel call per mapped element.
 
 So the backward pass of the tensor product is built from kernels of the same family (the gradient w.r.t. ``x1`` of a
 channelwise product is a channelwise product of the output cotangent with ``x2``; w.r.t. ``x2`` a channel-reduced
@@ -63,6 +65,7 @@ class MultilinearPlan:
 
     family: str = ""
     slots: tuple[Slot, ...] = ()
+    uses_pallas: bool = True  # False for a plan that evaluates in jnp (the jnp executor's hand-written derivatives)
 
     def has_terms(self, out_slot: int, require: frozenset) -> bool:
         """Whether some term involves ``out_slot`` and every slot in ``require``."""
@@ -200,6 +203,9 @@ def _batch(args, dims, *, plan, out_slot, require, interpret):
             folded.append(x.reshape((size * x.shape[1],) + x.shape[2:]))
         out = multilinear_p.bind(*folded, **params)
         return out.reshape((size, -1) + out.shape[1:]), 0
+    folded = _fold_shared(args, dims, size, plan, out_slot, require, interpret)
+    if folded is not None:
+        return folded, 0
     mapped = [jnp.moveaxis(x, d, 0) if d is not None else None for x, d in zip(args, dims)]
 
     def one(xs):
@@ -208,6 +214,45 @@ def _batch(args, dims, *, plan, out_slot, require, interpret):
 
     stacked = [m if m is not None else jnp.zeros((size,), args[i].dtype) for i, m in enumerate(mapped)]
     return jax.lax.map(one, stacked), 0
+
+
+# A mapped element with at most this many rows folds a mapped shared slot into a per-row slot: its value is then
+# repeated on each of the element's rows (memory: rows x columns per element), which beats one launch of one
+# under-filled row block per element (the legacy per-sample products under vmap: 160,000 launches of one row).
+FOLD_MAX_ROWS = 64
+
+
+def _fold_shared(args, dims, size, plan, out_slot, require, interpret):
+    """``vmap`` of a call with a mapped *shared* slot (a weight vector per mapped element), or a shared output (a
+    per-element weight gradient), as **one** call of the plan's per-row variant (``plan.per_row_variant(slots)``,
+    families that have one): mapped shared operands repeated over their element's rows, the batched ones folded
+    into the row axis as in :func:`_batch`, and a per-row output summed over each element's rows.  ``None`` (one
+    call per element) when the family has no variant or an element has more than :data:`FOLD_MAX_ROWS` rows."""
+    variant_of = getattr(plan, "per_row_variant", None)
+    slots = [i for i in range(len(plan.slots)) if i != out_slot]
+    rows = [x.shape[0] if d is None else x.shape[1 if d == 0 else 0]
+            for x, d, i in zip(args, dims, slots) if plan.slots[i].batched]
+    if variant_of is None or not rows or rows[0] > FOLD_MAX_ROWS:
+        return None
+    rows = rows[0]
+    converted = frozenset(i for i, d in zip(slots, dims) if d is not None and not plan.slots[i].batched)
+    if not plan.slots[out_slot].batched:
+        converted |= {out_slot}
+    variant = variant_of(converted)
+    folded = []
+    for x, d, i in zip(args, dims, slots):
+        if d is None and not plan.slots[i].batched:
+            folded.append(x)  # still shared by every row of every element
+            continue
+        x = jnp.moveaxis(x, d, 0) if d is not None else jnp.broadcast_to(x[None], (size,) + x.shape)
+        if i in converted:
+            x = jnp.broadcast_to(x[:, None], (size, rows) + x.shape[1:])
+        folded.append(x.reshape((size * rows,) + x.shape[2:]))
+    out = multilinear_p.bind(*folded, plan=variant, out_slot=out_slot, require=require, interpret=interpret)
+    out = out.reshape((size, rows) + out.shape[1:])
+    if out_slot not in converted:
+        return out
+    return jnp.sum(out.astype(jnp.promote_types(out.dtype, jnp.float32)), axis=1).astype(out.dtype)
 
 
 multilinear_p.def_impl(_impl)

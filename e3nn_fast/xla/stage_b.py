@@ -52,6 +52,7 @@ class StageBMaths:
     """
 
     family = "jnp-stage-b"
+    uses_pallas = False
 
     def __init__(self, layout: str, a: int, b: int, m: int, k: int):
         if layout not in (KEY1, KEY2, DIAGONAL):

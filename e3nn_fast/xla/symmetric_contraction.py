@@ -48,6 +48,7 @@ def _form(description: SymmetricContractionDescription, channels: int):
         """The form without padding, evaluated with jnp over all lanes."""
 
         family = "jnp"
+        uses_pallas = False
 
         def evaluate(self, out_slot, require, operands, interpret):
             del interpret
