@@ -106,6 +106,9 @@ KERNEL_FAMILIES = (
 KNOB_DEFAULTS = {
     "aligned.tile_elements": ("e3nn_fast.kernels.layout", "TARGET_TILE_ELEMENTS"),
     "aligned.max_block_rows": ("e3nn_fast.kernels.layout", "MAX_BLOCK_ROWS"),
+    "aligned.live_elements": ("e3nn_fast.kernels._aligned", "LIVE_ELEMENTS"),
+    "aligned.target_programs": ("e3nn_fast.kernels._aligned", "TARGET_PROGRAMS"),
+    "aligned.channel_block": ("e3nn_fast.kernels._aligned", "CHANNEL_BLOCK"),
     "fully_connected.tile_elements": ("e3nn_fast.kernels.fully_connected", "TILE_ELEMENTS"),
     "fully_connected.block_rows": ("e3nn_fast.kernels.fully_connected", "BLOCK_ROWS"),
     "fully_connected.min_block_rows": ("e3nn_fast.kernels.fully_connected", "MIN_BLOCK_ROWS"),

@@ -340,6 +340,30 @@ def test_jvp_hessian_and_vmap():
     assert_trees_close(ours, theirs, 1e-12)
 
 
+@pytest.mark.parametrize("fold", [True, False])
+def test_vmap_over_samples_and_their_weights(monkeypatch, fold):
+    """``vmap`` over samples *and* their weights (the legacy per-sample products): inside, each call has one row and
+    shared weights; the mapped shared weight slot becomes a per-row slot of one launch (no loop of launches), in the
+    forward, the gradients and the double backward.  Elements with more than ``FOLD_MAX_ROWS`` rows keep one launch
+    per element (a ``lax.map``).  Both give the reference's numbers."""
+    from e3nn_fast.kernels import multilinear
+
+    if not fold:
+        monkeypatch.setattr(multilinear, "FOLD_MAX_ROWS", 0)
+    description = describe("3x0e+2x1o+1x2e", "0e+1o", "uvu", True, seed=17, max_terms=30)
+    weights, chunks1, chunks2 = _inputs(description, (7,), "rows")
+
+    def per_sample(description, weights, chunks1, chunks2):
+        return jax.vmap(lambda w, c1, c2: interpret_tp(description, w, c1, c2))(weights, chunks1, chunks2)
+
+    ours = derivatives(per_sample, description)
+    text = str(jax.make_jaxpr(ours)(weights, chunks1, chunks2))
+    assert text.count("e3nn_fast_multilinear") >= 4
+    assert ("scan" not in text and "while" not in text) == fold  # lax.map is a scan
+    assert_trees_close(ours(weights, chunks1, chunks2),
+                       derivatives(reference_tp, description)(weights, chunks1, chunks2), 1e-12)
+
+
 def test_gradient_graph_runs_only_kernels():
     description = describe("3x0e+2x1o", "0e+1o", "uvu", True, keep=3, seed=10)
     weights, chunks1, chunks2 = _inputs(description, (6,), "rows")
@@ -375,6 +399,61 @@ def dataclass_replace(path, **changes):
     import dataclasses
 
     return dataclasses.replace(path, **changes)
+
+
+LANE_BLOCK_CASES = [
+    ("uvu", lambda: describe("4x0e+2x1o+3x2e", "0e+1o", "uvu", True, seed=14, max_terms=30), "rows"),
+    ("uvu-shared", lambda: describe("4x0e+2x1o+1x1e", "0e+1o", "uvu", True, seed=15, max_terms=30), "shared"),
+    ("uuu", lambda: describe(Irreps("4x0e+2x1o+1x2e"), Irreps("4x1o+2x1e+1x0e"), "uuu", True, seed=16,
+                             max_terms=30), "shared"),
+]
+
+
+@pytest.mark.parametrize("name,make,weight_kind", LANE_BLOCK_CASES, ids=[c[0] for c in LANE_BLOCK_CASES])
+def test_lane_blocks_match_reference(name, make, weight_kind):
+    """Channels split over a second grid axis (``aligned.channel_block=2``: planes of 4 lanes in 2 blocks, narrower
+    ones round-robin over the programs, one-channel outputs never split, shared-weight gradients summed over rows per
+    lane block) give the reference's output, first and second derivatives."""
+    from e3nn_fast.kernels import tuning
+
+    description = make()
+    inputs = _inputs(description, (13,), weight_kind)
+    with tuning.override(aligned__channel_block=2):
+        ours = derivatives(interpret_tp, description)(*inputs)
+    assert_trees_close(ours, derivatives(reference_tp, description)(*inputs), 1e-12)
+
+
+def _mace_large_groups(description, slot):
+    kinds = tuple(None for _ in description.paths)
+    plan = _aligned.aligned_plan(description, tuple(range(len(description.paths))), kinds)
+    return _aligned._product_groups(plan, plan.slot_index(slot), frozenset())
+
+
+def test_launch_shapes_at_mace_large_sizes(monkeypatch):
+    """Issue 14: the elementwise gradients of ``128x(0e+1o+2e)`` on 5,000 rows get planes of 8 x 64 (two lane blocks,
+    ~4 registers a plane; 16 x 128 spilled 2 KB) and >= 4 programs per SM of a 132-SM GPU; the channelwise ``dx2``
+    (a sum over all 128 lanes, which cannot be split) 4 x 128; ``live_elements=2**30, target_programs=1`` restores
+    the old shapes."""
+    from e3nn_fast.kernels import tuning
+
+    monkeypatch.setattr(layout, "MAX_BLOCK_ROWS", 256)  # undo the small_blocks fixture: the shipped bound
+    irreps = Irreps("128x0e+128x1o+128x2e")
+    elementwise = describe_elementwise_tensor_product(irreps, irreps, None, "component")
+    harmonics = Irreps("0e+1o+2e+3o")
+    sh = describe_full_tensor_product(irreps, harmonics, tuple(ir for _, ir in harmonics), "component")
+
+    def shape(description, slot, rows):
+        found = _aligned._launch_shape(_mace_large_groups(description, slot), rows)
+        return found.rows, found.lane_blocks, -(-rows // found.rows) * found.lane_blocks
+
+    for slot in ("x1", "x2"):
+        rows, lane_blocks, programs = shape(elementwise, slot, 5000)
+        assert (rows, lane_blocks) == (8, 2) and programs >= 4 * 132
+    assert shape(elementwise, "out", 5000)[:2] == (8, 1)
+    assert shape(sh, "x2", 160000)[:2] == (4, 1)
+    with tuning.override(aligned__live_elements=2**30, aligned__target_programs=1):
+        assert shape(elementwise, "x1", 5000) == (16, 1, 313)
+        assert shape(sh, "x2", 160000) == (16, 1, 10000)
 
 
 def test_mixed_modes_fall_back_per_path():

@@ -122,6 +122,29 @@ def test_channel_blocks_form_a_second_grid_axis():
     assert kernel_mp.CHANNEL_BLOCK >= 1 << 10  # default: no split
 
 
+def test_aligned_channel_blocks_form_a_second_grid_axis():
+    """aligned.channel_block=2 on 8 channels: 4 programs per row block (grid_y in the Triton call) for the
+    elementwise product and its gradients; by default 8 channels are one lane block; a knob that is not a power of
+    two is refused."""
+    rng = np.random.default_rng(0)
+    x = e3nn.IrrepsArray("8x0e+8x1o", jnp.asarray(rng.standard_normal((16, 32)), jnp.float32))
+
+    def loss(x):
+        with e3nn.backend("pallas"):
+            return jnp.sum(jnp.sin(e3nn.elementwise_tensor_product(x, x).array))
+
+    def grid_y(**knobs):
+        with tuning.override(**knobs):
+            text = lower_for_platform(jax.grad(loss), (x,), "cuda").as_text()
+        return sorted(set(int(v) for v in re.findall(r"grid_y = (\d+)", text)))
+
+    assert grid_y(aligned__channel_block=2) == [4]
+    assert grid_y() == [1]
+    with pytest.raises(ValueError, match="power of two"):
+        with tuning.override(aligned__channel_block=3):
+            pass
+
+
 def test_fully_connected_precision_follows_jax():
     assert fully_connected.matmul_precision() == jax.lax.Precision.DEFAULT  # TF32 on tensor cores, as XLA
     with jax.default_matmul_precision("highest"):

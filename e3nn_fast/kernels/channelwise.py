@@ -16,7 +16,10 @@ Gradient kernels (the same engine with another output slot, see :mod:`e3nn_fast.
 * ``dw[b, u] = sum c x1[b, u, i] x2[b, j] g[b, u, k]`` per row, or its sum over the rows (block partial sums) for
   weights shared by all rows.
 
-Their derivatives are again products of the engine, so gradients of any order stay in these kernels.
+Their derivatives are again products of the engine, so gradients of any order stay in these kernels.  ``dx2`` sums
+over the channels, which therefore stay in one program: its row blocks shrink instead (4 x 128 at MACE-large).
+Legacy per-sample products under ``vmap`` (one row and shared weights per call) fold the mapped weights into a
+per-row weight slot of one launch (:func:`e3nn_fast.kernels.multilinear._fold_shared`).
 """
 
 from __future__ import annotations

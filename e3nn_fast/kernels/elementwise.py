@@ -11,6 +11,10 @@ of input 2::
 Gradient kernels (the same engine, another output slot): ``dx1 = sum c w g x2`` and ``dx2 = sum c w x1 g`` are
 elementwise products again; ``dw[u] = sum c x1 x2 g`` is a product reduced over the rows (for shared weights) by
 per-block partial sums.  Gradients of any order stay in the engine.
+
+The gradients multiply pairs of full-width planes (``g_k x2_j``), so a program keeps many planes live: their row
+blocks are small and wide channels are split over a second grid axis of lane blocks (``128x(0e+1o+2e)``: planes of
+8 x 64, two lane blocks; see :func:`e3nn_fast.kernels._aligned._launch_shape`).
 """
 
 from __future__ import annotations

@@ -98,22 +98,11 @@ def unpack(layout: OperandLayout, packed: jnp.ndarray) -> dict[int, jnp.ndarray]
     return chunks
 
 
-# Rows per program: enough to fill a few warps with each (rows, width) plane, few enough to stay in registers.
+# Rows per program of the aligned families (sized by kernels/_aligned.py's launch shape): enough to fill a few
+# warps with each (rows, width) plane, few enough to stay in registers.
 TARGET_TILE_ELEMENTS = 2048
 MIN_BLOCK_ROWS = 8
 MAX_BLOCK_ROWS = 256
-
-
-def block_rows(batch: int, max_width: int, min_rows: int = MIN_BLOCK_ROWS) -> int:
-    """Rows of the batch blocks (a power of two): ~``TARGET_TILE_ELEMENTS`` per plane, no more than the batch needs
-    (both bounds are the ``aligned.*`` knobs of :mod:`e3nn_fast.kernels.tuning`)."""
-    from e3nn_fast.kernels import tuning
-
-    tile = tuning.value("aligned.tile_elements", TARGET_TILE_ELEMENTS)
-    most = tuning.value("aligned.max_block_rows", MAX_BLOCK_ROWS)
-    rows = max(1, tile // max(1, max_width))
-    rows = min(most, next_power_of_2(rows), next_power_of_2(max(batch, 1)))
-    return max(min_rows, rows)
 
 
 def pad_rows(x: jnp.ndarray, rows: int) -> jnp.ndarray:

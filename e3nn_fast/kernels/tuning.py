@@ -17,6 +17,11 @@ Knobs (``family.name``):
 ``<family>.num_stages``             Triton software-pipelining stages (0 = Pallas's own default)
 ``aligned.tile_elements``           target elements of one ``(rows, width)`` plane of a row block
 ``aligned.max_block_rows``          upper bound on the rows of a block
+``aligned.live_elements``           elements of the planes one program keeps live (a plane is at most this / the
+                                    planes of the largest output-plane group; ``2**30`` with ``target_programs=1``
+                                    gives the shapes before issue 14)
+``aligned.target_programs``         programs a launch aims at (rows, then lanes, halved until reached)
+``aligned.channel_block``           lanes per program (second grid axis over channel blocks; default: chosen)
 ``fully_connected.tile_elements``   elements of an operand register tile (the outer-product chunk; a quarter of it
                                     when the dots are FMA loops: ``highest`` precision, float64)
 ``fully_connected.block_rows``      rows of a block (default: ``accumulator_elements`` / widest output plane,
@@ -52,6 +57,9 @@ FAMILIES = ("aligned", "fully_connected", "message_passing", "symmetric_contract
 _BLOCK_KNOBS = {
     "aligned.tile_elements": True,
     "aligned.max_block_rows": True,
+    "aligned.live_elements": True,
+    "aligned.target_programs": False,
+    "aligned.channel_block": True,
     "fully_connected.tile_elements": True,
     "fully_connected.block_rows": True,
     "fully_connected.min_block_rows": True,
