@@ -358,7 +358,8 @@ def _train_graph_parallel(args, placement, lead: bool) -> dict:
     description = f"EMT Cu{frames[0].num_atoms} cell"
     metadata = {"model": dataclasses.asdict(config), "species": table.tolist(), "reference_energies": e0.tolist(),
                 "data": description}
-    # Host side, the same in every process: partitions with one edges_per_shard (halo sizes rounded up).
+    # Host side, the same in every process: every frame partitioned with common capacities (edge slots and halo
+    # rows per shard), hence one partition shape and pytree structure: the training step compiles once.
     host = parallel.common_graph_inputs(all_graphs, placement.size)
     part = host[0].partition
     print(f"graph parallel over {placement.size} devices ({args.halo_mode}): {part.num_nodes} atoms, "

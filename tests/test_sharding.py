@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -28,9 +29,25 @@ def spatial_graph(num_nodes: int, cutoff: float, box: float, seed: int):
     rng = np.random.default_rng(seed)
     pos = rng.uniform(0.0, box, size=(num_nodes, 3))
     pos = pos[np.argsort(pos[:, 0])]
+    return (pos,) + radius_graph(pos, cutoff)
+
+
+def radius_graph(pos: np.ndarray, cutoff: float):
+    """``(senders, receivers)``: every ordered pair of distinct points closer than ``cutoff``."""
     distance = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
     senders, receivers = np.nonzero((distance < cutoff) & (distance > 0))
-    return pos, senders.astype(np.int32), receivers.astype(np.int32)
+    return senders.astype(np.int32), receivers.astype(np.int32)
+
+
+def moved_frames(count: int, num_nodes: int, cutoff: float, box: float, seed: int, step: float = 0.2):
+    """``count`` frames of one system: the same atoms (same order), each frame's positions a random step from the
+    previous one's, so that the neighbour lists differ slightly.  ``[(pos, senders, receivers), ...]``."""
+    pos, senders, receivers = spatial_graph(num_nodes, cutoff, box, seed)
+    frames, rng = [(pos, senders, receivers)], np.random.default_rng(seed + 100)
+    for _ in range(count - 1):
+        pos = pos + rng.normal(scale=step, size=pos.shape)
+        frames.append((pos,) + radius_graph(pos, cutoff))
+    return frames
 
 
 def rel(a, b) -> float:
@@ -225,6 +242,98 @@ def _graph_checks() -> dict:
     for name, (out, grads) in values.items():
         results[name] = {"out": rel(out, out1), "grad_x": rel(grads[0], grads1[0]),
                          "forces": rel(grads[1], grads1[1]), "grad_w": rel(grads[2], grads1[2])}
+    results["deterministic"] = _deterministic_checks(mesh, partition, x, pos, w, senders, receivers)
+    return results
+
+
+def _deterministic_checks(mesh, partition, x, pos, w, senders, receivers) -> dict:
+    """Forward of ``graph_message_passing(..., deterministic=True)`` against one device's ``message_passing`` with
+    the jnp executor and the same edge chunk size: ``{"<mode>_<chunk>": bitwise equal}``.  Chunk 8 is below every
+    shard's edge count; the default chunk (64) is above it, so the shards' edges are padded up to one chunk."""
+    import jax
+
+    import e3nn_fast as e3nn
+    from e3nn_fast import sharding
+
+    num_nodes = x.shape[0]
+    sh = e3nn.spherical_harmonics(IRREPS_SH, pos[senders] - pos[receivers], True)
+    nodes = e3nn.IrrepsArray(IRREPS_IN, x)
+    checks = {"edges_per_shard": partition.edges_per_shard, "default_chunk": sharding.DETERMINISTIC_EDGE_CHUNK}
+    for chunk in (8, None):
+        with e3nn.backend("jnp"):
+            one = jax.jit(lambda: e3nn.message_passing(nodes, sh, w, senders, receivers, num_nodes,
+                                                       edge_chunk_size=chunk or sharding.DETERMINISTIC_EDGE_CHUNK))()
+        for mode in sharding.MODES:
+            many = jax.jit(lambda: partition.unpad_nodes(sharding.graph_message_passing(
+                partition.pad_nodes(nodes), partition.shard_edges(sh), partition.shard_edges(w), partition, mesh,
+                "g", mode=mode, edge_chunk_size=chunk, deterministic=True)))()
+            checks[f"{mode}_{chunk or 'default'}"] = bool(np.array_equal(np.asarray(many.array),
+                                                                         np.asarray(one.array)))
+    return checks
+
+
+def _frames_checks() -> dict:
+    """Item 1 follow-up: frames of one system (different neighbour lists) partitioned with common capacities share
+    one compilation of a jitted energy-and-forces step, and each frame's results equal one device's."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, PartitionSpec as P
+
+    import e3nn_fast as e3nn
+    from e3nn_fast import sharding
+
+    mesh = Mesh(np.array(jax.devices()), ("g",))
+    num_nodes = 61
+    frames = moved_frames(3, num_nodes, cutoff=1.8, box=6.0, seed=7)
+    natural = [sharding.partition_graph(s, r, num_nodes, FAKE_DEVICES) for _, s, r in frames]
+    capacity = sharding.common_capacity(natural, headroom=0.1)
+    parts = [sharding.partition_graph(s, r, num_nodes, FAKE_DEVICES, **capacity) for _, s, r in frames]
+    treedef = lambda t: jax.tree_util.tree_structure(t)
+    results = {
+        "num_edges": [len(s) for _, s, _ in frames],
+        "natural_treedefs_equal": all(treedef(p) == treedef(natural[0]) for p in natural),
+        "capacity_treedefs_equal": all(treedef(p) == treedef(parts[0]) for p in parts),
+        "edge_counts": [int(np.sum(p.edge_counts)) for p in parts],
+    }
+    rng = np.random.default_rng(8)
+    irreps_out = e3nn.message_passing_irreps_out(IRREPS_IN, IRREPS_SH)
+    x = jnp.asarray(rng.standard_normal((num_nodes, e3nn.Irreps(IRREPS_IN).dim)), jnp.float32)
+    c = jnp.asarray(rng.standard_normal(irreps_out.num_irreps), jnp.float32)  # per-irrep radial weights
+
+    def energy(out):
+        return jnp.sum(jnp.sin(out)) + 0.1 * jnp.sum(out * out)
+
+    def per_shard(x, pos, part):
+        vectors = sharding.gather_senders(pos, part, "g") - sharding.gather_receivers(pos, part)
+        sh = e3nn.spherical_harmonics(IRREPS_SH, vectors, True)
+        out = sharding.local_message_passing(e3nn.IrrepsArray(IRREPS_IN, x), sh,
+                                             c * jnp.sum(vectors**2, axis=-1, keepdims=True), part, "g")
+        node_mask = jnp.arange(part.nodes_per_shard) + jax.lax.axis_index("g") * part.nodes_per_shard < num_nodes
+        return jax.lax.psum(energy(jnp.where(node_mask[:, None], out.array, 0.0)), "g")
+
+    traces = []
+
+    @jax.jit
+    def sharded_step(x, pos, part):  # the partition is an argument: one compilation for every frame that fits
+        traces.append(1)
+        run = sharding.shard_map(per_shard, mesh=mesh, in_specs=P("g"), out_specs=P())
+        return jax.value_and_grad(run, argnums=1)(x, pos, part)
+
+    def one_device(x, pos, senders, receivers):
+        vectors = pos[senders] - pos[receivers]
+        sh = e3nn.spherical_harmonics(IRREPS_SH, vectors, True)
+        out = e3nn.message_passing(e3nn.IrrepsArray(IRREPS_IN, x), sh,
+                                   c * jnp.sum(vectors**2, axis=-1, keepdims=True), senders, receivers, num_nodes)
+        return energy(out.array)
+
+    results["errors"] = []
+    for (pos_np, senders, receivers), part in zip(frames, parts):
+        pos = jnp.asarray(pos_np, jnp.float32)
+        e, grad = sharded_step(part.pad_nodes(x), part.pad_nodes(pos), part)
+        e1, grad1 = jax.jit(jax.value_and_grad(one_device, argnums=1))(x, pos, senders, receivers)
+        results["errors"].append({"energy": rel(e, e1), "forces": rel(part.unpad_nodes(grad), grad1)})
+    results["traces"] = len(traces)
+    results["cache_size"] = sharded_step._cache_size() if hasattr(sharded_step, "_cache_size") else None
     return results
 
 
@@ -276,7 +385,7 @@ def _pallas_checks() -> dict:
     return results
 
 
-GROUPS = {"ops": _ops_checks, "graph": _graph_checks, "pallas": _pallas_checks}
+GROUPS = {"ops": _ops_checks, "graph": _graph_checks, "frames": _frames_checks, "pallas": _pallas_checks}
 
 
 def _run_group(group: str) -> dict:
@@ -309,12 +418,29 @@ def test_ops_on_sharded_inputs():
 def test_graph_parallel_matches_one_device():
     results = _run_group("graph")
     sizes = results.pop("sizes")
+    deterministic = results.pop("deterministic")
+    # deterministic=True: bitwise equal to one device's jnp executor with the same chunk size, below and above the
+    # shards' edge counts (the latter pads each shard's edges up to one chunk)
+    assert deterministic.pop("edges_per_shard") < deterministic.pop("default_chunk")
+    assert set(deterministic) == {f"{mode}_{chunk}" for mode in ("halo", "all_gather") for chunk in (8, "default")}
+    assert all(deterministic.values()), deterministic
     # the nodes are sorted along x: a shard reads rows of a few nearby shards only
     assert sum(sizes["halo_sizes"]) < FAKE_DEVICES * sizes["nodes_per_shard"], sizes
     assert set(results) == {f"{api}_{mode}" for api in ("global", "local") for mode in ("halo", "all_gather")}
     for name, errors in results.items():
         assert errors["out"] < 1e-6, (name, errors)
         assert max(errors["grad_x"], errors["forces"], errors["grad_w"]) < 1e-5, (name, errors)
+
+
+def test_partition_reused_across_frames_compiles_once():
+    results = _run_group("frames")
+    assert len(set(results["num_edges"])) == 3, results  # the frames' neighbour lists really differ
+    assert results["edge_counts"] == results["num_edges"]
+    assert results["capacity_treedefs_equal"], results
+    assert results["traces"] == 1, results  # one trace, hence one compilation, for three frames
+    assert results["cache_size"] in (None, 1), results
+    for errors in results["errors"]:
+        assert errors["energy"] < 1e-6 and errors["forces"] < 1e-5, results
 
 
 @pytest.mark.slow
@@ -364,6 +490,59 @@ def test_partition_contract():
                                       edges_per_shard=len(senders), halo_multiple=4)
     assert bigger.padded_nodes == 50 and bigger.edges_per_shard == len(senders)
     assert all(size % 4 == 0 for size in bigger.halo_sizes)
+
+
+def test_capacities_fix_the_shapes():
+    """Frames of one system partitioned with common capacities: same shapes and tree structure, per-frame edge
+    counts in the leaves; a frame that does not fit names the size it needs."""
+    import jax
+    import jax.numpy as jnp
+
+    from e3nn_fast import sharding
+
+    frames = moved_frames(3, 40, cutoff=2.0, box=6.0, seed=9)
+    shards = 4
+    natural = [sharding.partition_graph(s, r, 40, shards) for _, s, r in frames[:2]]
+    capacity = sharding.common_capacity(natural, headroom=0.5, edge_multiple=8)
+    assert set(capacity) == {"nodes_per_shard", "edges_per_shard", "halo_offsets", "halo_capacity"}
+    assert capacity["edges_per_shard"] % 8 == 0
+    assert capacity["edges_per_shard"] >= 1.5 * max(p.edges_per_shard for p in natural)
+    assert set(capacity["halo_offsets"]) == set().union(*(p.halo_offsets for p in natural))
+    parts = [sharding.partition_graph(s, r, 40, shards, **capacity) for _, s, r in frames]
+    structure = jax.tree_util.tree_structure(parts[0])
+    assert all(jax.tree_util.tree_structure(p) == structure for p in parts)
+    for (_, s, _), part in zip(frames, parts):
+        assert part.num_edges == len(s) and part.edge_counts.shape == (shards,)
+        assert part.halo_offsets == capacity["halo_offsets"] and part.halo_sizes == capacity["halo_capacity"]
+        edges = np.arange(len(s) * 3.0).reshape(-1, 3) + 1.0  # round trip of an edge array
+        np.testing.assert_array_equal(part.unshard_edges(part.shard_edges(edges)), edges)
+    assert len({p.num_edges for p in parts}) == 3  # the frames differ
+
+    # on a traced partition the edge count is data: unshard_edges needs a static row count
+    (_, s, _), part = frames[1], parts[1]
+    edges = jnp.arange(len(s) * 2.0).reshape(-1, 2) + 1.0
+    laid = part.shard_edges(edges)
+    back = jax.jit(lambda part, laid: part.unshard_edges(laid, num_edges=len(s) + 5))(part, laid)
+    np.testing.assert_array_equal(back[: len(s)], edges)
+    np.testing.assert_array_equal(back[len(s):], 0.0)
+    with pytest.raises(TypeError, match="pass num_edges="):
+        jax.jit(lambda part, laid: part.unshard_edges(laid))(part, laid)
+    with pytest.raises(TypeError, match="per-frame array leaf"):
+        jax.jit(lambda part: part.num_edges)(part)
+
+    # a frame that does not fit: each error names what it needs
+    _, s, r = frames[0]
+    busiest = natural[0].edges_per_shard
+    with pytest.raises(ValueError, match=rf"edges_per_shard >= {busiest}"):
+        sharding.partition_graph(s, r, 40, shards, **dict(capacity, edges_per_shard=busiest - 1))
+    offset, size = natural[0].halo_offsets[0], natural[0].halo_sizes[0]
+    others = tuple(d for d in capacity["halo_offsets"] if d != offset)
+    with pytest.raises(ValueError, match=re.escape(f"halo_offsets={others} has no {offset}; add it")):
+        sharding.partition_graph(s, r, 40, shards, halo_offsets=others)
+    small = tuple(size - 1 if d == offset else c for d, c in zip(capacity["halo_offsets"], capacity["halo_capacity"]))
+    with pytest.raises(ValueError, match=rf"halo_capacity={size - 1} for shard distance {offset} is too small.*"
+                                         rf"halo_capacity >= {size}"):
+        sharding.partition_graph(s, r, 40, shards, **dict(capacity, halo_capacity=small))
 
 
 def test_layout_round_trips():
@@ -437,6 +616,22 @@ def test_bad_input():
         sharding.partition_graph(s, r, 3, 2, edges_per_shard=1)
     with pytest.raises(TypeError, match="traced value"):
         jax.jit(lambda s: sharding.partition_graph(s, r, 3, 2))(s)
+    with pytest.raises(ValueError, match=r"halo_offsets must lie in \[1, num_shards\)"):
+        sharding.partition_graph(s, r, 3, 2, halo_offsets=(2,))
+    with pytest.raises(ValueError, match="halo_offsets must be distinct"):
+        sharding.partition_graph(s, r, 3, 3, halo_offsets=(1, 1))
+    with pytest.raises(TypeError, match="halo_offsets must be a sequence"):
+        sharding.partition_graph(s, r, 3, 2, halo_offsets=1)
+    with pytest.raises(ValueError, match="one capacity per offset"):
+        sharding.partition_graph(s, r, 3, 3, halo_offsets=(1, 2), halo_capacity=(4,))
+    with pytest.raises(TypeError, match="halo_capacity must be an int or a sequence"):
+        sharding.partition_graph(s, r, 3, 2, halo_capacity=2.5)
+    with pytest.raises(TypeError, match="one or more GraphPartitions"):
+        sharding.common_capacity([])
+    with pytest.raises(ValueError, match="different num_shards"):
+        sharding.common_capacity([sharding.partition_graph(s, r, 3, 2), sharding.partition_graph(s, r, 3, 3)])
+    with pytest.raises(ValueError, match="headroom must be a number >= 0"):
+        sharding.common_capacity(sharding.partition_graph(s, r, 3, 2), headroom=-0.1)
 
     part = sharding.partition_graph(s, r, 3, 1)
     x = e3nn.IrrepsArray(IRREPS_IN, jnp.zeros((part.padded_nodes, 8)))
@@ -456,6 +651,8 @@ def test_bad_input():
         sharding.graph_message_passing(x, sh, jnp.zeros((1, 4)), part, mesh, "g")
     with pytest.raises(TypeError, match="must be a GraphPartition"):
         sharding.graph_message_passing(x, sh, None, {"senders": s}, mesh, "g")
+    with pytest.raises(TypeError, match="deterministic must be True or False"):
+        sharding.graph_message_passing(x, sh, None, part, mesh, "g", deterministic="yes")
     with pytest.raises(ValueError, match="inside shard_map"):  # a global partition where one shard's is expected
         sharding.local_message_passing(x, sh, None, sharding.partition_graph(s, r, 3, 3), "g")
     with pytest.raises(ValueError, match="num_nodes = 3 rows"):

@@ -101,6 +101,25 @@ def _checks(group: str, process_id: int = 0, port: int = 0) -> dict:
             out_shardings=gp.replicated)(replicated, placed)
         compare(f"graph_parallel_{mode}", *gp.local((loss, grads)), ref_loss, ref_grads)
 
+    if group == "single":  # frames of one cell with different neighbour lists share one compiled loss
+        moved = data.emt_copper_supercell(2, repeat=3, displacement_A=(0.2, 0.25), seed=3)
+        pair = [graphs.build_graph(f, 4.0, table, data.fit_reference_energies(moved, table)) for f in moved]
+        traces = []
+
+        @jax.jit
+        def frame_loss(p, g):
+            traces.append(1)
+            return parallel.graph_parallel_loss(sharded, p, g, weights, gp.mesh)
+
+        hosts = parallel.common_graph_inputs(pair, gp.size, halo_multiple=8, edge_multiple=8)
+        natural = [parallel.graph_inputs(g, gp.size).partition for g in pair]
+        results["frames"] = {
+            "num_edges": [len(g.senders) for g in pair],
+            "natural_halo_offsets": [list(p.halo_offsets) for p in natural],
+            "losses": [float(gp.local(frame_loss(replicated, parallel.place_graph(h, gp)))) for h in hosts],
+            "traces": len(traces),
+        }
+
     if group == "single":  # a few training steps of each layout
         optimizer = training.make_optimizer(5e-3, 4, 0)
         step = parallel.make_data_parallel_step(potential, optimizer, weights, dp)
@@ -154,6 +173,9 @@ def test_one_process_eight_devices_match_one_device():
     assert results["devices"] == 8 and results["processes"] == 1
     assert len(results["halo_offsets"]) >= 2  # neighbours really are on other devices
     _assert_equal_to_one_device(results, ("data_parallel", "graph_parallel_halo", "graph_parallel_all_gather"))
+    frames = results["frames"]  # different edge counts (and halo distances), one trace of the loss
+    assert frames["num_edges"][0] != frames["num_edges"][1], frames
+    assert frames["traces"] == 1 and all(np.isfinite(frames["losses"])), frames
     for name in ("dp_steps", "gp_steps"):  # training steps run and reduce the loss
         losses = results[name]
         assert all(np.isfinite(losses)) and losses[-1] < losses[0], (name, losses)

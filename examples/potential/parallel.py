@@ -21,7 +21,6 @@ and partitions the same graphs (host-side NumPy, deterministic), and hands JAX o
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from functools import partial
 from typing import Any, Iterator, List, NamedTuple, Optional, Sequence
@@ -249,11 +248,12 @@ class GraphInputs(NamedTuple):
     num_atoms: Any
 
 
-def graph_inputs(graph: Graph, num_shards: int, edges_per_shard: Optional[int] = None, halo_multiple: int = 1,
-                 dtype=np.float32) -> GraphInputs:
-    """Partition ``graph`` by receiver (host side; the same in every process) and lay out its arrays."""
-    part = sharding.partition_graph(graph.senders, graph.receivers, graph.num_nodes, num_shards,
-                                    edges_per_shard=edges_per_shard, halo_multiple=halo_multiple)
+def graph_inputs(graph: Graph, num_shards: int, capacity: Optional[dict] = None, dtype=np.float32) -> GraphInputs:
+    """Partition ``graph`` by receiver (host side; the same in every process) and lay out its arrays.
+
+    ``capacity``: keyword arguments of :func:`e3nn_fast.sharding.partition_graph` fixing its shapes (from
+    :func:`e3nn_fast.sharding.common_capacity`); None for the graph's own sizes."""
+    part = sharding.partition_graph(graph.senders, graph.receivers, graph.num_nodes, num_shards, **(capacity or {}))
 
     def nodes(values):
         out = np.zeros((part.padded_nodes,) + values.shape[1:], values.dtype)
@@ -271,19 +271,15 @@ def graph_inputs(graph: Graph, num_shards: int, edges_per_shard: Optional[int] =
 
 def common_graph_inputs(graph_list: Sequence[Graph], num_shards: int, halo_multiple: int = 64,
                         edge_multiple: int = 64) -> List[GraphInputs]:
-    """:func:`graph_inputs` of several graphs with one ``edges_per_shard`` (and halo sizes rounded up), so that
-    graphs of one system mostly share their shapes, hence one compilation."""
+    """:func:`graph_inputs` of several graphs of one system partitioned with common capacities (the busiest shard's
+    edges and, per shard distance, the most halo rows over all graphs, rounded up to these multiples): every
+    partition then has the same shapes and pytree structure, so one compilation of the training step serves them
+    all (their edge counts are array leaves of the partition, not static data)."""
     if not graph_list:
         return []
-    nodes_per_shard = -(-max(g.num_nodes for g in graph_list) // num_shards)
-    busiest = max(int(np.bincount(g.receivers // nodes_per_shard, minlength=num_shards).max()) for g in graph_list)
-    edges_per_shard = -(-max(busiest, 1) // edge_multiple) * edge_multiple
-    inputs = [graph_inputs(g, num_shards, edges_per_shard, halo_multiple) for g in graph_list]
-    # A partition's static fields key jax.jit's cache; of them only num_edges differs between frames of one system,
-    # and only the host-side layout methods (shard_edges, unshard_edges) read it, which these inputs no longer need:
-    # one value for all frames makes one compilation serve them (the edge arrays are already laid out above).
-    most = max(i.partition.num_edges for i in inputs)
-    return [i._replace(partition=dataclasses.replace(i.partition, num_edges=most)) for i in inputs]
+    natural = [sharding.partition_graph(g.senders, g.receivers, g.num_nodes, num_shards) for g in graph_list]
+    capacity = sharding.common_capacity(natural, edge_multiple=edge_multiple, halo_multiple=halo_multiple)
+    return [graph_inputs(g, num_shards, capacity) for g in graph_list]
 
 
 def place_graph(inputs: GraphInputs, placement: Placement) -> GraphInputs:
