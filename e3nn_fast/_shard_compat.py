@@ -63,12 +63,35 @@ def aval_like(shape, dtype, template) -> jax.core.ShapedArray:
     """A ``ShapedArray(shape, dtype)`` that varies over the same mesh axes as the aval ``template``."""
     shape = tuple(shape)
     if not _aval_axes(template):
+        explicit = _explicit_sharding(template, shape)
+        if explicit is not None:
+            return template.update(shape=shape, dtype=dtype, weak_type=False, sharding=explicit)
         return _shaped_array(shape, dtype)
     if len(shape) == len(template.shape):  # keeps the template's (per-dimension) sharding and varying axes
         return template.update(shape=shape, dtype=dtype, weak_type=False)
     # another rank: the template's mesh, replicated over its automatic axes (the manual ones are per shard anyway)
     sharding = jax.sharding.NamedSharding(template.sharding.mesh, jax.sharding.PartitionSpec())
     return template.update(shape=shape, dtype=dtype, weak_type=False, sharding=sharding)
+
+
+def _explicit_sharding(template, shape):
+    """On a mesh with *explicit* axes, the sharding of a result of ``shape`` computed row by row from ``template``:
+    sharded like the template's first axis where the row counts agree, else replicated on the mesh; None elsewhere
+    (automatic axes or no mesh, where avals carry no sharding).
+
+    Without it a primitive's result is typed as replicated, and XLA all-gathers the batch for it (the gradients of
+    every tensor product and message pass on ``jax.make_mesh``'s default mesh did).
+    """
+    sharding = getattr(template, "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    axis_types = getattr(mesh, "axis_types", None)
+    explicit_type = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
+    if mesh is None or getattr(mesh, "empty", True) or explicit_type is None or explicit_type not in (axis_types or ()):
+        return None
+    spec = tuple(getattr(sharding, "spec", ()) or ())
+    lead = spec[0] if spec and shape and template.shape and shape[0] == template.shape[0] else None
+    rest = [None] * max(0, len(shape) - 1)
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*([lead] + rest if shape else [])))
 
 
 def struct_like(struct, template) -> Optional[jax.ShapeDtypeStruct]:

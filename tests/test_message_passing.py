@@ -481,6 +481,39 @@ def test_kernel_forward_gradient_and_double_backward_lower_for_cuda(dtype):
     assert f"{num_edges}x{irreps_out.dim}x" not in text and f"{num_edges + 1}x{irreps_out.dim}x" not in text
 
 
+def test_kernel_default_launch_splits_channels_and_matches_unfused(monkeypatch):
+    """The default launch shape at small scale: with MIN_CHANNELS shrunk to 2, a 9-node graph of 4 channels falls
+    short of the target program count, so the default splits the node kernels into 4-row blocks (a padded tail) x 2
+    channel blocks, and the edge kernels likewise where they can.  Forward, gradients and the forces-style double
+    backward equal the reference, and the two-block grid is what lowers for CUDA."""
+    from e3nn_fast.kernels import message_passing as kernel_mp
+
+    monkeypatch.setattr(kernel_mp, "MIN_CHANNELS", 2)
+    x, sh, w, senders, receivers = random_inputs(21, jnp.float64, "4x0e+4x1o", "0e+1o", num_real=11, num_pad=3)
+    with e3nn.backend("pallas-interpret"):
+        ours = loss_and_grads(message_passing, 9)(x, sh, w, senders, receivers)
+    theirs = loss_and_grads(unfused, 9)(x, sh, w, senders, receivers)
+    jax.tree.map(lambda a, b: assert_close(a, b, jnp.float64), ours, theirs)
+
+    real = senders != receivers  # forces need edge vectors with a direction
+    s, r = senders[real] % 7, receivers[real] % 7
+    keep = s != r
+    s, r = s[keep], r[keep]
+    rng = np.random.default_rng(22)
+    positions = jnp.asarray(rng.standard_normal((9, 3)) * 2)
+    w_kept = jnp.asarray(rng.standard_normal((len(s), message_passing_irreps_out("4x0e+4x1o", "0e+1o").num_irreps)))
+    with e3nn.backend("pallas-interpret"):
+        ours = forces_loss(message_passing, s, r, 9, "0e+1o", mode="drop")(positions, x, w_kept)
+    theirs = forces_loss(unfused, s, r, 9, "0e+1o")(positions, x, w_kept)
+    jax.tree.map(lambda a, b: assert_close(a, b, jnp.float64), ours, theirs)
+
+    _require_pallas_lowering("cuda")
+    forward = lambda x, sh, w: message_passing(x, sh, w, senders, receivers, 9, mode="drop").array
+    with e3nn.backend("pallas"):
+        text = _lower_for_platform(forward, (x, sh, w), "cuda").as_text()
+    assert re.findall(r"grid_x = (\d+)", text) == ["3"] and re.findall(r"grid_y = (\d+)", text) == ["2"]
+
+
 # --- modules -----------------------------------------------------------------------------------------------------
 
 

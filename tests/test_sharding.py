@@ -160,11 +160,18 @@ def _ops_checks() -> dict:
         put = lambda v: jax.device_put(v, NamedSharding(explicit, P("d")))
         forwards = {"tp": (tp, (put(a), put(b))), "sc": (sc, (put(xs), put(sp), ws)),
                     "mp": (mp_batch, (put(gx), put(gsh), put(gw), put(gs), put(gr)))}
+        argnums = {"tp": (0, 1), "sc": (0,), "mp": (0, 1, 2)}
         for name, (f, args) in forwards.items():
             compiled = jax.jit(f).lower(*args).compile()
             out = compiled(*args)
             results[f"explicit_{name}"] = {"all_gather": "all-gather" in compiled.as_text(),
                                            "batch_sharded": tuple(out.sharding.spec)[:1] == ("d",)}
+            # and the gradients: the primitives' outputs keep their operands' explicit sharding
+            grad = jax.jit(jax.grad(lambda *a, f=f: jnp.sum(f(*a) ** 2), argnums=argnums[name])).lower(*args).compile()
+            grads = grad(*args)
+            results[f"explicit_grad_{name}"] = {
+                "all_gather": "all-gather" in grad.as_text(),
+                "batch_sharded": all(tuple(g.sharding.spec)[:1] == ("d",) for g in grads)}
     return results
 
 
@@ -410,7 +417,7 @@ def test_ops_on_sharded_inputs():
         assert not case["all_gather"] and not case["all_to_all"], (name, case)
         assert case["fully_sharded"], (name, case)
         assert case["batch_sharded"], (name, case)
-    for name in ("explicit_tp", "explicit_sc", "explicit_mp"):
+    for name in ("explicit_tp", "explicit_sc", "explicit_mp", "explicit_grad_tp", "explicit_grad_sc", "explicit_grad_mp"):
         if name in results:  # JAX with explicit mesh axes
             assert not results[name]["all_gather"] and results[name]["batch_sharded"], (name, results[name])
 

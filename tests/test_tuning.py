@@ -119,7 +119,52 @@ def test_channel_blocks_form_a_second_grid_axis():
 
     assert grid_y("8x0e+8x1o") == [4]
     assert grid_y("8x0e+4x1o") == [1]
-    assert kernel_mp.CHANNEL_BLOCK >= 1 << 10  # default: no split
+    assert kernel_mp.CHANNEL_BLOCK is None and kernel_mp.MIN_CHANNELS > 8  # default: 8 channels are never split
+
+
+def _message_passing_groups(irreps_x, irreps_sh):
+    """The product groups of every kernel slot of a weighted message pass, by slot name."""
+    from e3nn_fast.kernels import message_passing as kernel_mp
+    from e3nn_fast.kernels._aligned import _product_groups
+    from e3nn_fast.reference.message_passing import message_passing_spec
+
+    spec = message_passing_spec(e3nn.Irreps(irreps_x), e3nn.Irreps(irreps_sh), None, "component")
+    _, plan = kernel_mp._plan(spec, True)
+    return {slot.name: _product_groups(plan, plan.slot_index(slot.name), frozenset()) for slot in plan.slots}
+
+
+def test_message_passing_launch_shape_at_mace_large_size():
+    """3,000 nodes of 128 channels: the node kernels (out, x1) get 4-row blocks of every channel, 750 programs (>= 4
+    per SM of a 132-SM GPU); ``target_programs=1`` gives the shape before issue 14 (16 rows, 188 programs); the
+    edge kernels (160,000 rows) keep 16-row blocks; the x2 gradient (an output of width 1, a sum over channels) is
+    never split and reads every channel."""
+    from e3nn_fast.kernels import message_passing as kernel_mp
+
+    groups = _message_passing_groups("128x0e+128x1o+128x2e", "0e+1o+2e+3o")
+    for name in ("out", "x1"):
+        assert kernel_mp.launch_shape(groups[name], 3000) == (4, 128)
+        with tuning.override(message_passing__target_programs=1):
+            assert kernel_mp.launch_shape(groups[name], 3000) == (16, 128)
+    assert -(-3000 // 4) >= 4 * 132
+    assert kernel_mp.launch_shape(groups["weights_batched"], 160000) == (16, 128)
+    assert kernel_mp.splittable_width(groups["x2"]) is None
+    assert kernel_mp.launch_shape(groups["x2"], 160000) == (16, 128)
+
+
+def test_message_passing_small_graphs_split_channels_after_rows():
+    """64 nodes of 128 channels: rows are halved to MIN_BLOCK_ROWS (16 blocks), then channel blocks down to
+    MIN_CHANNELS (4 per row block); the knobs fix their part of the shape."""
+    from e3nn_fast.kernels import message_passing as kernel_mp
+
+    out = _message_passing_groups("128x0e+128x1o", "0e+1o")["out"]
+    assert kernel_mp.launch_shape(out, 64) == (kernel_mp.MIN_BLOCK_ROWS, kernel_mp.MIN_CHANNELS) == (4, 32)
+    with tuning.override(message_passing__block_rows=16):
+        assert kernel_mp.launch_shape(out, 64) == (16, 32)
+    with tuning.override(message_passing__channel_block=64):
+        assert kernel_mp.launch_shape(out, 64) == (4, 64)
+    with tuning.override(message_passing__target_programs=32):
+        assert kernel_mp.launch_shape(out, 64) == (4, 64)  # 16 row blocks x 2 channel blocks
+    assert kernel_mp.launch_shape(out, 3) == (4, 32)  # a single, padded row block
 
 
 def test_aligned_channel_blocks_form_a_second_grid_axis():

@@ -24,9 +24,10 @@ output slot     rows              edges of a row
 ``x2``, ``w``   edges             the edge itself: a per-edge product, no node-sized scatter
 =============== ================= ===========================================================================
 
-Each program owns ``BLOCK_ROWS`` output rows and a block of channels (all of them by default; the
-``message_passing.channel_block`` knob splits them over a second grid axis when every plane has the same width, see
-:func:`channel_block`); for each row it loops over the row's edge range, gathers the node rows of the edge (sender
+Each program owns a block of output rows and a block of channels, on a grid of (row blocks x channel blocks) sized
+per launch (:func:`launch_shape`: rows halved from ``BLOCK_ROWS``, then channels split when every plane has the same
+width, until the launch has about 4 programs per SM of an H100; the ``message_passing.*`` knobs fix either part);
+for each row it loops over the row's edge range, gathers the node rows of the edge (sender
 row of ``x``, receiver row of the cotangent ``g``) and its edge rows, accumulates every output plane in registers
 (float32 for 16-bit inputs) and writes the row once.  No atomics: the sums are in a fixed order, hence
 bitwise reproducible, and interpret mode is exact (its ``atomic_add`` is wrong for repeated indices, jax#24117).
@@ -58,12 +59,19 @@ from e3nn_fast.kernels.layout import pack, unpack
 from e3nn_fast.path_description import TensorProductDescription, make_path
 from e3nn_fast.reference.message_passing import MessagePassingSpec
 
-# Output rows per program (a power of two).  Tests shrink it to get several programs and a padded tail.
-BLOCK_ROWS = 16
-# Channels per program (the ``message_passing.channel_block`` knob).  The default is wider than any plane: one program
-# per row block covers every channel.  Smaller values split the channels over a second grid axis (more, smaller
-# programs for a GPU to hide the latency of the dependent index loads with); see :func:`channel_block`.
-CHANNEL_BLOCK = 1 << 16
+# Launch shape (see :func:`launch_shape`; knobs ``message_passing.*`` of :mod:`e3nn_fast.kernels.tuning`).  The rows of
+# a block are walked one after another by its program, so fewer rows per block cost little (the program's prologue and
+# the zero columns, once per block) and give more programs: a GPU hides the latency of each program's chain of
+# dependent index loads (edge id, then sender, then the gathered row) only with many programs per SM.  At MACE-large
+# size (3,000 nodes) 16-row blocks gave 188 programs, 1.4 per SM of a 132-SM H100 (issue 14).
+BLOCK_ROWS = 16  # rows of a block at most (a power of two).  Tests shrink it to get several programs.
+MIN_BLOCK_ROWS = 4  # rows are halved down to this; below it a launch splits channels instead (keeps a padded tail)
+TARGET_PROGRAMS = 4 * 132  # programs a node launch aims at: 4 per SM of a 132-SM H100 / H200
+# Channels per program: None chooses them per launch (every channel unless the rows alone cannot reach
+# TARGET_PROGRAMS); the ``message_passing.channel_block`` knob fixes them.  Split channel blocks run on a second grid
+# axis (see :func:`channel_block`).
+CHANNEL_BLOCK = None
+MIN_CHANNELS = 32  # channel blocks at least a warp wide (128-byte rows of float32): narrower ones idle threads
 # Kernel family whose GPU lowering is used (see _pallas_compat.LOWERING; "message_passing" once it is listed).
 FAMILY = "message_passing" if "message_passing" in compat.LOWERING else "aligned"
 
@@ -143,21 +151,68 @@ def build_graph(senders, receivers, num_inputs: int, num_nodes: int) -> Graph:
 # --- the kernel --------------------------------------------------------------------------------------------------
 
 
-def channel_block(groups) -> int:
-    """Channels per program for ``groups``: the knob, where the channels can be split at all, else every channel.
-
-    A split needs every output plane to be channel-aligned (a plane of width 1 sums over the channels: the gradient
-    w.r.t. the edge attributes) and every multi-channel plane, read or written, to have one common width (the padded
-    multiplicity), so that program ``j`` of the channel axis owns columns ``[j c, (j + 1) c)`` of every such plane."""
+def _plane_widths(groups) -> set[int]:
+    """Widths of every plane ``groups`` read or write."""
     widths = {width for _, width, _, _ in groups}
     for _, _, common, products in groups:
         factors = list(common) + [f for _, fs in products for f in fs]
         widths |= {width for _, _, width in factors}
-    multi = widths - {1}
+    return widths
+
+
+def splittable_width(groups) -> Optional[int]:
+    """The common width of the planes when ``groups``' channels can be split over programs, else ``None``.
+
+    A split needs every output plane to be channel-aligned (a plane of width 1 sums over the channels: the gradient
+    w.r.t. the edge attributes) and every multi-channel plane, read or written, to have one common width (the padded
+    multiplicity), so that program ``j`` of the channel axis owns columns ``[j c, (j + 1) c)`` of every such plane."""
+    multi = _plane_widths(groups) - {1}
     if 1 in {width for _, width, _, _ in groups} or len(multi) != 1:
-        return max(widths)
+        return None
     (width,) = multi
-    return min(width, tuning.value("message_passing.channel_block", CHANNEL_BLOCK))
+    return width
+
+
+def channel_block(groups, channels: Optional[int] = None) -> int:
+    """Channels per program for ``groups``: ``channels`` (default: the ``message_passing.channel_block`` knob, else
+    every channel) where the channels can be split at all (:func:`splittable_width`), else the widest plane, read or
+    written (so that the kernel loads every plane whole: an output of width 1 sums over its factors' channels)."""
+    width = splittable_width(groups)
+    if width is None:
+        return max(_plane_widths(groups))
+    if channels is None:
+        channels = tuning.value("message_passing.channel_block", CHANNEL_BLOCK)
+    return width if channels is None else min(width, channels)
+
+
+def launch_shape(groups, rows: int) -> tuple[int, int]:
+    """``(rows per block, channels per program)`` of a launch over ``rows`` output rows (powers of two).
+
+    Rows start at ``BLOCK_ROWS`` (no more than ``rows`` needs) and are halved down to ``MIN_BLOCK_ROWS`` while the
+    launch has fewer than ``target_programs`` programs; then, where the channels can be split, channel blocks are
+    halved down to ``MIN_CHANNELS``.  Rows first: a program with every channel uses all its threads on each gathered
+    row, a narrower block leaves some idle (or repeats the load on them) and reads the edge's indices once more.  The
+    ``block_rows`` and ``channel_block`` knobs, when set, fix their part; ``target_programs=1`` gives the shape before
+    issue 14 (``BLOCK_ROWS`` rows, every channel, one program per row block).  Only node launches (out, x1) ever
+    need the halving: an edge launch has a row per edge, ~10,000 blocks at MACE-large size."""
+    target = tuning.value("message_passing.target_programs", TARGET_PROGRAMS)
+    fixed_rows = tuning.value("message_passing.block_rows", None)
+    fixed_channels = tuning.value("message_passing.channel_block", CHANNEL_BLOCK)
+    block = min(BLOCK_ROWS if fixed_rows is None else fixed_rows, compat.next_power_of_2(rows))
+    width = splittable_width(groups)
+    channels = channel_block(groups, fixed_channels)
+
+    def programs(block: int, channels: int) -> int:
+        return -(-rows // block) * (1 if width is None else max(1, width // channels))
+
+    while programs(block, channels) < target:
+        if fixed_rows is None and block > MIN_BLOCK_ROWS:
+            block //= 2
+        elif fixed_channels is None and width is not None and channels > MIN_CHANNELS:
+            channels //= 2
+        else:
+            break
+    return block, channels
 
 
 def _make_kernel(groups, kinds: tuple[str, ...], out_columns: int, block: int, channels: int, dtype):
@@ -241,7 +296,8 @@ def _contract_kernel(plan: AlignedPlan, out_slot: int, operands, graph: Graph, r
         perm, offsets = graph.by_sender, graph.sender_offsets
     else:  # an edge slot: row e is edge e alone
         perm, offsets = jnp.arange(num_edges, dtype=jnp.int32), jnp.arange(num_edges + 1, dtype=jnp.int32)
-    block = min(tuning.value("message_passing.block_rows", BLOCK_ROWS), compat.next_power_of_2(rows))
+    groups = _product_groups(plan, out_slot, frozenset())
+    block, channels = launch_shape(groups, rows)
     blocks = -(-rows // block)
     # Rows of the padded tail have empty edge ranges (their offsets repeat the last one): they are written as zeros.
     offsets = jnp.concatenate([offsets, jnp.full((blocks * block - rows,), offsets[-1], jnp.int32)])
@@ -249,8 +305,6 @@ def _contract_kernel(plan: AlignedPlan, out_slot: int, operands, graph: Graph, r
         perm = senders = receivers = jnp.zeros((1,), jnp.int32)
     else:
         senders, receivers = graph.senders, graph.receivers
-    groups = _product_groups(plan, out_slot, frozenset())
-    channels = channel_block(groups)
     widest = max(width for _, width, _, _ in groups)
     kernel = _make_kernel(groups, kinds, out_columns, block, channels, compute_dtype(dtype))
 

@@ -143,7 +143,10 @@ def _zeros(plan, out_slot, inputs):
 def _abstract_eval(*inputs, plan, out_slot, require, interpret):
     del require, interpret
     dtype = jnp.result_type(*[x.dtype for x in inputs])
-    return shard_compat.aval_like(_out_shape(plan, inputs, out_slot), dtype, inputs[0])  # varying like the operands
+    # varying like the operands; on an explicit mesh, row-sharded like the first batched one (rows are what they share)
+    slots = [s for i, s in enumerate(plan.slots) if i != out_slot]
+    template = next((x for x, slot in zip(inputs, slots) if slot.batched), inputs[0])
+    return shard_compat.aval_like(_out_shape(plan, inputs, out_slot), dtype, template)
 
 
 def _impl(*inputs, plan, out_slot, require, interpret):

@@ -33,8 +33,12 @@ Knobs (``family.name``):
                                     half of it with FMA dots)
 ``fully_connected.target_programs`` programs a launch aims at (product kernels: rows; weight gradient: splits)
 ``fully_connected.max_splits``      batch splits of the weight gradient at most
-``message_passing.block_rows``      receiver (or sender) rows per program
-``message_passing.channel_block``   channels per program (a second grid axis over channel blocks)
+``message_passing.block_rows``      receiver (or sender) rows per program (default: halved from 16 down to 4 until
+                                    ``target_programs`` is reached)
+``message_passing.channel_block``   channels per program (a second grid axis over channel blocks; default: every
+                                    channel, halved down to 32 when 4-row blocks fall short of ``target_programs``)
+``message_passing.target_programs`` programs a launch aims at (``1`` gives the shape before issue 14: 16 rows and
+                                    every channel per program)
 ``symmetric_contraction.tile_elements``      elements of one (node block, channel block) plane
 ``symmetric_contraction.max_channel_block``  upper bound on the channels of a block
 =================================== ===================================================================================
@@ -69,6 +73,7 @@ _BLOCK_KNOBS = {
     "fully_connected.max_splits": False,
     "message_passing.block_rows": True,
     "message_passing.channel_block": True,
+    "message_passing.target_programs": False,
     "symmetric_contraction.tile_elements": True,
     "symmetric_contraction.max_channel_block": True,
 }
