@@ -118,7 +118,8 @@ OP_BY_OP = ("e3nn_fast:pallas", "e3nn_fast:jnp", *PEERS)
 # Knob settings of the sweep: (tag, E3NN_FAST_TUNE, workloads, backend).  The first of each family is the default.
 SWEEP = (
     ("mp default", "", ("mp-mace-large",), "e3nn_fast:fused-pallas"),
-    ("mp rows 4", "message_passing.block_rows=4", ("mp-mace-large",), "e3nn_fast:fused-pallas"),
+    # the launch shape before issue 14 (16-row blocks of every channel: 188 node programs at this size)
+    ("mp old shape", "message_passing.target_programs=1", ("mp-mace-large",), "e3nn_fast:fused-pallas"),
     ("mp rows 1", "message_passing.block_rows=1", ("mp-mace-large",), "e3nn_fast:fused-pallas"),
     ("mp channels 32 warps 1", "message_passing.channel_block=32,message_passing.num_warps=1", ("mp-mace-large",),
      "e3nn_fast:fused-pallas"),
@@ -127,10 +128,15 @@ SWEEP = (
     ("mp rows 4 channels 32 warps 1",
      "message_passing.block_rows=4,message_passing.channel_block=32,message_passing.num_warps=1", ("mp-mace-large",),
      "e3nn_fast:fused-pallas"),
+    ("sc default", "", ("sc-mace",), "e3nn_fast:fused-pallas"),
     ("sc warps 8", "symmetric_contraction.num_warps=8", ("sc-mace",), "e3nn_fast:fused-pallas"),
     ("sc tile 256", "symmetric_contraction.tile_elements=256", ("sc-mace",), "e3nn_fast:fused-pallas"),
+    ("fc default", "", ("fctp",), "e3nn_fast:pallas"),
+    ("fc old shape", "fully_connected.planes_per_program=1000", ("fctp",), "e3nn_fast:pallas"),
     ("fc stages 1", "fully_connected.num_stages=1", ("fctp",), "e3nn_fast:pallas"),
     ("fc warps 8", "fully_connected.num_warps=8", ("fctp",), "e3nn_fast:pallas"),
+    ("tp default", "", ("mace-large",), "e3nn_fast:pallas"),
+    ("tp old shape", "aligned.live_elements=1073741824,aligned.target_programs=1", ("mace-large",), "e3nn_fast:pallas"),
     ("tp warps 8", "aligned.num_warps=8", ("mace-large",), "e3nn_fast:pallas"),
     ("tp rows 64", "aligned.max_block_rows=64", ("mace-large",), "e3nn_fast:pallas"),
 )

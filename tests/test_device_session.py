@@ -25,7 +25,7 @@ def _lines(path):
 
 
 def test_rehearsal_streams_rows_and_records_knobs(tmp_path):
-    process = _run(tmp_path, "--parts", "env", "mp", "sweep: mp rows 4")
+    process = _run(tmp_path, "--parts", "env", "mp", "sweep: mp old shape")
     assert process.returncode == 0, process.stdout + process.stderr
     assert "jax " in (tmp_path / "env.txt").read_text()
     rows = _lines(tmp_path / "timings.jsonl")
@@ -36,11 +36,22 @@ def test_rehearsal_streams_rows_and_records_knobs(tmp_path):
         assert row["workload"] == "mp-mace-large" and row["median_ms"] > 0 and row["executable_bytes"] > 0
     sweep = _lines(tmp_path / "sweep.jsonl") if (tmp_path / "sweep.jsonl").exists() else []
     # on a CPU the kernel backends are unavailable (interpret mode is never timed): the sweep runs but writes nothing
-    assert all(r["kernel_knobs"] == {"message_passing.block_rows": 4} for r in sweep)
+    assert all(r["kernel_knobs"] == {"message_passing.target_programs": 1} for r in sweep)
     summary = (tmp_path / "summary.md").read_text()
     assert "| mp-mace-large | 64 | forces |" in summary
-    assert '"part": "sweep: mp rows 4", "status": "ok"' in summary
+    assert '"part": "sweep: mp old shape", "status": "ok"' in summary
     assert len(os.listdir(tmp_path)) <= 8  # the device tool brings back at most 8 files
+
+
+def test_every_sweep_setting_is_a_valid_knob_string_and_each_family_has_its_default_and_old_shape():
+    from e3nn_fast.kernels import tuning
+
+    tags = [tag for tag, _, _, _ in device.SWEEP]
+    assert len(set(tags)) == len(tags)
+    for tag, knobs, workloads, _ in device.SWEEP:
+        assert workloads and (knobs == "" or tuning.parse(knobs)), tag
+    for family in ("mp", "fc", "tp"):  # the GPU session times the shapes before issue 14 against the new ones
+        assert {f"{family} default", f"{family} old shape"} <= set(tags)
 
 
 def test_a_part_past_its_limit_is_stopped_and_the_next_runs(tmp_path, monkeypatch):
