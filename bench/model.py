@@ -205,12 +205,15 @@ def load_graph(frames: int, dtype) -> dict:
 
 
 def _weight_channels(lib, messages, weights):
-    """Scale every channel of ``messages`` by its own per-edge weight (a column of ``weights``)."""
-    chunks, offset = [], 0
-    for (mul, _), chunk in zip(messages.irreps, messages.chunks):
-        chunks.append(None if chunk is None else chunk * weights[:, offset : offset + mul, None])
-        offset += mul
-    return lib.from_chunks(messages.irreps, chunks, messages.shape[:-1], messages.dtype)
+    """Scale every channel of ``messages`` by its own per-edge weight (a column of ``weights``), written as client
+    code writes it: ``messages * weights`` with ``weights.shape[-1] == messages.irreps.num_irreps`` (NequIP and MACE
+    layers built on e3nn-jax do exactly this; both libraries route it through their elementwise product).
+
+    Until 2026-12-05 this workload spelled the product out chunk by chunk in plain ``jnp`` (``chunk * w[:, a:b,
+    None]`` and ``from_chunks``), which is library-neutral code: XLA then differentiates it the same way for both
+    libraries (its weight gradient, a ``reduce_sum`` per chunk, became a dense dot with a 0/1 matrix, about 7 of the
+    20 ms of a training step here).  The README gives the step's times both ways."""
+    return messages * weights
 
 
 def potential(lib, positions, species, senders, receivers, shifts, num_species: int, cutoff: float):
