@@ -91,9 +91,29 @@ def _components_to_arrays(components: Sequence[Sequence[Optional[Value]]], shape
     return [jnp.stack([_as_array(c, shape, dtype) for c in row], axis=-1) for row in components]
 
 
-def _components(lmax: int, x: jax.Array, normalization: str) -> List[List[Optional[Value]]]:
-    """``Y[l][l + m]`` for ``l = 0..lmax``, ``m = -l..l``, as arrays of ``x.shape[:-1]`` (or constants)."""
-    px, y, pz = x[..., 0], x[..., 1], x[..., 2]
+def unit_components(x: jax.Array) -> tuple:
+    """The three components of :func:`~e3nn_fast.reference.spherical_harmonics.normalize_vectors` ``(x)``, each of
+    shape ``x.shape[:-1]``, computed component by component.
+
+    Same operations as the reference (scaled by the largest ``|component|``, held constant; the zero vector left
+    unchanged), so values and derivatives agree with it; written without reductions over the length-3 axis, which
+    XLA's CPU backend runs as separate short loops (the reference form took 4.3 ms of an 8 ms ``l <= 3`` evaluation
+    of 100,000 vectors, and 4 of its 19 kernels), so that the whole evaluation fuses into one loop over the batch.
+    """
+    px, py, pz = x[..., 0], x[..., 1], x[..., 2]
+    s = jax.lax.stop_gradient(jnp.maximum(jnp.abs(px), jnp.maximum(jnp.abs(py), jnp.abs(pz))))
+    s = jnp.where(s == 0.0, jnp.ones_like(s), s)
+    vx, vy, vz = px / s, py / s, pz / s
+    n2 = vx * vx + vy * vy + vz * vz
+    zero = n2 == 0.0
+    inverse = jax.lax.rsqrt(jnp.where(zero, 1.0, n2))
+    return tuple(jnp.where(zero, p, v * inverse) for p, v in ((px, vx), (py, vy), (pz, vz)))
+
+
+def _components(lmax: int, x, normalization: str) -> List[List[Optional[Value]]]:
+    """``Y[l][l + m]`` for ``l = 0..lmax``, ``m = -l..l``, as arrays of the batch shape (or constants); ``x`` is an
+    array ``(..., 3)`` or its three components."""
+    px, y, pz = x if isinstance(x, tuple) else (x[..., 0], x[..., 1], x[..., 2])
     r2 = px * px + y * y + pz * pz  # the polynomial r^2 keeps Y^l(0) = 0 for l > 0
     re, im = _azimuthal_powers(lmax, px, pz)
     q = _legendre_factors(lmax, y, r2)
@@ -120,7 +140,6 @@ def spherical_harmonics_per_l(ls: Sequence[int], x: jax.Array, normalize: bool, 
     if not ls or max(ls) > MAX_UNROLLED_DEGREE:
         return reference.spherical_harmonics_per_l(ls, x, normalize, normalization)
     reference.check_arguments(x, normalization)
-    if normalize:
-        x = reference.normalize_vectors(x)
-    per_l = harmonics_up_to(max(ls), x, normalization)
+    components = unit_components(x) if normalize else x
+    per_l = _components_to_arrays(_components(max(ls), components, normalization), x.shape[:-1], x.dtype)
     return [per_l[l] for l in ls]
