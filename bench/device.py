@@ -121,6 +121,13 @@ SWEEP = (
     # the launch shape before issue 14 (16-row blocks of every channel: 188 node programs at this size)
     ("mp old shape", "message_passing.target_programs=1", ("mp-mace-large",), "e3nn_fast:fused-pallas"),
     ("mp rows 1", "message_passing.block_rows=1", ("mp-mace-large",), "e3nn_fast:fused-pallas"),
+    # edge tiles (issue 14): the settings that compile without spills at this size (bench/results/sm90/
+    # 2026-12-05-message-passing-edge-tiles.txt); the forward kernel sits at the 255-register cap in each
+    ("mp tile 2", "message_passing.edge_tile=2", ("mp-mace-large",), "e3nn_fast:fused-pallas"),
+    ("mp tile 4 channels 64", "message_passing.edge_tile=4,message_passing.channel_block=64", ("mp-mace-large",),
+     "e3nn_fast:fused-pallas"),
+    ("mp tile 4 warps 8", "message_passing.edge_tile=4,message_passing.num_warps=8", ("mp-mace-large",),
+     "e3nn_fast:fused-pallas"),
     ("mp channels 32 warps 1", "message_passing.channel_block=32,message_passing.num_warps=1", ("mp-mace-large",),
      "e3nn_fast:fused-pallas"),
     ("mp channels 64 warps 2", "message_passing.channel_block=64,message_passing.num_warps=2", ("mp-mace-large",),

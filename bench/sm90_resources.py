@@ -119,6 +119,7 @@ KNOB_DEFAULTS = {
     "message_passing.block_rows": ("e3nn_fast.kernels.message_passing", "BLOCK_ROWS"),
     "message_passing.channel_block": ("e3nn_fast.kernels.message_passing", "CHANNEL_BLOCK"),
     "message_passing.target_programs": ("e3nn_fast.kernels.message_passing", "TARGET_PROGRAMS"),
+    "message_passing.edge_tile": ("e3nn_fast.kernels.message_passing", "EDGE_TILE"),
     "symmetric_contraction.tile_elements": ("e3nn_fast.kernels.symmetric_contraction", "TILE_ELEMENTS"),
     "symmetric_contraction.max_channel_block": ("e3nn_fast.kernels.symmetric_contraction", "MAX_CHANNEL_BLOCK"),
 }

@@ -447,6 +447,7 @@ def test_kernel_qualifies_and_falls_back():
 
 from pallas_lowering import lower_for_platform as _lower_for_platform  # noqa: E402
 from pallas_lowering import require_pallas_lowering as _require_pallas_lowering  # noqa: E402
+from e3nn_fast.kernels.tuning import override as tuning_override  # noqa: E402
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(jnp.bfloat16, marks=pytest.mark.slow)])
@@ -512,6 +513,110 @@ def test_kernel_default_launch_splits_channels_and_matches_unfused(monkeypatch):
     with e3nn.backend("pallas"):
         text = _lower_for_platform(forward, (x, sh, w), "cuda").as_text()
     assert re.findall(r"grid_x = (\d+)", text) == ["3"] and re.findall(r"grid_y = (\d+)", text) == ["2"]
+
+
+def tiled_graph():
+    """Edges (shuffled) whose receivers have 9 (two whole tiles of 4 and a lone edge), 5, 4 (one whole tile), 2, 1
+    and 0 edges, plus one dropped edge (receiver ``num_nodes``); senders likewise send 8, 5, 4, 3, 1 or 0 edges (the
+    x-gradient walks the reversed graph).
+    Returns (senders, receivers, num_nodes)."""
+    counts = {0: 9, 1: 1, 2: 4, 3: 2, 5: 5, 8: 1}  # node 4 receives nothing; node 8 is out of range for 8 nodes
+    receivers = np.repeat(list(counts), list(counts.values()))
+    sent = {6: 8, 0: 5, 3: 4, 2: 3, 1: 1, 5: 1}  # nodes 4 and 7 send nothing
+    senders = np.random.default_rng(29).permutation(np.repeat(list(sent), list(sent.values())))
+    order = np.random.default_rng(30).permutation(len(receivers))
+    return jnp.asarray(senders[order], jnp.int32), jnp.asarray(receivers[order], jnp.int32), 8
+
+
+def tiled_inputs(seed):
+    senders, receivers, num_nodes = tiled_graph()
+    rng = np.random.default_rng(seed)
+    x = e3nn.IrrepsArray("2x0e+1x1o+1x2e", jnp.asarray(rng.standard_normal((num_nodes, 10))))
+    sh = e3nn.IrrepsArray("0e+1o", jnp.asarray(rng.standard_normal((len(senders), 4))))
+    n_weights = message_passing_irreps_out(x.irreps, sh.irreps).num_irreps
+    return x, sh, jnp.asarray(rng.standard_normal((len(senders), n_weights))), senders, receivers, num_nodes
+
+
+@pytest.mark.parametrize("tile", [2, 4])
+def test_kernel_edge_tiles_match_unfused(small_kernel_blocks, tile):
+    """``message_passing.edge_tile`` = 2 or 4: rows with 0, 1, fewer than T, exactly T and more than T edges (a
+    masked partial last tile) give the reference's output and gradients w.r.t. x, sh and w; the node kernels
+    (forward, and the x-gradient over the reversed graph) run tiled."""
+    x, sh, w, senders, receivers, num_nodes = tiled_inputs(31)
+    fn = functools.partial(message_passing, mode="drop")
+    with tuning_override(message_passing__edge_tile=tile), e3nn.backend("pallas-interpret"):
+        ours = loss_and_grads(fn, num_nodes)(x, sh, w, senders, receivers)
+    theirs = loss_and_grads(unfused, num_nodes)(x, sh, w, senders, receivers)
+    jax.tree.map(lambda a, b: assert_close(a, b, jnp.float64), ours, theirs)
+    assert np.all(np.asarray(ours[0])[4] == 0.0)  # no edges: zeros, not a masked lane's product
+
+
+def test_kernel_edge_tiles_in_every_slot_match_unfused(small_kernel_blocks, monkeypatch):
+    """Tiles of 4 forced on the edge launches too (by default they keep one edge per row): the tiled body is right
+    for every output slot, the x2 gradient's width-1 planes (a sum over channels) included."""
+    monkeypatch.setattr(small_kernel_blocks, "edge_tile", lambda name: 4)
+    x, sh, w, senders, receivers, num_nodes = tiled_inputs(32)
+    fn = functools.partial(message_passing, mode="drop")
+    with e3nn.backend("pallas-interpret"):
+        ours = loss_and_grads(fn, num_nodes)(x, sh, w, senders, receivers)
+    theirs = loss_and_grads(unfused, num_nodes)(x, sh, w, senders, receivers)
+    jax.tree.map(lambda a, b: assert_close(a, b, jnp.float64), ours, theirs)
+
+
+def test_kernel_edge_tiles_forces_double_backward(small_kernel_blocks):
+    """Forces in the loss with tiles of 4: every kernel slot is an output at least once."""
+    senders, receivers, num_nodes = tiled_graph()
+    keep = np.asarray(senders != receivers)  # edge vectors need a direction
+    senders, receivers = senders[keep], receivers[keep]
+    rng = np.random.default_rng(33)
+    positions = jnp.asarray(rng.standard_normal((num_nodes, 3)) * 2)
+    x = e3nn.IrrepsArray("2x0e+1x1o", jnp.asarray(rng.standard_normal((num_nodes, 5))))
+    w = jnp.asarray(rng.standard_normal((len(senders), message_passing_irreps_out("2x0e+1x1o", "0e+1o").num_irreps)))
+    with tuning_override(message_passing__edge_tile=4), e3nn.backend("pallas-interpret"):
+        ours = forces_loss(message_passing, senders, receivers, num_nodes, "0e+1o", mode="drop")(positions, x, w)
+    theirs = forces_loss(unfused, senders, receivers, num_nodes, "0e+1o")(positions, x, w)
+    jax.tree.map(lambda a, b: assert_close(a, b, jnp.float64), ours, theirs)
+
+
+def test_kernel_edge_tiles_lower_for_cuda():
+    """With edge_tile=4 the forward, gradients and forces-style double backward lower to Triton (a failure to lower
+    fails the test); the node kernels differ from the one-edge kernels, the edge kernels do not, and edge_tile=1
+    lowers exactly the default kernels."""
+    _require_pallas_lowering("cuda")
+    x, sh, w, senders, receivers, num_nodes = tiled_inputs(34)
+    x = e3nn.IrrepsArray(x.irreps, x.array.astype(jnp.float32))
+    positions = jnp.asarray(np.random.default_rng(35).standard_normal((num_nodes, 3)), jnp.float32)
+    w = w.astype(jnp.float32)
+
+    def energy(positions, x, w):
+        vectors = e3nn.IrrepsArray("1o", positions[receivers % num_nodes] - positions[senders] + 0.5)
+        sh = e3nn.spherical_harmonics("0e+1o", vectors, normalize=True)
+        return jnp.sum(jnp.sin(message_passing(x, sh, w, senders, receivers, num_nodes, mode="drop").array))
+
+    def kernels(**knobs):
+        """Kernel name -> the set of distinct Triton configs (IR included) lowered under ``knobs``."""
+
+        def everything(positions, x, w):  # a new function per call: jit would reuse a trace made with other knobs
+            second = jax.grad(lambda *a: jnp.sum(jax.grad(energy)(*a) ** 2), argnums=(1, 2))(positions, x, w)
+            return energy(positions, x, w), jax.grad(energy, argnums=(0, 1, 2))(positions, x, w), second
+
+        with tuning_override(**knobs), e3nn.backend("pallas"):
+            text = _lower_for_platform(everything, (positions, x, w), "cuda").as_text()
+        found: dict = {}
+        for line in text.splitlines():
+            if "xla.gpu.triton" in line:  # one launch; its config (grid, warps, IR bytecode, name) without operands
+                config = line[line.index("mhlo.backend_config"):]
+                name = re.search(r'name = "(e3nn_message_passing_\w+)"', config).group(1)
+                found.setdefault(name, set()).add(config)
+        return found
+
+    default, one, tiled = kernels(), kernels(message_passing__edge_tile=1), kernels(message_passing__edge_tile=4)
+    assert set(tiled) == {"e3nn_message_passing_out", "e3nn_message_passing_x1", "e3nn_message_passing_x2",
+                          "e3nn_message_passing_weights_batched"}
+    assert one == default
+    for name in tiled:
+        assert (tiled[name] == default[name]) == (name in ("e3nn_message_passing_x2",
+                                                           "e3nn_message_passing_weights_batched")), name
 
 
 # --- modules -----------------------------------------------------------------------------------------------------

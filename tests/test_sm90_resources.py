@@ -132,6 +132,43 @@ def test_message_passing_fits_sm90_at_mace_large_size():
         assert not row["in_loop"] and row["programs_per_sm"] >= 4, sm90.format_table([row])
 
 
+def test_message_passing_edge_tiles_fit_sm90_at_test_size():
+    """``message_passing.edge_tile=4``: the tiled node kernels (out, x1) of the forward, gradient and double backward
+    compile without spills, and the rows record the knob."""
+    _require_triton()
+    require_pallas_lowering("cuda")
+    with tuning.override(message_passing__edge_tile=4):
+        rows = sm90.check("test", cases=["message_passing"])
+    assert {row["pass"] for row in rows} == set(sm90.PASSES)
+    assert {row["kernel"] for row in rows} >= {"e3nn_message_passing_out", "e3nn_message_passing_x1"}
+    _assert_fits(rows)
+    assert {row["family_knobs"]["message_passing.edge_tile"] for row in rows} == {4}
+
+
+# Edge tiles at MACE-large size (per tile sums over (T, width) blocks): tiles of 4 over every channel spill in the
+# forward kernel (6.5 KB) and the x-gradient (416 B); these shapes compile without (bench/results/sm90/
+# 2026-12-05-message-passing-edge-tiles.txt).
+EDGE_TILES_AT_MACE_LARGE = [
+    {"message_passing__edge_tile": 2},
+    {"message_passing__edge_tile": 4, "message_passing__channel_block": 32},
+    {"message_passing__edge_tile": 4, "message_passing__channel_block": 64, "message_passing__num_warps": 8},
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("knobs", EDGE_TILES_AT_MACE_LARGE)
+def test_message_passing_edge_tiles_fit_sm90_at_mace_large_size(knobs):
+    """The spill-free edge-tile shapes at 3,000 nodes / 160,000 edges: no kernel spills, >= 4 programs per SM."""
+    _require_triton()
+    require_pallas_lowering("cuda")
+    with tuning.override(**knobs):
+        rows = sm90.check("mace-large", cases=["message_passing"])
+    assert {row["pass"] for row in rows} == set(sm90.PASSES)
+    _assert_fits(rows)
+    for row in rows:
+        assert not row["in_loop"] and row["programs_per_sm"] >= 4, sm90.format_table([row])
+
+
 def test_knobs_reach_the_compiled_kernel_and_are_recorded():
     _require_triton()
     case = sm90.cases_for("test", ["channelwise_uvuv"])[0]

@@ -32,6 +32,37 @@ def test_parse_rejects_bad_entries(text, complaint):
         tuning.parse(text)
 
 
+@pytest.mark.parametrize("value,complaint", [
+    ("3", "must be a power of two, got 3"), ("6", "must be a power of two, got 6"),
+    ("0", "must be at least 1, got 0"), ("-4", "must be at least 1, got -4"),
+])
+def test_edge_tile_knob_rejects_non_powers_of_two(value, complaint):
+    """``message_passing.edge_tile`` is a tile shape: a power of two >= 1, refused by name otherwise (environment
+    and ``override`` alike)."""
+    assert tuning.parse(f"message_passing.edge_tile={2 ** 3}") == {"message_passing.edge_tile": 8}
+    with pytest.raises(ValueError, match=re.escape(f"message_passing.edge_tile {complaint}")):
+        tuning.parse(f"message_passing.edge_tile={value}")
+    with pytest.raises(ValueError, match=re.escape(f"message_passing.edge_tile {complaint}")):
+        with tuning.override(message_passing__edge_tile=int(value)):
+            pass
+
+
+def test_edge_tile_applies_to_node_launches_only(monkeypatch):
+    """Default 1 (one edge at a time, the code before edge tiles); the knob sets the node kernels' (out, x1) tile,
+    the edge kernels (x2, weights) keep 1: each of their rows is one edge."""
+    from e3nn_fast.kernels import message_passing as kernel_mp
+
+    monkeypatch.delenv(tuning.ENV, raising=False)
+    assert kernel_mp.EDGE_TILE == 1
+    assert {name: kernel_mp.edge_tile(name) for name in ("out", "x1", "x2", "weights_batched")} == {
+        "out": 1, "x1": 1, "x2": 1, "weights_batched": 1}
+    monkeypatch.setenv(tuning.ENV, "message_passing.edge_tile=4")
+    assert {name: kernel_mp.edge_tile(name) for name in ("out", "x1", "x2", "weights_batched")} == {
+        "out": 4, "x1": 4, "x2": 1, "weights_batched": 1}
+    with tuning.override(message_passing__edge_tile=2):
+        assert kernel_mp.edge_tile("out") == 2
+
+
 def test_environment_then_override(monkeypatch):
     monkeypatch.setenv(tuning.ENV, "message_passing.block_rows=32")
     assert tuning.value("message_passing.block_rows", 16) == 32
@@ -90,9 +121,11 @@ def _forces_style(backend, x, sh, w, senders, receivers, nodes):
 
 
 @pytest.mark.parametrize("knobs", [{}, {"message_passing__block_rows": 2}, {"message_passing__channel_block": 2},
-                                   {"message_passing__channel_block": 4, "message_passing__block_rows": 1}])
+                                   {"message_passing__channel_block": 4, "message_passing__block_rows": 1},
+                                   {"message_passing__edge_tile": 4, "message_passing__channel_block": 2}])
 def test_message_passing_blocks_do_not_change_the_result(knobs):
-    """Row blocks and channel blocks (a second grid axis) give the reference's numbers, derivatives included."""
+    """Row blocks, channel blocks (a second grid axis) and edge tiles give the reference's numbers, derivatives
+    included."""
     problem = _message_passing_problem("4x0e+4x1o+4x2e", "0e+1o+2e")
     with tuning.override(**knobs):
         kernel = jax.jit(lambda: _forces_style("pallas-interpret", *problem))()

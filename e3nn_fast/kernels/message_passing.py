@@ -29,8 +29,12 @@ per launch (:func:`launch_shape`: rows halved from ``BLOCK_ROWS``, then channels
 width, until the launch has about 4 programs per SM of an H100; the ``message_passing.*`` knobs fix either part);
 for each row it loops over the row's edge range, gathers the node rows of the edge (sender
 row of ``x``, receiver row of the cotangent ``g``) and its edge rows, accumulates every output plane in registers
-(float32 for 16-bit inputs) and writes the row once.  No atomics: the sums are in a fixed order, hence
-bitwise reproducible, and interpret mode is exact (its ``atomic_add`` is wrong for repeated indices, jax#24117).
+(float32 for 16-bit inputs) and writes the row once.  With the ``message_passing.edge_tile`` knob T > 1 the node
+kernels take a row's edges T at a time instead (one vector load of T edge ids, then ``(T, width)`` gathered blocks;
+lanes past the row are masked out), which puts T independent loads in flight where one edge has a chain of three.
+No atomics: the sums are in a fixed order for a given T, hence bitwise reproducible for a fixed knob value (the
+order, so the rounding, differs between values of T; every T equals the reference within float tolerance), and
+interpret mode is exact (its ``atomic_add`` is wrong for repeated indices, jax#24117).
 No ``(num_edges, irreps_out.dim)`` array exists: the forward reads edges and writes nodes, the ``x``-gradient reads
 the node-sized cotangent through the receiver index, the edge gradients write ``(num_edges, sh/w columns)``.
 
@@ -72,6 +76,12 @@ TARGET_PROGRAMS = 4 * 132  # programs a node launch aims at: 4 per SM of a 132-S
 # axis (see :func:`channel_block`).
 CHANNEL_BLOCK = None
 MIN_CHANNELS = 32  # channel blocks at least a warp wide (128-byte rows of float32): narrower ones idle threads
+# Edges a node launch (out, x1) gathers at once (a power of two; knob ``message_passing.edge_tile``).  1 walks a row's
+# edges one by one: per edge a scalar edge id, then a scalar sender/receiver, then one (1, width) row per factor, a
+# chain of dependent loads with few bytes in flight.  T > 1 loads T edge ids as one vector, gathers T senders /
+# receivers and (T, width) blocks per factor, and sums the products over the tile (see :func:`_make_kernel`).  Edge
+# launches (x2, weights) always use 1: each of their rows has exactly one edge, so T - 1 lanes would be masked.
+EDGE_TILE = 1
 # Kernel family whose GPU lowering is used (see _pallas_compat.LOWERING; "message_passing" once it is listed).
 FAMILY = "message_passing" if "message_passing" in compat.LOWERING else "aligned"
 
@@ -215,9 +225,54 @@ def launch_shape(groups, rows: int) -> tuple[int, int]:
     return block, channels
 
 
-def _make_kernel(groups, kinds: tuple[str, ...], out_columns: int, block: int, channels: int, dtype):
+def edge_tile(name: str) -> int:
+    """Edges gathered at once by the launch whose output slot is ``name``: the ``message_passing.edge_tile`` knob
+    (default ``EDGE_TILE``) for the node slots, 1 for the edge slots (a row there is one edge)."""
+    if _ROW_OF.get(name) == BY_EDGE:
+        return 1
+    return tuning.value("message_passing.edge_tile", EDGE_TILE)
+
+
+def _sum_products(groups, accs, load, mask=None):
+    """``accs`` plus every group's products of one edge (``(1, width)`` factors, ``mask`` None) or of a tile of
+    edges (``(T, width)`` factors; ``mask`` ``(T, 1)`` marks the edges of the row, the others add exactly zero).
+
+    Within a tile the products of each shape are summed over the tile axis first and then added to the accumulator,
+    so the order of the additions depends on T: fixed for a given T (bitwise reproducible), equal to the T = 1 sums
+    within float rounding."""
+    new = []
+    for (column, width, common, products), acc in zip(groups, accs):
+        partial: dict = {}
+        for coefficient, factors in products:
+            value = None
+            for factor in factors:
+                plane = load(factor)
+                value = plane if value is None else value * plane
+            value = jnp.full((1, 1), coefficient, acc.dtype) if value is None else value * coefficient
+            partial[value.shape] = value if value.shape not in partial else partial[value.shape] + value
+        for value in partial.values():
+            for factor in common:
+                value = value * load(factor)
+            if mask is not None:
+                # A select, not a product with 0/1: the lanes past the row read real edges (finite or not), and a
+                # constant-only product counts once per edge of the row.
+                value = jnp.where(mask, jnp.broadcast_to(value, (mask.shape[0], value.shape[1])), 0)
+            if width == 1 and value.shape[1] != 1:
+                value = jnp.sum(value, axis=1, keepdims=True)  # single output lane: sum over channels
+            if mask is not None:
+                value = jnp.sum(value, axis=0, keepdims=True)  # the tile's edges, in lane order
+            acc = acc + jnp.broadcast_to(value, acc.shape)
+        new.append(acc)
+    return tuple(new)
+
+
+def _make_kernel(groups, kinds: tuple[str, ...], out_columns: int, block: int, channels: int, dtype, tile: int = 1):
     """Kernel body: for each of ``block`` output rows, sum every group's products over the row's edges, for the
-    ``channels`` channels of channel block ``program_id(1)`` (all of them when ``channels`` is a plane's width)."""
+    ``channels`` channels of channel block ``program_id(1)`` (all of them when ``channels`` is a plane's width).
+
+    ``tile`` = 1 visits the edges one by one; ``tile`` = T > 1 visits them in ``ceil(edges / T)`` tiles of T
+    consecutive entries of the edge order (``perm_ref``, padded by T - 1 entries so that the last tile's vector load
+    stays in bounds).  Lanes past the row's range load real edges (any valid id) and are masked out of the sums."""
     runs = _zero_runs(out_columns, [(column, width) for column, width, _, _ in groups])
 
     def kernel(offsets_ref, perm_ref, senders_ref, receivers_ref, *refs):
@@ -232,42 +287,49 @@ def _make_kernel(groups, kinds: tuple[str, ...], out_columns: int, block: int, c
                 return compat.ds(column, width)
             return compat.ds(column + channel_offset, channels)
 
-        def edge_step(k, accs):
-            edge = perm_ref[k]
-            rows = {BY_EDGE: edge, BY_SENDER: senders_ref[edge], BY_RECEIVER: receivers_ref[edge]}
+        def loader(rows):
+            """Loads each factor once per edge (or tile): ``rows`` maps a row kind to a scalar row (one edge) or a
+            ``(T,)`` vector of rows (a tile, gathered as a ``(T, width)`` block)."""
             cache: dict = {}
 
             def load(factor):
                 if factor not in cache:
                     position, column, width = factor
-                    ref = inputs[position]
-                    cache[factor] = ref[compat.ds(rows[kinds[position]], 1), columns(column, width)].astype(dtype)
+                    row = rows[kinds[position]]
+                    index = compat.ds(row, 1) if tile == 1 else row
+                    cache[factor] = inputs[position][index, columns(column, width)].astype(dtype)
                 return cache[factor]
 
-            new = []
-            for (column, width, common, products), acc in zip(groups, accs):
-                partial: dict = {}
-                for coefficient, factors in products:
-                    value = None
-                    for factor in factors:
-                        plane = load(factor)
-                        value = plane if value is None else value * plane
-                    value = jnp.full((1, 1), coefficient, dtype) if value is None else value * coefficient
-                    partial[value.shape] = value if value.shape not in partial else partial[value.shape] + value
-                for value in partial.values():
-                    for factor in common:
-                        value = value * load(factor)
-                    if width == 1 and value.shape[1] != 1:
-                        value = jnp.sum(value, axis=1, keepdims=True)  # single output lane: sum over channels
-                    acc = acc + jnp.broadcast_to(value, (1, min(width, channels)))
-                new.append(acc)
-            return tuple(new)
+            return load
+
+        def edge_step(k, accs):
+            edge = perm_ref[k]
+            rows = {BY_EDGE: edge, BY_SENDER: senders_ref[edge], BY_RECEIVER: receivers_ref[edge]}
+            return _sum_products(groups, accs, loader(rows))
+
+        def tile_steps(start, stop, accs):
+            """The row's edges ``perm[start:stop]`` in tiles of ``tile``: one vector load of edge ids, one gather
+            of their senders / receivers, then (T, width) blocks per factor."""
+            lanes = jax.lax.broadcasted_iota(jnp.int32, (tile, 1), 0)
+
+            def tile_step(t, accs):
+                first_k = start + t * tile
+                edges = perm_ref[compat.ds(first_k, tile)]  # in bounds: perm is padded by tile - 1 entries
+                rows = {BY_EDGE: edges, BY_SENDER: senders_ref[edges], BY_RECEIVER: receivers_ref[edges]}
+                return _sum_products(groups, accs, loader(rows), mask=first_k + lanes < stop)
+
+            # ceil((stop - start) / tile) with a truncating division (the count is never negative)
+            count = jax.lax.div(stop - start + (tile - 1), jnp.int32(tile))
+            return jax.lax.fori_loop(0, count, tile_step, accs)
 
         def row_step(r, carry):
             row = first + r
             start, stop = offsets_ref[row], offsets_ref[row + 1]
             zeros = tuple(jnp.zeros((1, min(width, channels)), dtype) for _, width, _, _ in groups)
-            accs = jax.lax.fori_loop(start, stop, edge_step, zeros)
+            if tile == 1:
+                accs = jax.lax.fori_loop(start, stop, edge_step, zeros)
+            else:
+                accs = tile_steps(start, stop, zeros)
             for (column, width, _, _), acc in zip(groups, accs):
                 out_ref[compat.ds(r, 1), columns(column, width)] = acc.astype(out_ref.dtype)
             # padding columns: every channel block writes the same zeros there (identical stores, no order needed)
@@ -305,8 +367,11 @@ def _contract_kernel(plan: AlignedPlan, out_slot: int, operands, graph: Graph, r
         perm = senders = receivers = jnp.zeros((1,), jnp.int32)
     else:
         senders, receivers = graph.senders, graph.receivers
+    tile = edge_tile(name)
+    if tile > 1:  # the last tile's vector load reads up to tile - 1 entries past the end: any valid edge id
+        perm = jnp.concatenate([perm, jnp.zeros((tile - 1,), jnp.int32)])
     widest = max(width for _, width, _, _ in groups)
-    kernel = _make_kernel(groups, kinds, out_columns, block, channels, compute_dtype(dtype))
+    kernel = _make_kernel(groups, kinds, out_columns, block, channels, compute_dtype(dtype), tile)
 
     # Grid: row blocks x channel blocks.  Every program of row block i writes its own columns of the same output block
     # (the output block spans the whole row): disjoint stores, so no order between them is needed.

@@ -37,6 +37,10 @@ Knobs (``family.name``):
                                     ``target_programs`` is reached)
 ``message_passing.channel_block``   channels per program (a second grid axis over channel blocks; default: every
                                     channel, halved down to 32 when 4-row blocks fall short of ``target_programs``)
+``message_passing.edge_tile``       edges a node kernel (out, x1) gathers at once: one vector load of T edge ids,
+                                    (T, width) blocks per factor, summed over the tile (default 1: one edge at a
+                                    time; edge kernels always 1).  Sums are bitwise reproducible for a fixed value
+                                    and equal across values within float rounding
 ``message_passing.target_programs`` programs a launch aims at (``1`` gives the shape before issue 14: 16 rows and
                                     every channel per program)
 ``symmetric_contraction.tile_elements``      elements of one (node block, channel block) plane
@@ -73,6 +77,7 @@ _BLOCK_KNOBS = {
     "fully_connected.max_splits": False,
     "message_passing.block_rows": True,
     "message_passing.channel_block": True,
+    "message_passing.edge_tile": True,
     "message_passing.target_programs": False,
     "symmetric_contraction.tile_elements": True,
     "symmetric_contraction.max_channel_block": True,
