@@ -731,3 +731,63 @@ def test_chunks_of_a_captured_array_do_not_leak_tracers():
     x = IrrepsArray("0e+1o", jnp.ones(4))
     assert float(jax.jit(lambda: x.chunks[1].sum())()) == 3.0  # chunks first computed while tracing
     np.testing.assert_allclose(x.chunks[1] + 1, 2.0)  # must not be the cached tracer
+
+
+# --- from_chunks: the array built run by run, its derivative block by block ------------------------------------------
+
+_RUNS_IRREPS = "2x0e + 0x1o + 3x1o + 1x1e + 4x2e + " + " + ".join(["1x3o"] * 10) + " + 2x0o"  # a run longer than 8
+
+
+def _chunks_for(irreps, key, leading_shape=(4,), zero_at=(3,)):
+    keys = jax.random.split(key, len(irreps))
+    return [None if i in zero_at else jax.random.normal(k, leading_shape + (mul, ir.dim))
+            for i, (k, (mul, ir)) in enumerate(zip(keys, irreps))]
+
+
+def _by_blocks(irreps, chunks, leading_shape):
+    """The flat array written the obvious way: each block reshaped, then one concatenation."""
+    return jnp.concatenate([
+        (jnp.zeros(leading_shape + (mul * ir.dim,)) if c is None else c.reshape(leading_shape + (mul * ir.dim,)))
+        for (mul, ir), c in zip(irreps, chunks)], axis=-1)
+
+
+def test_from_chunks_runs_give_the_block_layout_and_its_derivatives():
+    irreps = Irreps(_RUNS_IRREPS)
+    chunks = _chunks_for(irreps, jax.random.PRNGKey(0))
+    present = [i for i, c in enumerate(chunks) if c is not None]
+    expected = _by_blocks(irreps, chunks, (4,))
+    np.testing.assert_array_equal(ia.from_chunks(irreps, chunks, (4,)).array, expected)
+    np.testing.assert_array_equal(jax.jit(lambda cs: ia.from_chunks(irreps, cs, (4,)).array)(chunks), expected)
+
+    weights = jax.random.normal(jax.random.PRNGKey(1), expected.shape)
+
+    def energy(build, *present_chunks):
+        cs = list(chunks)
+        for i, c in zip(present, present_chunks):
+            cs[i] = c
+        return jnp.sum(jnp.sin(build(cs)) * weights)
+
+    ours = lambda cs: ia.from_chunks(irreps, cs, (4,)).array  # noqa: E731
+    plain = lambda cs: _by_blocks(irreps, cs, (4,))  # noqa: E731
+    args = [chunks[i] for i in present]
+    argnums = tuple(range(1, len(args) + 1))
+    for a, b in zip(jax.grad(energy, argnums)(ours, *args), jax.grad(energy, argnums)(plain, *args)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    tangents = [jnp.cos(c) for c in args]
+    (_, t_ours), (_, t_plain) = (jax.jvp(lambda *xs, f=f: energy(f, *xs), args, tangents) for f in (ours, plain))
+    np.testing.assert_allclose(t_ours, t_plain, rtol=1e-5)
+    h_ours = jax.hessian(lambda c: energy(ours, *args[:1], c, *args[2:]))(args[1])
+    h_plain = jax.hessian(lambda c: energy(plain, *args[:1], c, *args[2:]))(args[1])
+    np.testing.assert_allclose(h_ours, h_plain, rtol=1e-5, atol=1e-6)
+    batched = jax.vmap(lambda *cs: energy(ours, *cs))(*[jnp.stack([c, 2 * c]) for c in args])
+    np.testing.assert_allclose(batched[1], energy(ours, *[2 * c for c in args]), rtol=1e-6)
+
+
+def test_from_chunks_integer_and_numpy_chunks_keep_the_block_layout():
+    irreps = Irreps("2x0e + 1x0e + 3x1o")
+    ints = [jnp.arange(2).reshape(1, 2, 1), None, jnp.arange(9).reshape(1, 3, 3)]
+    out = ia.from_chunks(irreps, ints, (1,))
+    assert out.array.dtype == ints[0].dtype
+    np.testing.assert_array_equal(out.array, [[0, 1, 0] + list(range(9))])
+    as_numpy = ia.from_chunks(irreps, [np.asarray(c, np.float32) if c is not None else None for c in ints], (1,))
+    np.testing.assert_array_equal(as_numpy.array, out.array)
