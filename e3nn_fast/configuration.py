@@ -74,3 +74,8 @@ def config(name: str, value: Any = _READ) -> Any:
         value = check_backend(value, 'config("backend", ...)')
     _current[name] = value
     return None
+
+
+def snapshot() -> tuple:
+    """Every option with its value, as a hashable tuple: the key part of a cached trace (a changed option retraces)."""
+    return tuple(sorted(_current.items()))

@@ -49,7 +49,7 @@ import jax
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from e3nn_fast.configuration import BACKENDS, check_backend, config
+from e3nn_fast.configuration import BACKENDS, check_backend, config, snapshot
 
 logger = logging.getLogger("e3nn_fast.dispatch")
 if os.environ.get("E3NN_FAST_LOG_DISPATCH"):
@@ -129,6 +129,17 @@ def current_backend() -> str:
     """The backend in force here: the innermost :func:`backend` block, else ``config("backend")``."""
     stack = getattr(_local, "stack", None)
     return stack[-1] if stack else _validate(config("backend"))
+
+
+def trace_settings() -> Optional[tuple]:
+    """Everything e3nn_fast reads while tracing an op (the backend in force, every ``config`` option, the kernel
+    knobs), as a hashable key for programs cached across eager calls (:mod:`e3nn_fast._eager`); ``None`` inside a
+    :func:`recorded_choices` block, whose caller must see every decision, so nothing may come from a cache."""
+    if getattr(_local, "recorders", None):
+        return None
+    from e3nn_fast.kernels import tuning  # here, not at the top: the kernels package imports this module
+
+    return current_backend(), snapshot(), tuple(tuning.current().items())
 
 
 def register(op: str, executor: str, implementation: Callable) -> Callable:

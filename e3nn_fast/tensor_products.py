@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import jax.numpy as jnp
 
 from e3nn_fast import dispatch
+from e3nn_fast._eager import compiled_when_eager
 from e3nn_fast.configuration import config
 from e3nn_fast.irreps import Irrep, Irreps
 from e3nn_fast.irreps_array import IrrepsArray, as_irreps_array, from_chunks
@@ -87,6 +88,7 @@ def _no_weights(description: TensorProductDescription) -> list:
 
 
 @accepts_bare_irreps((0, 1))
+@compiled_when_eager
 def tensor_product(
     input1: IrrepsArray,
     input2: IrrepsArray,
@@ -145,6 +147,7 @@ def _aligned_irreps(irreps1: Irreps, irreps2: Irreps) -> tuple[Irreps, Irreps]:
 
 
 @accepts_bare_irreps((0, 1))
+@compiled_when_eager
 def elementwise_tensor_product(
     input1: IrrepsArray,
     input2: IrrepsArray,
@@ -168,6 +171,7 @@ def elementwise_tensor_product(
 
 
 @accepts_bare_irreps((0,))
+@compiled_when_eager
 def tensor_square(
     input: IrrepsArray,
     *,
@@ -193,6 +197,7 @@ def tensor_square(
     return output.regroup() if regroup_output else output
 
 
+@compiled_when_eager
 def tensor_product_with_spherical_harmonics(input: IrrepsArray, vector: IrrepsArray, degree: int) -> IrrepsArray:
     """``tensor_product(input, spherical_harmonics(range(degree + 1), vector, True))`` with the output regrouped.
 

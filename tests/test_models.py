@@ -68,7 +68,7 @@ def molecule():
 
 @pytest.fixture(scope="module")
 def params(molecule):
-    params = make_model(e3nn_jax).init(jax.random.PRNGKey(0), *molecule)
+    params = jax.jit(make_model(e3nn_jax).init)(jax.random.PRNGKey(0), *molecule)  # eager init: 50 s of compiles
     return jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), params)
 
 
