@@ -138,9 +138,11 @@ def compiled_when_eager(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        settings = dispatch.trace_settings()
-        split = None if settings is None else _split_inputs(args, kwargs)
-        if split is None:
+        # The inputs first: a call inside a transformation (the hot path while a model is traced) returns to ``fn``
+        # after one flatten, without reading the settings.
+        split = _split_inputs(args, kwargs)
+        settings = None if split is None else dispatch.trace_settings()
+        if settings is None:
             return fn(*args, **kwargs)
         static, arrays, rebuild = split
         key = (fn, static, settings, _signature(arrays))

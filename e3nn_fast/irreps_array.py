@@ -1362,7 +1362,6 @@ def _flat_array(irreps: Irreps, chunks: Sequence[Chunk], leading_shape, dtype, b
     and the transpose of the second (one slice of the flat cotangent per block) the faster backward (the
     transpose of the run form, slices of a reshaped slice, took 3x the time of a whole ``tp-16`` forward).
     """
-    sizes = [(mul, ir.dim) for mul, ir in irreps if mul > 0]
     blocks = [
         backend.zeros(leading_shape + (mul, ir.dim), dtype) if chunk is None else chunk
         for (mul, ir), chunk in zip(irreps, chunks)
@@ -1372,7 +1371,7 @@ def _flat_array(irreps: Irreps, chunks: Sequence[Chunk], leading_shape, dtype, b
         return _joined_by_blocks(blocks, leading_shape, backend)
     if len({b.dtype for b in blocks}) != 1 or not jnp.issubdtype(blocks[0].dtype, jnp.inexact):
         return _joined_by_runs(blocks, leading_shape)  # nothing to differentiate (or mixed dtypes): plain runs
-    return _joined(tuple(leading_shape), tuple(sizes), blocks)
+    return _joined(tuple(leading_shape), blocks)
 
 
 def _joined_by_blocks(blocks, leading_shape, backend):
@@ -1399,16 +1398,15 @@ def _joined_by_runs(blocks, leading_shape):
     return _joined_by_blocks(joined, leading_shape, jnp)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
-def _joined(leading_shape, sizes, blocks):
-    del sizes  # part of the cache key of the rule below only
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _joined(leading_shape, blocks):
     return _joined_by_runs(blocks, leading_shape)
 
 
 @_joined.defjvp
-def _joined_jvp(leading_shape, sizes, primals, tangents):
+def _joined_jvp(leading_shape, primals, tangents):
     (blocks,), (tangent_blocks,) = primals, tangents
-    return _joined(leading_shape, sizes, blocks), _joined_by_blocks(tangent_blocks, leading_shape, jnp)
+    return _joined(leading_shape, blocks), _joined_by_blocks(tangent_blocks, leading_shape, jnp)
 
 
 def _check_chunks(irreps: Irreps, chunks: Sequence[Chunk], leading_shape: Tuple[int, ...]) -> None:
