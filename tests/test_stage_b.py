@@ -24,6 +24,11 @@ CASES = [
     (KEY2, 2, 3, 1, 3),
     (DIAGONAL, 3, 3, 3, 5),
     (DIAGONAL, 2, 2, 11, 9),
+    # one contraction fused, the other a dot: forward over m = 5 terms, key gradient over k = 9 (a 2e x 2e -> 4e path),
+    # and the reverse
+    (KEY1, 4, 1, 5, 9),
+    (DIAGONAL, 2, 2, 3, 9),
+    (KEY2, 3, 1, 9, 5),
 ]
 
 
@@ -40,7 +45,10 @@ def operands(layout, a, b, m, k, lead=(6,), seed=0):
 
 
 def test_the_cases_reach_every_form():
-    assert any(max(m, k) >= DOT_MIN_COMPONENTS for _, _, _, m, k in CASES)
+    forward_dot = {m >= DOT_MIN_COMPONENTS for _, _, _, m, _ in CASES}
+    key_gradient_dot = {k >= DOT_MIN_COMPONENTS for _, _, _, _, k in CASES}
+    assert forward_dot == key_gradient_dot == {True, False}
+    assert any((m >= DOT_MIN_COMPONENTS) != (k >= DOT_MIN_COMPONENTS) for _, _, _, m, k in CASES)
     assert {layout for layout, *_ in CASES} == {KEY1, KEY2, DIAGONAL}
 
 

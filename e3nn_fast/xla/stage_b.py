@@ -20,7 +20,8 @@ Forms, with ``U``/``V`` the key's/other's channels and ``M``/``K`` the key's/out
 
 * the output ``z``: ``M`` broadcast products (a ``dot`` for ``M >= DOT_MIN_COMPONENTS``, where the unrolled sum loses);
 * ``dF/dkey``: for one channel on the summed side (the spherical harmonics of a convolution), ``K`` broadcast
-  products of ``(a, M)`` planes; otherwise a ``dot`` over the summed channel (a real matrix product);
+  products of ``(a, M)`` planes (a ``dot`` for ``K >= DOT_MIN_COMPONENTS``); otherwise a ``dot`` over the summed
+  channel (a real matrix product);
 * ``dF/dT``: an outer product when the summed channel has one element (every ``diagonal`` path); otherwise a ``dot``
   over the summed channel.
 """
@@ -35,8 +36,8 @@ import jax.numpy as jnp
 KEY1, KEY2, DIAGONAL = "key1", "key2", "diagonal"
 KEY, T, Z = 0, 1, 2
 
-# From this many key components on (l >= 4), products are ``dot``s: 2l+1 fused broadcast products per output lose to
-# a small matmul there (CPU, high-l7 forward 0.72x -> 1.30x of e3nn-jax; at l = 3 the fused form is 1.5x faster).
+# From this many summed components on (l >= 4), a contraction is a ``dot``: 2l+1 fused broadcast products per output
+# lose to a small matmul there (CPU, high-l7 forward 0.72x -> 1.30x of e3nn-jax; at l = 3 the fused form is 1.5x faster).
 DOT_MIN_COMPONENTS = 9
 
 
@@ -66,8 +67,12 @@ class StageBMaths:
             Slot("T", True, b * m * k),
             Slot("z", True, _product(self.z_shape)),
         )
-        # the unrolled sums have m * k terms per output: beyond l = 3 on either side a small matmul wins
-        self.use_dot = max(m, k) >= DOT_MIN_COMPONENTS
+        # An unrolled sum has one term per summed component: ``m`` per output element forward, ``k`` per element of
+        # the key's gradient.  Each contraction switches to a small matmul on its own count: the forward of a
+        # ``2e x 2e -> 4e`` path (m = 5, k = 9) stays fused, which kept tp-16's forward 1.36x and sh-tp's 1.14x
+        # faster than one dot for both whenever either side reached l = 4.
+        self.z_uses_dot = m >= DOT_MIN_COMPONENTS
+        self.key_uses_dot = k >= DOT_MIN_COMPONENTS
 
     def has_terms(self, out_slot, require):
         return True  # every term involves all three slots
@@ -90,7 +95,7 @@ class StageBMaths:
 
     def _z(self, key, t):
         """The forward product."""
-        if self.use_dot:
+        if self.z_uses_dot:
             spec = {KEY1: "ram,rbmk->rabk", KEY2: "ram,rbmk->rbak", DIAGONAL: "ram,ramk->rak"}[self.layout]
             return jnp.einsum(spec, key, t)
         total = None
@@ -111,10 +116,10 @@ class StageBMaths:
         terms rather than ``m * k`` (unrolling over ``m`` too ran no faster and doubled XLA's compile time).
         """
         if self.layout == DIAGONAL:
-            if self.use_dot:
+            if self.key_uses_dot:
                 return jnp.einsum("rak,ramk->ram", z, t)
             return _sum_k(lambda k: z[:, :, None, k] * t[:, :, :, k], self.k)
-        if self.b == 1 and not self.use_dot:
+        if self.b == 1 and not self.key_uses_dot:
             zb = z[:, :, 0, :] if self.layout == KEY1 else z[:, 0, :, :]  # (rows, a, k)
             return _sum_k(lambda k: zb[:, :, None, k] * t[:, 0, None, :, k], self.k)
         spec = "rabk,rbmk->ram" if self.layout == KEY1 else "rbak,rbmk->ram"
