@@ -407,6 +407,24 @@ def test_straight_line_executor_matches_reference_with_derivatives(normalization
                                    rtol=1e-9, atol=1e-9)
 
 
+def test_both_derivative_forms_of_the_normalisation_agree():
+    """Below and from VECTOR_FORM_DERIVATIVE_FROM_DEGREE the normalised components have the same values and the same
+    first and second derivatives (forward and reverse mode, under vmap), the zero vector included."""
+    from e3nn_fast.xla import spherical_harmonics as xla
+
+    low, high = xla.VECTOR_FORM_DERIVATIVE_FROM_DEGREE - 1, xla.VECTOR_FORM_DERIVATIVE_FROM_DEGREE
+    x = jnp.concatenate([jnp.asarray(_vectors()[:3]), jnp.zeros((1, 3)), jnp.asarray([[1e-30, -2e-30, 0.5e-30]])])
+
+    def weighted(lmax):
+        return lambda v: sum(w * c for w, c in zip((0.3, -1.1, 0.7), xla.unit_components(v, lmax)))
+
+    for a, b in zip(xla.unit_components(x, low), xla.unit_components(x, high)):
+        np.testing.assert_array_equal(a, b)
+    for derivative in (jax.jacrev, jax.jacfwd, lambda f: jax.hessian(f)):
+        np.testing.assert_allclose(jax.vmap(derivative(weighted(high)))(x), jax.vmap(derivative(weighted(low)))(x),
+                                   rtol=1e-12, atol=1e-12)
+
+
 def test_dispatcher_picks_and_switches_executors(monkeypatch):
     from e3nn_fast import dispatch
 

@@ -12,7 +12,9 @@ factors stay far inside the float32 range, and ``normalize=True`` shares the ref
 
 Derivatives are plain automatic differentiation of that straight-line code: unlike the reference's loop, it has
 nothing to gain from the ladder-rule ``custom_jvp`` (measured: plain autodiff gave the faster backward and
-double backward on CPU at ``lmax`` 3 and 8).
+double backward on CPU at ``lmax`` 3 and 8).  From ``l = 4`` on, the normalisation's derivative is taken through
+the reference's vector form (:data:`VECTOR_FORM_DERIVATIVE_FROM_DEGREE`), so that XLA computes the harmonics'
+cotangents once rather than once per Cartesian component.
 
 The program grows like ``lmax^2`` and its higher derivatives faster still, so :data:`MAX_UNROLLED_DEGREE` bounds
 where this executor is used: up to ``l = 8`` it compiles no slower than e3nn-jax's generated polynomials and runs
@@ -91,7 +93,41 @@ def _components_to_arrays(components: Sequence[Sequence[Optional[Value]]], shape
     return [jnp.stack([_as_array(c, shape, dtype) for c in row], axis=-1) for row in components]
 
 
-def unit_components(x: jax.Array) -> tuple:
+# From this degree on the derivatives of the normalisation are taken through the reference's vector form.
+#
+# Each component of the normalised vector depends on all three input components.  Written component by component,
+# XLA's CPU backend fuses the harmonics' whole derivative into the loop that writes the ``(..., 3)`` gradient and so
+# evaluates it once per output column, three times over, in scalar code (sh-l8's force pass, one 1,800-instruction
+# loop: 92 ms against e3nn-jax's 30 ms).  The reference's form has reductions over the length-3 axis, where XLA
+# ends the fusion, so the harmonics' cotangents are computed once.  Those reductions cost a fixed few milliseconds,
+# which only pay from l = 4 on (2 cores, jax 0.10.2, 20,000 vectors, forces pass: l = 3 6.2 -> 10.5 ms, l = 4
+# 6.9 -> 4.8, l = 6 21.2 -> 9.7, l = 8 92 -> 16 ms; the forward unchanged).
+VECTOR_FORM_DERIVATIVE_FROM_DEGREE = 4
+
+
+def unit_components(x: jax.Array, lmax: int) -> tuple:
+    """The three components of the normalised vectors ``x`` for harmonics up to degree ``lmax``: their values from
+    :func:`_unit_components_fused`, their derivatives in the form that runs faster at that degree (see
+    :data:`VECTOR_FORM_DERIVATIVE_FROM_DEGREE`)."""
+    if lmax >= VECTOR_FORM_DERIVATIVE_FROM_DEGREE:
+        return _unit_components_vector_form_derivative(x)
+    return _unit_components_fused(x)
+
+
+@jax.custom_jvp
+def _unit_components_vector_form_derivative(x: jax.Array) -> tuple:
+    return _unit_components_fused(x)
+
+
+@_unit_components_vector_form_derivative.defjvp
+def _unit_components_vector_form_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    # same function as the fused form (same operations, so the same derivatives); only its layout differs
+    _, dv = jax.jvp(reference.normalize_vectors, (x,), (t,))
+    return _unit_components_vector_form_derivative(x), (dv[..., 0], dv[..., 1], dv[..., 2])
+
+
+def _unit_components_fused(x: jax.Array) -> tuple:
     """The three components of :func:`~e3nn_fast.reference.spherical_harmonics.normalize_vectors` ``(x)``, each of
     shape ``x.shape[:-1]``, computed component by component.
 
@@ -140,6 +176,6 @@ def spherical_harmonics_per_l(ls: Sequence[int], x: jax.Array, normalize: bool, 
     if not ls or max(ls) > MAX_UNROLLED_DEGREE:
         return reference.spherical_harmonics_per_l(ls, x, normalize, normalization)
     reference.check_arguments(x, normalization)
-    components = unit_components(x) if normalize else x
+    components = unit_components(x, max(ls)) if normalize else x
     per_l = _components_to_arrays(_components(max(ls), components, normalization), x.shape[:-1], x.dtype)
     return [per_l[l] for l in ls]

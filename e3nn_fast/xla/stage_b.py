@@ -133,7 +133,10 @@ class StageBMaths:
             za = z[:, 0, :, :] if self.layout == KEY1 else z[:, :, 0, :]  # (rows, b, k)
             return za[:, :, None, :] * key[:, 0, None, :, None]
         # the product is written (r, b, k, m) and then transposed: XLA's CPU dot emitter is 2-5x slower when asked
-        # for (r, b, m, k) directly (4,096 rows, a = 16, m = 3, k = 5: 2.2 ms against 0.43 ms)
+        # for (r, b, m, k) directly (4,096 rows, a = 16, m = 3, k = 5: 2.2 ms against 0.43 ms).  The dot makes XLA
+        # copy each path's z into (r, k, a) first; with b = 1 an unrolled sum over the a key channels reads z in
+        # place and ran the tp-16 backward ~10% faster, but it doubled XLA's compile time of sh-tp's backward
+        # (4.4 -> 8.4 s at a = 32) and lost at a = 128, so the dot stays (2 cores, jax 0.10.2, 2026-12-06).
         spec = "rabk,ram->rbkm" if self.layout == KEY1 else "rbak,ram->rbkm"
         return jnp.swapaxes(jnp.einsum(spec, z, key), -1, -2)
 
