@@ -94,7 +94,11 @@ class StageBMaths:
         return result.reshape(rows, self.slots[out_slot].columns)
 
     def _z(self, key, t):
-        """The forward product."""
+        """The forward product.
+
+        Unrolled over ``m`` on purpose: one broadcast product summed over the ``m`` axis (a single multiply and
+        reduce, 4x fewer StableHLO ops) compiles 15-30 % faster but runs 25-50x slower on XLA's CPU backend (tp-16,
+        nequip-benzene and mace-medium forward, 2026-12-06)."""
         if self.z_uses_dot:
             spec = {KEY1: "ram,rbmk->rabk", KEY2: "ram,rbmk->rbak", DIAGONAL: "ram,ramk->rak"}[self.layout]
             return jnp.einsum(spec, key, t)
