@@ -133,6 +133,12 @@ def _program(key: Hashable, fn: Callable, rebuild: Callable) -> _Program:
         return program
 
 
+def _forget(key: Hashable, program: _Program) -> None:
+    with _lock:
+        if _programs.get(key) is program:
+            del _programs[key]
+
+
 def compiled_when_eager(fn: Callable) -> Callable:
     """Decorator: run ``fn`` as one compiled program when it is called eagerly (see the module docstring)."""
 
@@ -147,7 +153,11 @@ def compiled_when_eager(fn: Callable) -> Callable:
         static, arrays, rebuild = split
         key = (fn, static, settings, _signature(arrays))
         program = _program(key, fn, rebuild)
-        dynamic = program.jitted(*arrays)
+        try:
+            dynamic = program.jitted(*arrays)
+        except Exception:
+            _forget(key, program)  # a call that raised leaves no program behind (bad input is not cached)
+            raise
         treedef, slots = program.output
         return jax.tree_util.tree_unflatten(treedef, _filled(slots, dynamic))
 

@@ -4,6 +4,7 @@ the traced call, no stale program after a setting changes, and the dispatcher's 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import e3nn_fast as e3nn
 from e3nn_fast import _eager, dispatch
@@ -69,3 +70,11 @@ def test_calls_with_tracers_or_bare_irreps_run_as_written():
     out = jax.vmap(lambda a, b: e3nn.tensor_square(a).array)(x, y)
     assert out.shape[0] == 4
     assert len(_eager._programs) == before
+
+
+def test_a_call_that_raises_leaves_no_program_behind():
+    x, y = _inputs()
+    before = _program_count("tensor_product")
+    with pytest.raises(ValueError, match="normalization"):
+        e3nn.tensor_product(x, y, irrep_normalization="no-such-normalization")
+    assert _program_count("tensor_product") == before

@@ -69,8 +69,8 @@ class StageBMaths:
         )
         # An unrolled sum has one term per summed component: ``m`` per output element forward, ``k`` per element of
         # the key's gradient.  Each contraction switches to a small matmul on its own count: the forward of a
-        # ``2e x 2e -> 4e`` path (m = 5, k = 9) stays fused, which kept tp-16's forward 1.36x and sh-tp's 1.14x
-        # faster than one dot for both whenever either side reached l = 4.
+        # ``2e x 2e -> 4e`` path (m = 5, k = 9) stays fused (sh-tp's forward 1.12x faster than one switch on
+        # max(m, k); tp-16 and high-l5 within noise, 2 cores, 2026-12-06).
         self.z_uses_dot = m >= DOT_MIN_COMPONENTS
         self.key_uses_dot = k >= DOT_MIN_COMPONENTS
 
