@@ -94,6 +94,13 @@ def _explicit_sharding(template, shape):
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*([lead] + rest if shape else [])))
 
 
+def has_explicit_sharding(value) -> bool:
+    """Whether ``value``'s type names a mesh with *explicit* axes (its sharding is part of the type, so a reshape
+    that splits a sharded axis must say its output sharding)."""
+    aval = jax.typeof(value) if hasattr(jax, "typeof") else jax.core.get_aval(value)
+    return _explicit_sharding(aval, aval.shape) is not None
+
+
 def struct_like(struct, template) -> Optional[jax.ShapeDtypeStruct]:
     """``jax.ShapeDtypeStruct`` ``struct`` (e.g. a ``pallas_call``'s ``out_shape``) marked with the varying axes of
     the array ``template``; ``struct`` unchanged where this JAX has no such field."""

@@ -36,7 +36,7 @@ from e3nn_fast.symmetric_tensor_product import (
 )
 from e3nn_fast.xla import symmetric_contraction as _xla
 
-__all__ = ["symmetric_contraction", "symmetric_contraction_weight_shapes", "describe"]
+__all__ = ["symmetric_contraction", "symmetric_contraction_weight_shapes", "describe", "contract_shared_weights"]
 
 OP = "symmetric_contraction"
 
@@ -170,6 +170,25 @@ def symmetric_contraction(
     run = dispatch.executor(OP, size=nodes * num_channel * description.irreps_out.dim, qualifies=qualifies)
     out = run(description, array, species.reshape(nodes), arrays)
     return IrrepsArray(description.irreps_out, out.reshape(leading + (num_channel, description.irreps_out.dim)))
+
+
+def contract_shared_weights(
+    description: SymmetricContractionDescription, x: jax.Array, weights: Mapping[str, jax.Array]
+) -> jax.Array:
+    """One node of the ``SymmetricTensorProduct`` modules: ``x`` ``(num_channel, d)`` and weights ``w{n}_{ir}`` of
+    shape ``(mul, num_channel)`` (one species) -> ``(num_channel, irreps_out.dim)``, by the dispatcher's executor.
+
+    The modules are ``vmap``-ed over nodes (haiku's ``hk.vmap``, MACE's per-species ``get_parameter``): the jnp and
+    Pallas executors are one multilinear primitive, whose batching rule folds the mapped nodes into its rows, so a
+    vmapped module runs as one contraction over all nodes (and per-node weights become per-row weights).
+    """
+    dtype = jnp.result_type(x.dtype, *[weights[name].dtype for name in description.weight_names])
+    num_channel = x.shape[0]
+    if not description.blocks:
+        return jnp.zeros((num_channel, 0), dtype)
+    arrays = tuple(weights[name].astype(dtype)[None] for name in description.weight_names)
+    run = dispatch.executor(OP, size=num_channel * description.irreps_out.dim, qualifies=max(description.orders) <= 3)
+    return run(description, x.astype(dtype)[None], jnp.zeros((1,), jnp.int32), arrays)[0]
 
 
 def _pallas(description, x, species, weights):

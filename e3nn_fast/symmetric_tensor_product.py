@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from e3nn_fast.irreps import Irrep, Irreps
-from e3nn_fast.irreps_array import IrrepsArray, from_chunks
+from e3nn_fast.irreps_array import IrrepsArray
 from e3nn_fast.reduced_tensor_product import reduced_symmetric_tensor_product_basis
 
 __all__ = [
@@ -197,18 +197,18 @@ def symmetric_contraction(
     keep_irrep_out: Optional[Set[Irrep]],
     get_parameter: Callable[[str, Tuple[int, ...], Any], jax.Array],
 ) -> IrrepsArray:
-    """Contract ``x`` of shape ``(num_channel, irreps)`` with weighted symmetric bases, Horner style.
+    """Contract ``x`` of shape ``(num_channel, irreps)`` with weighted symmetric bases.
 
-    For each output irrep ``ir`` the result is ``sum_n <U_n[ir] w_n[ir], x^n>`` over ``n in orders``, evaluated as
-    ``((w_N U_N . x + w_{N-1} U_{N-1}) . x + ...) . x``: each step contracts one input axis of the running tensor
-    with ``x``, so no power of ``x`` is ever formed. ``U_n`` is divided by its multiplicity, which together with unit
-    variance weights normalises each term. Weights are per channel: ``w{n}_{ir}`` has shape ``(mul, num_channel)``.
+    For each output irrep ``ir`` the result is ``sum_n <U_n[ir] w_n[ir], x^n>`` over ``n in orders``; ``U_n`` is
+    divided by its multiplicity, which together with unit variance weights normalises each term. Weights are per
+    channel: ``w{n}_{ir}`` has shape ``(mul, num_channel)``.  The dispatcher's executor of the op
+    ``symmetric_contraction`` evaluates it (:func:`horner_contraction` is the reference's readable form).
     """
+    from e3nn_fast.symmetric_contraction import contract_shared_weights  # that module imports this one
+
     num_channel = x.shape[0]
     keep = None if keep_irrep_out is None else frozenset(keep_irrep_out)
     description = describe_symmetric_contraction(x.irreps, tuple(orders), keep)
     # parameters are requested in the Horner order (decreasing order), as the modules always did
     weights = {block.name: get_parameter(block.name, (block.mul, num_channel), x.dtype) for block in description.blocks}
-    acc = horner_contraction(description, x.array, weights)
-    irreps_out = description.irreps_out
-    return from_chunks(irreps_out, [acc[ir][:, None, :] for _, ir in irreps_out], (num_channel,), x.dtype)
+    return IrrepsArray(description.irreps_out, contract_shared_weights(description, x.array, weights))

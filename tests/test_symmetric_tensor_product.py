@@ -111,6 +111,58 @@ def test_custom_get_parameter():
     np.testing.assert_allclose(np.asarray(y.array), np.asarray(x), atol=1e-12)  # order 1 with unit weights
 
 
+def _species_energy(module_cls, array_cls, irreps, orders):
+    """MACE's use: the module vmapped over nodes, each node reading its species' weights through get_parameter."""
+
+    def energy(x, table, species):
+        def per_node(x_node, s):
+            get_parameter = lambda name, shape, dtype: table[name][s].astype(dtype)
+            f = hk.transform(lambda v: module_cls(orders, get_parameter=get_parameter)(array_cls(irreps, v)))
+            return f.apply({}, None, x_node).array
+
+        return jnp.sum(jnp.sin(jax.vmap(per_node)(x, species)))
+
+    return energy
+
+
+def _shared_energy(module_cls, array_cls, irreps, orders):
+    """Weights shared by every node: the module called on ``(nodes, channels, irreps)`` (hk.vmap inside)."""
+
+    def energy(x, params, species):
+        del species
+        f = hk.without_apply_rng(hk.transform(lambda v: module_cls(orders)(array_cls(irreps, v))))
+        return jnp.sum(jnp.sin(f.apply(params, x).array))
+
+    return energy
+
+
+@pytest.mark.parametrize("build", [_species_energy, _shared_energy], ids=["per-node species weights", "shared"])
+def test_gradients_and_second_derivatives_match_e3nn_jax(build):
+    irreps, orders, nodes, channels, num_species = "0e+1o+2e", (1, 2, 3), 5, 3, 2
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(nodes, channels, Irreps(irreps).dim)))
+    shapes = jax.eval_shape(_oracle(irreps, orders, None).init, jax.random.PRNGKey(0), x)
+    module_name, = shapes
+    if build is _species_energy:
+        weights = {n: jnp.asarray(rng.normal(size=(num_species,) + a.shape)) for n, a in shapes[module_name].items()}
+    else:
+        weights = {module_name: {n: jnp.asarray(rng.normal(size=a.shape)) for n, a in shapes[module_name].items()}}
+    species = jnp.asarray(rng.integers(0, num_species, nodes))
+    ours = build(SymmetricTensorProduct, IrrepsArray, irreps, orders)
+    ref = build(e3nn_jax.haiku.SymmetricTensorProduct, e3nn_jax.IrrepsArray, irreps, orders)
+
+    def derivatives(energy):
+        value, grads = jax.value_and_grad(energy, argnums=(0, 1))(x, weights, species)
+        # force training: the loss holds d(energy)/dx, differentiated again w.r.t. x and the weights
+        force_loss = lambda x, w: jnp.sum(jax.grad(energy)(x, w, species) ** 2)
+        return value, grads, jax.grad(force_loss, argnums=(0, 1))(x, weights)
+
+    got, want = jax.jit(lambda: derivatives(ours))(), jax.jit(lambda: derivatives(ref))()
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-10)
+    assert len(jax.tree_util.tree_leaves(got)) == 1 + 2 * (1 + len(shapes[module_name]))
+
+
 @pytest.mark.parametrize("orders", [(0,), (), (1.5,), (True,)])
 def test_bad_orders(orders):
     with pytest.raises(ValueError, match="orders"):

@@ -17,8 +17,9 @@ Every slot is ``(nodes, planes, channels)`` flattened to ``(nodes, planes * chan
 being one input component, one weight row or one output component.  An evaluation computes, per output plane, the
 sum of its terms, factorised greedily at trace time (:func:`factorise`): the factor shared by most products is
 pulled out first, which is Horner's scheme on this sparse polynomial (monomial prefixes and weight planes are
-multiplied once, not once per term).  Executors (:class:`MultilinearPlan` subclasses) differ only in how they run
-the factorised programs: a Pallas kernel over node x channel blocks, or jnp rows over all lanes.
+multiplied once, not once per term), which a Pallas kernel unrolls over its node x channel tiles.  The jnp
+executor evaluates the same terms as index tables instead (:mod:`e3nn_fast.xla.symmetric_contraction_gathers`), so
+that XLA compiles a few gathers rather than one op per term.
 """
 
 from __future__ import annotations

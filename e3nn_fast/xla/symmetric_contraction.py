@@ -2,21 +2,22 @@
 
 The reference contracts a dense ``d^n`` basis per node (``vmap`` of the Horner einsums, with per-node weights).
 This executor evaluates the same multilinear form as the Pallas kernels
-(:mod:`e3nn_fast.kernels.symmetric_contraction_plan`): the sparse, symmetry-folded terms, factorised Horner-style
-and unrolled at trace time, so that a symmetric tensor's ``d^n`` entries collapse to the few monomials
-``x_i x_j x_l`` (``i <= j <= l``) that some term needs, each weight plane is multiplied once per output plane, and
-the node's species weights are gathered once.
+(:mod:`e3nn_fast.kernels.symmetric_contraction_plan`): the sparse, symmetry-folded terms, so a symmetric tensor's
+``d^n`` entries collapse to the monomials ``x_i x_j x_l`` (``i <= j <= l``) that some term needs, and the node's
+species weights are gathered once.  Each evaluation is a :mod:`gather program
+<e3nn_fast.xla.symmetric_contraction_gathers>`: a fixed handful of gathers of whole plane slabs, whatever the
+number of terms, so the compiled program stays small (MACE's 1301 terms unrolled one op each took 10-30 s to
+compile with their gradients).
 
-Every slot is laid out ``(nodes, planes, channels)`` and read with static plane slices only (runs of ``channels``
-contiguous values): XLA fuses each output plane's polynomial into one elementwise loop (gathers of planes by index
-arrays are ~100x slower on CPU).  Rows are processed in chunks of ~:data:`CHUNK_LANES` lanes (``lax.map``) so that
-the planes stay in cache while each output plane's loop reads them.  The form is bound to the multilinear
-primitive like the kernels, so the gradients are such unrolled polynomials too, stacked once, rather than the pads
-and scatters that autodiff of row slices makes; the primitive also gives ``jax.jvp``, ``vmap`` and derivatives of
-any order.
+Rows are processed in chunks of :data:`CHUNK_LANES` lanes (``lax.map``), laid out planes first
+``(planes, rows, channels)``, so that a chunk's planes and prefix products stay in cache while the gathers re-read
+them.  The form is bound to the multilinear primitive like the kernels, so every gradient is another gather
+program of the same form (not autodiff of gathers, which would scatter); the primitive also gives ``jax.jvp``,
+``vmap`` and derivatives of any order.
 
-Measured on 2 shared CPU cores, 1000 nodes x 128 channels x ``0e+1o+2e+3o``, orders (1, 2, 3), 10 species, fp32:
-forward 29x (out ``0e+1o``) and 33x (out ``0e+1o+2e``) faster than the reference; forward + ``d/dx, d/dw`` 12x.
+Measured on the 2-core CPU VM, ``python -m bench --workloads sc-mace`` (200 nodes x 128 channels x
+``0e+1o+2e+3o``, orders 1-3, 10 species, fp32, 2026-12-06): forward 6.5 ms, forward+backward 49 ms, forces 54 ms,
+against e3nn-jax's 308 / 509 / 652 ms; compile 0.32 / 1.45 / 1.26 s against 0.31 / 1.02 / 1.08 s.
 """
 
 from __future__ import annotations
@@ -27,64 +28,81 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from e3nn_fast import _shard_compat as shard_compat
 from e3nn_fast.reference.symmetric_contraction import gather_species
 from e3nn_fast.symmetric_tensor_product import SymmetricContractionDescription
+from e3nn_fast.xla.symmetric_contraction_gathers import gather_program, run_gather_program
 
 __all__ = ["symmetric_contraction"]
 
-# Lanes (rows x channels) per chunk: small enough that every plane of a chunk stays in cache while each output
-# plane's loop re-reads them (measured at MACE size on CPU: 4x faster gradients than one pass over all rows, and a
-# much faster compilation, since the loop body is compiled once).
-CHUNK_LANES = 4096
+# Lanes (rows x channels) per iteration of the row loop on CPU: small enough that every plane and prefix product of
+# the rows in flight stays in cache while the gathers re-read them (measured at MACE size, 128 channels, on 2 CPU
+# cores: 8 rows beat 4 and 16, and one pass over all rows was several times slower).  The loop body is compiled once.
+CHUNK_LANES = 1024
+# Elsewhere (GPU, TPU) a loop iteration is a few kernel launches, so iterations are made large; the bound keeps the
+# prefix products (about a thousand planes per lane for MACE's forms) to a few hundred MB.  Not yet measured.
+ACCELERATOR_CHUNK_LANES = 65536
+
+
+def row_loop(rows: int, channels: int, operand) -> tuple[int, int]:
+    """``(iterations, rows per iteration)`` of the row loop: one iteration when the rows fit in one, or when the
+    operand is sharded on a mesh with explicit axes (splitting its sharded row axis needs a stated sharding; a
+    single pass needs none)."""
+    lanes = CHUNK_LANES if jax.default_backend() == "cpu" else ACCELERATOR_CHUNK_LANES
+    per_iteration = max(1, lanes // channels)
+    if rows <= per_iteration or shard_compat.has_explicit_sharding(operand):
+        return 1, rows
+    iterations = -(-rows // per_iteration)
+    return iterations, -(-rows // iterations)
+
+
+def planes_first(x: jax.Array, iterations: int, planes: int, channels: int) -> jax.Array:
+    """``(rows, planes * channels)`` -> ``(iterations, planes, rows // iterations, channels)``, iteration ``b``
+    holding rows ``b, b + iterations, ...``: interleaved, so that every iteration spans every shard of a row-sharded
+    operand, and planes first, so that each gather copies whole contiguous slabs."""
+    x = x.reshape(x.shape[0], planes, channels).reshape(-1, iterations, planes, channels)
+    return jnp.transpose(x, (1, 2, 0, 3))
+
+
+def rows_first(out: jax.Array) -> jax.Array:
+    """The inverse of :func:`planes_first`: ``(iterations, planes, rows_per, channels)`` -> ``(rows, planes * C)``."""
+    iterations, planes, per, channels = out.shape
+    return jnp.transpose(out, (2, 0, 1, 3)).reshape(per * iterations, planes * channels)
 
 
 @functools.lru_cache(maxsize=256)
 def _form(description: SymmetricContractionDescription, channels: int):
     # imported here: the multilinear primitive lives with the kernels (Pallas is imported on first use only)
     from e3nn_fast.kernels._aligned import compute_dtype
-    from e3nn_fast.kernels.symmetric_contraction_plan import SymmetricContractionForm, emit, programs
+    from e3nn_fast.kernels.symmetric_contraction_plan import SymmetricContractionForm
 
     class JnpForm(SymmetricContractionForm):
-        """The form without padding, evaluated with jnp over all lanes."""
+        """The form without padding, evaluated by its gather program on chunks of rows."""
 
         family = "jnp"
         uses_pallas = False
 
         def evaluate(self, out_slot, require, operands, interpret):
             del interpret
+            program = gather_program(self, out_slot, frozenset(require))
             inputs = [op for s, op in enumerate(operands) if s != out_slot]
-            rows = inputs[0].shape[0]
-            chunk = max(1, CHUNK_LANES // self.channels)
-            if rows <= chunk:
-                return self._evaluate(out_slot, require, operands)
-            n = -(-rows // chunk)  # zero rows pad the tail: every term has a factor from each batched input
-            chunked = [jnp.pad(x, [(0, n * chunk - rows), (0, 0)]).reshape(n, chunk, x.shape[1]) for x in inputs]
-
-            def one(xs):
-                full = list(xs)
-                full.insert(out_slot, None)
-                return self._evaluate(out_slot, require, full)
-
-            out = jax.lax.map(one, chunked)
-            return out.reshape(n * chunk, out.shape[-1])[:rows]
-
-        def _evaluate(self, out_slot, require, operands):
-            inputs = [op for s, op in enumerate(operands) if s != out_slot]
-            in_planes = [p for s, p in enumerate(self.planes) if s != out_slot]
-            rows = inputs[0].shape[0]
-            dtype = jnp.result_type(*inputs)
-            # (rows, planes, channels) views: a plane is rows of `channels` contiguous values, and XLA fuses the
-            # static plane slices of a whole output plane's polynomial into one loop (no transposes needed)
+            rows, dtype = inputs[0].shape[0], jnp.result_type(*inputs)
             accumulate = compute_dtype(dtype)  # float32 for 16-bit inputs, like the kernels
-            planes = [x.reshape(rows, p, self.channels).astype(accumulate) for x, p in zip(inputs, in_planes)]
-            load = lambda factor: planes[factor[0]][:, factor[1], :]
-            outs = {plane: emit(items, load) for plane, items in programs(self, out_slot, frozenset(require))}
-            zeros = jnp.zeros((rows, self.channels), dtype)
-            stacked = [
-                jnp.broadcast_to(jnp.asarray(outs.get(p, zeros)).astype(dtype), (rows, self.channels))
-                for p in range(self.planes[out_slot])
+            inputs = [x.astype(accumulate) for x in inputs]
+            iterations, per = row_loop(rows, self.channels, inputs[0])
+            if iterations == 1:  # (planes, rows, channels) slabs; the row axis is never split
+                shapes = [(rows, p, self.channels) for p in program.input_planes]
+                slabs = [jnp.swapaxes(x.reshape(shape), 0, 1) for x, shape in zip(inputs, shapes)]
+                out = jnp.swapaxes(run_gather_program(program, slabs), 0, 1)
+                return out.reshape(rows, program.out_planes * self.channels).astype(dtype)
+            # zero rows pad the tail: every term has a factor from each batched input, so they stay zero
+            padding = [(0, iterations * per - rows), (0, 0)]
+            chunked = [
+                planes_first(jnp.pad(x, padding), iterations, p, self.channels)
+                for x, p in zip(inputs, program.input_planes)
             ]
-            return jnp.stack(stacked, axis=1).reshape(rows, self.planes[out_slot] * self.channels)
+            out = jax.lax.map(lambda xs: run_gather_program(program, xs), chunked)
+            return rows_first(out)[:rows].astype(dtype)
 
     return JnpForm(description, channels, padded=False)
 
