@@ -79,6 +79,7 @@ CONFIGS = [
     ("0e+1o+2e", (1, 2, 3), "0e+1o", np.float32),
     ("2x0e+1o", (1, 3), None, np.float64),
     ("0e+1o", (2,), "0e", np.float64),
+    ("0e+1o", (1,), None, np.float64),  # linear: no shared prefixes, every term one input factor and a weight
 ]
 
 
