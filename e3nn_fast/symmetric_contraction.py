@@ -172,6 +172,22 @@ def symmetric_contraction(
     return IrrepsArray(description.irreps_out, out.reshape(leading + (num_channel, description.irreps_out.dim)))
 
 
+def _check_module_weights(description: SymmetricContractionDescription, weights, num_channel: int) -> None:
+    """The weights a module's ``get_parameter`` returned: ``(mul, num_channel)`` floating arrays, one per block."""
+    for block in description.blocks:
+        w = weights[block.name]
+        if tuple(getattr(w, "shape", ())) != (block.mul, num_channel):
+            raise ValueError(
+                f"SymmetricTensorProduct: get_parameter returned shape {tuple(getattr(w, 'shape', ()))} for "
+                f"{block.name}; it must return the requested shape (mul, num_channel) = ({block.mul}, {num_channel})"
+            )
+        if not jnp.issubdtype(w.dtype, jnp.floating):
+            raise TypeError(
+                f"SymmetricTensorProduct: get_parameter returned dtype {w.dtype} for {block.name}; weights must be "
+                "floating-point"
+            )
+
+
 def contract_shared_weights(
     description: SymmetricContractionDescription, x: jax.Array, weights: Mapping[str, jax.Array]
 ) -> jax.Array:
@@ -182,8 +198,9 @@ def contract_shared_weights(
     Pallas executors are one multilinear primitive, whose batching rule folds the mapped nodes into its rows, so a
     vmapped module runs as one contraction over all nodes (and per-node weights become per-row weights).
     """
-    dtype = jnp.result_type(x.dtype, *[weights[name].dtype for name in description.weight_names])
     num_channel = x.shape[0]
+    _check_module_weights(description, weights, num_channel)
+    dtype = jnp.result_type(x.dtype, *[weights[name].dtype for name in description.weight_names])
     if not description.blocks:
         return jnp.zeros((num_channel, 0), dtype)
     arrays = tuple(weights[name].astype(dtype)[None] for name in description.weight_names)

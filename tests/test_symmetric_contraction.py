@@ -83,9 +83,11 @@ CONFIGS = [
 ]
 
 
+@pytest.mark.parametrize("slab_padding", [0, 3], ids=["slabs unpadded", "slabs padded"])
 @pytest.mark.parametrize("irreps,orders,keep,dtype", CONFIGS)
-def test_jnp_executor_matches_reference_with_gradients(irreps, orders, keep, dtype, monkeypatch):
+def test_jnp_executor_matches_reference_with_gradients(irreps, orders, keep, dtype, slab_padding, monkeypatch):
     monkeypatch.setattr(xla_module, "CHUNK_LANES", 8)  # chunks of 2 nodes: several chunks and a padded tail
+    monkeypatch.setattr(xla_module, "slab_padding", lambda lanes, itemsize: slab_padding)
     description, x, species, weights = make_inputs(irreps, orders, keep, 9, 4, 3, dtype)
     species = species.at[-1].set(7)  # out of range: zero weights, zero output
 

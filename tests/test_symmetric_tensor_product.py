@@ -182,3 +182,18 @@ def test_bad_input():
         hk.transform(missing_channel_axis).init(None, jnp.ones((4,)))
     with pytest.raises(ValueError, match="keep_irrep_out"):
         hk.transform(lambda: SymmetricTensorProduct((1,), keep_irrep_out="2x0e")).init(None)
+
+
+@pytest.mark.parametrize("returned", [lambda s: s[::-1], lambda s: s[:1], lambda s: (2,) + s])
+def test_get_parameter_returning_a_wrong_shape_is_named(returned):
+    get_parameter = lambda name, shape, dtype: jnp.ones(returned(shape), dtype)
+    f = hk.transform(lambda x: SymmetricTensorProduct((1, 2), get_parameter=get_parameter)(IrrepsArray("0e+1o", x)))
+    with pytest.raises(ValueError, match=r"get_parameter returned shape .* for w2_0e.*\(2, 3\)"):
+        f.apply({}, None, jnp.ones((3, 4)))
+
+
+def test_get_parameter_returning_integers_is_refused():
+    get_parameter = lambda name, shape, dtype: jnp.ones(shape, jnp.int32)
+    f = hk.transform(lambda x: SymmetricTensorProduct((1,), get_parameter=get_parameter)(IrrepsArray("0e+1o", x)))
+    with pytest.raises(TypeError, match="get_parameter returned dtype int32"):
+        f.apply({}, None, jnp.ones((3, 4)))

@@ -16,8 +16,8 @@ program of the same form (not autodiff of gathers, which would scatter); the pri
 ``vmap`` and derivatives of any order.
 
 Measured on the 2-core CPU VM, ``python -m bench --workloads sc-mace`` (200 nodes x 128 channels x
-``0e+1o+2e+3o``, orders 1-3, 10 species, fp32, 2026-12-06): forward 6.5 ms, forward+backward 49 ms, forces 54 ms,
-against e3nn-jax's 308 / 509 / 652 ms; compile 0.32 / 1.45 / 1.26 s against 0.31 / 1.02 / 1.08 s.
+``0e+1o+2e+3o``, orders 1-3, 10 species, fp32, 2026-12-06): forward 7.3 ms, forward+backward 23 ms, forces 35 ms,
+against e3nn-jax's 321 / 502 / 664 ms; compile 1.13x e3nn-jax's (geometric mean over the three passes).
 """
 
 from __future__ import annotations
@@ -36,9 +36,12 @@ from e3nn_fast.xla.symmetric_contraction_gathers import gather_program, run_gath
 __all__ = ["symmetric_contraction"]
 
 # Lanes (rows x channels) per iteration of the row loop on CPU: small enough that every plane and prefix product of
-# the rows in flight stays in cache while the gathers re-read them (measured at MACE size, 128 channels, on 2 CPU
-# cores: 8 rows beat 4 and 16, and one pass over all rows was several times slower).  The loop body is compiled once.
-CHUNK_LANES = 1024
+# the rows in flight stays in cache while the gathers re-read them; the loop body is compiled once.  Measured at MACE
+# size (128 channels, 2 CPU cores, all settings in one process): 9-16 rows per iteration within 10 % of each other,
+# one pass over all rows several times slower.  10 rows (5 KiB slabs at 128 channels) with the padding of
+# `slab_padding`, against 8 rows unpadded: fwd / fwd+bwd / forces 4.6 / 21 / 87 ms against 6.9 / 37 / 120 ms at
+# 200 nodes, 33 / 128 / 422 against 44 / 207 / 600 ms at 1,000 nodes.
+CHUNK_LANES = 1280
 # Elsewhere (GPU, TPU) a loop iteration is a few kernel launches, so iterations are made large; the bound keeps the
 # prefix products (about a thousand planes per lane for MACE's forms) to a few hundred MB.  Not yet measured.
 ACCELERATOR_CHUNK_LANES = 65536
@@ -56,18 +59,29 @@ def row_loop(rows: int, channels: int, operand) -> tuple[int, int]:
     return iterations, -(-rows // iterations)
 
 
-def planes_first(x: jax.Array, iterations: int, planes: int, channels: int) -> jax.Array:
-    """``(rows, planes * channels)`` -> ``(iterations, planes, rows // iterations, channels)``, iteration ``b``
-    holding rows ``b, b + iterations, ...``: interleaved, so that every iteration spans every shard of a row-sharded
-    operand, and planes first, so that each gather copies whole contiguous slabs."""
+def slab_padding(lanes: int, itemsize: int) -> int:
+    """Lanes of zeros appended to each ``lanes``-long slab so that consecutive slabs do not start a multiple of
+    2 KiB apart.  An evaluation reads some 30 slabs at the same offset at once (a bin's factors); at a power-of-two
+    stride those all map to the same L1/L2 cache sets and evict each other (measured at 128 channels, 8 rows = 4 KiB
+    slabs: fwd+bwd 40-45 ms, against 23-24 ms with 7 rows)."""
+    return 16 if (lanes * itemsize) % 2048 == 0 else 0
+
+
+def planes_first(x: jax.Array, iterations: int, planes: int, channels: int, pad: int) -> jax.Array:
+    """``(rows, planes * channels)`` -> ``(iterations, planes, lanes + pad)``, iteration ``b`` holding rows
+    ``b, b + iterations, ...`` (``lanes = rows // iterations * channels``): interleaved, so that every iteration spans
+    every shard of a row-sharded operand; planes first, so that each gather copies a whole contiguous slab."""
     x = x.reshape(x.shape[0], planes, channels).reshape(-1, iterations, planes, channels)
-    return jnp.transpose(x, (1, 2, 0, 3))
+    x = jnp.transpose(x, (1, 2, 0, 3))
+    x = x.reshape(iterations, planes, -1)
+    return jnp.pad(x, [(0, 0), (0, 0), (0, pad)]) if pad else x
 
 
-def rows_first(out: jax.Array) -> jax.Array:
-    """The inverse of :func:`planes_first`: ``(iterations, planes, rows_per, channels)`` -> ``(rows, planes * C)``."""
-    iterations, planes, per, channels = out.shape
-    return jnp.transpose(out, (2, 0, 1, 3)).reshape(per * iterations, planes * channels)
+def rows_first(out: jax.Array, channels: int, pad: int) -> jax.Array:
+    """The inverse of :func:`planes_first`: ``(iterations, planes, lanes + pad)`` -> ``(rows, planes * channels)``."""
+    iterations, planes, lanes = out.shape
+    out = out[:, :, : lanes - pad].reshape(iterations, planes, -1, channels)
+    return jnp.transpose(out, (2, 0, 1, 3)).reshape(-1, planes * channels)
 
 
 @functools.lru_cache(maxsize=256)
@@ -97,12 +111,13 @@ def _form(description: SymmetricContractionDescription, channels: int):
                 return out.reshape(rows, program.out_planes * self.channels).astype(dtype)
             # zero rows pad the tail: every term has a factor from each batched input, so they stay zero
             padding = [(0, iterations * per - rows), (0, 0)]
+            pad = slab_padding(per * self.channels, jnp.dtype(accumulate).itemsize)
             chunked = [
-                planes_first(jnp.pad(x, padding), iterations, p, self.channels)
+                planes_first(jnp.pad(x, padding), iterations, p, self.channels, pad)
                 for x, p in zip(inputs, program.input_planes)
             ]
             out = jax.lax.map(lambda xs: run_gather_program(program, xs), chunked)
-            return rows_first(out)[:rows].astype(dtype)
+            return rows_first(out, self.channels, pad)[:rows].astype(dtype)
 
     return JnpForm(description, channels, padded=False)
 

@@ -121,8 +121,8 @@ def gather_program(form, out_slot: int, require: frozenset) -> GatherProgram:
 
 
 def run_gather_program(program: GatherProgram, inputs: Sequence[jax.Array]) -> jax.Array:
-    """Evaluate ``program`` on planes-first inputs ``(planes_i, rows, channels)``; returns
-    ``(out_planes, rows, channels)`` in the inputs' (common) dtype."""
+    """Evaluate ``program`` on planes-first inputs ``(planes_i, *slab)`` (a slab: ``(rows, channels)`` or flat
+    lanes, the same for every input); returns ``(out_planes, *slab)`` in the inputs' (common) dtype."""
     dtype = jnp.result_type(*inputs)
     # ones and zeros made from an input keep its sharding (a mesh with explicit axes refuses to mix shardings)
     a = jnp.concatenate([x.astype(dtype) for x in inputs] + [jnp.ones_like(inputs[0][:1], dtype)], axis=0)
@@ -131,7 +131,7 @@ def run_gather_program(program: GatherProgram, inputs: Sequence[jax.Array]) -> j
         prefix = prefix[parent] * a[leaf]
     binned = None
     for b in range(program.parent.shape[1]):
-        weight = jnp.asarray(program.value[:, b, None, None], dtype)
+        weight = jnp.asarray(program.value[:, b].reshape((-1,) + (1,) * (a.ndim - 1)), dtype)
         term = prefix[program.parent[:, b]] * a[program.leaf[:, b]] * weight
         binned = term if binned is None else binned + term
     binned = jnp.concatenate([binned, jnp.zeros_like(binned[:1])], axis=0)  # the zero bin that pads the table
