@@ -104,7 +104,9 @@ def _form(description: SymmetricContractionDescription, channels: int):
             accumulate = compute_dtype(dtype)  # float32 for 16-bit inputs, like the kernels
             inputs = [x.astype(accumulate) for x in inputs]
             iterations, per = row_loop(rows, self.channels, inputs[0])
-            if iterations == 1:  # (planes, rows, channels) slabs; the row axis is never split
+            # (planes, rows, channels) slabs under explicit sharding, where merging the sharded row axis into flat
+            # lanes would need a stated sharding; flat slabs elsewhere (~5 % faster at 21 nodes x 32 channels)
+            if iterations == 1 and shard_compat.has_explicit_sharding(inputs[0]):
                 shapes = [(rows, p, self.channels) for p in program.input_planes]
                 slabs = [jnp.swapaxes(x.reshape(shape), 0, 1) for x, shape in zip(inputs, shapes)]
                 out = jnp.swapaxes(run_gather_program(program, slabs), 0, 1)
@@ -116,7 +118,10 @@ def _form(description: SymmetricContractionDescription, channels: int):
                 planes_first(jnp.pad(x, padding), iterations, p, self.channels, pad)
                 for x, p in zip(inputs, program.input_planes)
             ]
-            out = jax.lax.map(lambda xs: run_gather_program(program, xs), chunked)
+            if iterations == 1:
+                out = run_gather_program(program, [x[0] for x in chunked])[None]
+            else:
+                out = jax.lax.map(lambda xs: run_gather_program(program, xs), chunked)
             return rows_first(out, self.channels, pad)[:rows].astype(dtype)
 
     return JnpForm(description, channels, padded=False)
