@@ -138,6 +138,10 @@ SWEEP = (
     ("sc default", "", ("sc-mace",), "e3nn_fast:fused-pallas"),
     ("sc warps 8", "symmetric_contraction.num_warps=8", ("sc-mace",), "e3nn_fast:fused-pallas"),
     ("sc tile 256", "symmetric_contraction.tile_elements=256", ("sc-mace",), "e3nn_fast:fused-pallas"),
+    # the jnp executor's row loop (auto's choice until a kernel wins): default 65,536 lanes per iteration off CPU
+    ("sc jnp default", "", ("sc-mace",), "e3nn_fast:fused-jnp"),
+    ("sc jnp lanes 16k", "symmetric_contraction.jnp_chunk_lanes=16384", ("sc-mace",), "e3nn_fast:fused-jnp"),
+    ("sc jnp lanes 256k", "symmetric_contraction.jnp_chunk_lanes=262144", ("sc-mace",), "e3nn_fast:fused-jnp"),
     ("fc default", "", ("fctp",), "e3nn_fast:pallas"),
     ("fc old shape", "fully_connected.planes_per_program=1000", ("fctp",), "e3nn_fast:pallas"),
     ("fc stages 1", "fully_connected.num_stages=1", ("fctp",), "e3nn_fast:pallas"),

@@ -103,6 +103,18 @@ def test_jnp_executor_matches_reference_with_gradients(irreps, orders, keep, dty
     np.testing.assert_array_equal(np.asarray(ours[0][-1]), 0.0)
 
 
+def test_row_loop_knob_changes_the_loop_not_the_result():
+    from e3nn_fast.kernels import tuning
+
+    description, x, species, weights = make_inputs("0e+1o", (1, 2), None, 9, 4, 3, np.float64)
+    assert xla_module.row_loop(9, 4, x) == (1, 9)  # 36 lanes: one pass by default
+    with tuning.override(symmetric_contraction__jnp_chunk_lanes=8):
+        assert xla_module.row_loop(9, 4, x) == (5, 2)  # 2 rows per iteration, the tail padded
+        chunked = jax.jit(lambda x: jnp_executor(description, x, species, weights))(x)
+    one_pass = jax.jit(lambda x: jnp_executor(description, x, species, weights))(x)
+    np.testing.assert_allclose(np.asarray(chunked), np.asarray(one_pass), rtol=1e-13, atol=1e-13)
+
+
 def test_sparse_terms_rebuild_the_dense_basis():
     description = describe("0e+1o+2e", (1, 2, 3), None)
     for block in description.blocks:

@@ -45,6 +45,9 @@ Knobs (``family.name``):
                                     every channel per program)
 ``symmetric_contraction.tile_elements``      elements of one (node block, channel block) plane
 ``symmetric_contraction.max_channel_block``  upper bound on the channels of a block
+``symmetric_contraction.jnp_chunk_lanes``    rows x channels per iteration of the *jnp* executor's row loop
+                                    (default: 1,280 on CPU, 65,536 elsewhere; see
+                                    :mod:`e3nn_fast.xla.symmetric_contraction`)
 =================================== ===================================================================================
 
 Block sizes must be powers of two (Triton's arrays are); a malformed or unknown entry raises ``ValueError`` naming
@@ -81,6 +84,7 @@ _BLOCK_KNOBS = {
     "message_passing.target_programs": False,
     "symmetric_contraction.tile_elements": True,
     "symmetric_contraction.max_channel_block": True,
+    "symmetric_contraction.jnp_chunk_lanes": False,
 }
 KNOBS: dict[str, bool] = {
     **{f"{family}.num_warps": True for family in FAMILIES},

@@ -43,7 +43,8 @@ __all__ = ["symmetric_contraction"]
 # 200 nodes, 33 / 128 / 422 against 44 / 207 / 600 ms at 1,000 nodes.
 CHUNK_LANES = 1280
 # Elsewhere (GPU, TPU) a loop iteration is a few kernel launches, so iterations are made large; the bound keeps the
-# prefix products (about a thousand planes per lane for MACE's forms) to a few hundred MB.  Not yet measured.
+# prefix products (about a thousand planes per lane for MACE's forms) to a few hundred MB.  Not yet measured: the
+# device session sweeps it (``E3NN_FAST_TUNE=symmetric_contraction.jnp_chunk_lanes=N``, bench/device.py).
 ACCELERATOR_CHUNK_LANES = 65536
 
 
@@ -51,7 +52,10 @@ def row_loop(rows: int, channels: int, operand) -> tuple[int, int]:
     """``(iterations, rows per iteration)`` of the row loop: one iteration when the rows fit in one, or when the
     operand is sharded on a mesh with explicit axes (splitting its sharded row axis needs a stated sharding; a
     single pass needs none)."""
-    lanes = CHUNK_LANES if jax.default_backend() == "cpu" else ACCELERATOR_CHUNK_LANES
+    from e3nn_fast.kernels import tuning  # the knob table (no Pallas import)
+
+    default = CHUNK_LANES if jax.default_backend() == "cpu" else ACCELERATOR_CHUNK_LANES
+    lanes = tuning.value("symmetric_contraction.jnp_chunk_lanes", default)
     per_iteration = max(1, lanes // channels)
     if rows <= per_iteration or shard_compat.has_explicit_sharding(operand):
         return 1, rows
