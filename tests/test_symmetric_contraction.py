@@ -107,7 +107,8 @@ def test_row_loop_knob_changes_the_loop_not_the_result():
     from e3nn_fast.kernels import tuning
 
     description, x, species, weights = make_inputs("0e+1o", (1, 2), None, 9, 4, 3, np.float64)
-    assert xla_module.row_loop(9, 4, x) == (1, 9)  # 36 lanes: one pass by default
+    assert xla_module.row_loop(9, 4, x) == (2, 5)  # 36 lanes: two iterations on CPU all the same
+    assert xla_module.row_loop(1, 4, x) == (1, 1)
     with tuning.override(symmetric_contraction__jnp_chunk_lanes=8):
         assert xla_module.row_loop(9, 4, x) == (5, 2)  # 2 rows per iteration, the tail padded
         chunked = jax.jit(lambda x: jnp_executor(description, x, species, weights))(x)

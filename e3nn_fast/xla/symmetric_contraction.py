@@ -48,18 +48,25 @@ CHUNK_LANES = 1280
 ACCELERATOR_CHUNK_LANES = 65536
 
 
+# On CPU, a row loop of at least this many iterations even when the rows would fit in one: XLA compiles a single
+# pass's gathers together with the ops that produce their operands (``concatenate_gather_fusion``s in the profile),
+# and those ran 5-20x slower than the same program as a loop body (21 nodes x 32 channels, every irrep kept: forces
+# 27 -> 5.0 ms with 2 iterations; 6 nodes: 14 -> 4.3 ms; 10 nodes x 64 channels: 44 -> 4.5 ms; 2 cores).
+MIN_CPU_ITERATIONS = 2
+
+
 def row_loop(rows: int, channels: int, operand) -> tuple[int, int]:
-    """``(iterations, rows per iteration)`` of the row loop: one iteration when the rows fit in one, or when the
-    operand is sharded on a mesh with explicit axes (splitting its sharded row axis needs a stated sharding; a
-    single pass needs none)."""
+    """``(iterations, rows per iteration)`` of the row loop.  One pass for fewer than two rows, or when the operand
+    is sharded on a mesh with explicit axes (splitting its sharded row axis needs a stated sharding; a single pass
+    needs none)."""
     from e3nn_fast.kernels import tuning  # the knob table (no Pallas import)
 
-    default = CHUNK_LANES if jax.default_backend() == "cpu" else ACCELERATOR_CHUNK_LANES
-    lanes = tuning.value("symmetric_contraction.jnp_chunk_lanes", default)
+    on_cpu = jax.default_backend() == "cpu"
+    lanes = tuning.value("symmetric_contraction.jnp_chunk_lanes", CHUNK_LANES if on_cpu else ACCELERATOR_CHUNK_LANES)
     per_iteration = max(1, lanes // channels)
-    if rows <= per_iteration or shard_compat.has_explicit_sharding(operand):
+    if rows < 2 or shard_compat.has_explicit_sharding(operand):
         return 1, rows
-    iterations = -(-rows // per_iteration)
+    iterations = max(MIN_CPU_ITERATIONS if on_cpu else 1, -(-rows // per_iteration))
     return iterations, -(-rows // iterations)
 
 
