@@ -80,6 +80,7 @@ CONFIGS = [
     ("2x0e+1o", (1, 3), None, np.float64),
     ("0e+1o", (2,), "0e", np.float64),
     ("0e+1o", (1,), None, np.float64),  # linear: no shared prefixes, every term one input factor and a weight
+    ("0e+1o", (2, 4), "0e+1o", np.float64),  # order 4: three prefix levels in the jnp executor's gather program
 ]
 
 
