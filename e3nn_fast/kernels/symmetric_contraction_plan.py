@@ -68,6 +68,15 @@ class SymmetricContractionForm(MultilinearPlan):
         needed = require | {out_slot}
         return any(needed <= slots for slots in self._slot_sets)
 
+    def output_terms(self, out_slot: int, require: frozenset):
+        """``(value, out plane, other factors)`` for every term involving ``out_slot`` and each slot of ``require``:
+        the terms of one evaluation ``dF/d(out_slot)``, whichever executor runs it."""
+        needed = require | {out_slot}
+        for (value, factors), slots in zip(self.terms, self._slot_sets):
+            if needed <= slots:
+                plane = next(p for s, p in factors if s == out_slot)
+                yield value, plane, tuple((s, p) for s, p in factors if s != out_slot)
+
 
 def factorise(products):
     """A Horner-like expression for ``sum_p value_p * prod(factors_p)`` (factors hashable and orderable).
@@ -98,15 +107,11 @@ def programs(form: SymmetricContractionForm, out_slot: int, require: frozenset):
     every slot of ``require``; factors are ``(input position, plane)``, positions counting the slots but
     ``out_slot``."""
     position = {slot: pos for pos, slot in enumerate(s for s in range(len(form.slots)) if s != out_slot)}
-    needed = require | {out_slot}
     grouped: dict = {}
-    for (value, factors), slots in zip(form.terms, form._slot_sets):
-        if not needed <= slots:
-            continue
-        plane = next(p for s, p in factors if s == out_slot)
-        others = tuple(sorted((position[s], p) for s, p in factors if s != out_slot))
+    for value, plane, others in form.output_terms(out_slot, require):
+        key = tuple(sorted((position[s], p) for s, p in others))
         products = grouped.setdefault(plane, {})
-        products[others] = products.get(others, 0.0) + value
+        products[key] = products.get(key, 0.0) + value
     return tuple(
         (plane, factorise([(v, fs) for fs, v in products.items()])) for plane, products in sorted(grouped.items())
     )

@@ -66,13 +66,9 @@ def _terms_by_output_plane(form, out_slot: int, require: frozenset):
     """``{(out plane, sorted factor indices into a): value}`` over the terms involving ``require | {out_slot}``."""
     inputs = [s for s in range(len(form.slots)) if s != out_slot]
     offsets = dict(zip(inputs, np.cumsum([0] + [form.planes[s] for s in inputs]).tolist()))
-    needed = require | {out_slot}
     merged: dict = {}
-    for (value, factors), slots in zip(form.terms, form._slot_sets):
-        if not needed <= slots:
-            continue
-        plane = next(p for s, p in factors if s == out_slot)
-        key = (plane, tuple(sorted(offsets[s] + p for s, p in factors if s != out_slot)))
+    for value, plane, others in form.output_terms(out_slot, require):
+        key = (plane, tuple(sorted(offsets[s] + p for s, p in others)))
         merged[key] = merged.get(key, 0.0) + value
     return {key: v for key, v in merged.items() if v != 0.0}, sum(form.planes[s] for s in inputs)
 
