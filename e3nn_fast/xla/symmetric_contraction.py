@@ -9,8 +9,9 @@ species weights are gathered once.  Each evaluation is a :mod:`gather program
 number of terms, so the compiled program stays small (MACE's 1301 terms unrolled one op each took 10-30 s to
 compile with their gradients).
 
-Rows are processed in chunks of :data:`CHUNK_LANES` lanes (``lax.map``), laid out planes first
-``(planes, rows, channels)``, so that a chunk's planes and prefix products stay in cache while the gathers re-read
+Rows are processed by a row loop (``lax.map``, :func:`row_loop`): iterations of :data:`CHUNK_LANES` lanes on CPU
+(at least :data:`MIN_CPU_ITERATIONS`), each a flat slab per plane, planes first and padded off power-of-two strides
+(:func:`slab_padding`), so that an iteration's planes and prefix products stay in cache while the gathers re-read
 them.  The form is bound to the multilinear primitive like the kernels, so every gradient is another gather
 program of the same form (not autodiff of gathers, which would scatter); the primitive also gives ``jax.jvp``,
 ``vmap`` and derivatives of any order.
