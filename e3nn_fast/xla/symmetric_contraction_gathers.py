@@ -7,7 +7,8 @@ ops for MACE's forms (``0e+1o+2e+3o``, orders 1-3: 1301 terms); XLA then needs 1
 Here the terms become index tables built once per (form, output slot, required slots) with NumPy, and the
 evaluation is a fixed handful of gathers along the plane axis, whatever the number of terms:
 
-1. ``a``: every input plane stacked, planes first, ``(planes, rows, channels)``, plus a plane of ones.
+1. ``a``: every input plane stacked, planes first (one slab of the rows' channels per plane, flat or
+   ``(rows, channels)``), plus a plane of ones.
 2. Every term's input factors, as indices into ``a`` sorted ascending, padded with the ones plane to one depth
    ``D``.  Shared prefixes are multiplied once, level by level: ``P1 = a`` and
    ``Pj = P(j-1)[parent] * a[leaf]`` over the distinct prefixes of length ``j`` (MACE's cubic monomials
@@ -18,8 +19,8 @@ evaluation is a fixed handful of gathers along the plane axis, whatever the numb
    several times slower).
 4. ``out[p] = sum_j s[table[p, j]]``, ``table`` listing each output plane's bins, padded with an all-zero bin.
 
-Planes first keeps every gather a copy of whole ``rows x channels`` slabs (contiguous), which is why gathers are
-cheap here; the executor runs this on chunks of a few rows so that the slabs stay in cache.
+Planes first keeps every gather a copy of whole contiguous slabs, which is why gathers are cheap here; the executor
+runs this on chunks of a few rows so that the slabs stay in cache (:mod:`e3nn_fast.xla.symmetric_contraction`).
 """
 
 from __future__ import annotations
