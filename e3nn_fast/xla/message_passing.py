@@ -48,9 +48,13 @@ from e3nn_fast.irreps_array import IrrepsArray, times_scalar_block
 from e3nn_fast.reference.message_passing import MessagePassingSpec
 from e3nn_fast.xla.tensor_product import tensor_product as xla_tensor_product
 
-# Elements of one chunk's message array ``(chunk, irreps_out.dim)``: ~1 MiB in float32, which keeps the per-chunk
-# temporaries cache-sized on CPU while amortising the loop's per-iteration cost.
-TARGET_CHUNK_ELEMENTS = 1 << 18
+# Elements of one chunk's message array ``(chunk, irreps_out.dim)``: ~2 MiB in float32, which keeps the per-chunk
+# temporaries cache-sized on CPU while amortising the loop's per-iteration cost.  Measured against 1 << 18 in one
+# process per workload (2 cores, 2026-12-06, fwd / fwd+bwd / forces, two runs): mp-nequip-benzene (13 edges per
+# chunk before) 16.6 / 51 / 37 -> 14.4 / 45 / 32 ms and 18.3 / 59 / 42 -> 16.7 / 51 / 35 ms, mp-mace-large 41 -> 34
+# and 34 -> 30 ms fwd+bwd (forces 21 -> 24, then 22 -> 21 ms), mp-mace-medium 23.5 -> 22.1 ms fwd+bwd; 1 << 20 was
+# no better.
+TARGET_CHUNK_ELEMENTS = 1 << 19
 MIN_CHUNK = 8
 
 
