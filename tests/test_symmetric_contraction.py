@@ -108,10 +108,10 @@ def test_row_loop_knob_changes_the_loop_not_the_result():
     from e3nn_fast.kernels import tuning
 
     description, x, species, weights = make_inputs("0e+1o", (1, 2), None, 9, 4, 3, np.float64)
-    assert xla_module.row_loop(9, 4, x) == (2, 5)  # 36 lanes: two iterations on CPU all the same
-    assert xla_module.row_loop(1, 4, x) == (1, 1)
+    assert xla_module.row_loop(9, 4) == (2, 5)  # 36 lanes: two iterations on CPU all the same
+    assert xla_module.row_loop(1, 4) == (1, 1)
     with tuning.override(symmetric_contraction__jnp_chunk_lanes=8):
-        assert xla_module.row_loop(9, 4, x) == (5, 2)  # 2 rows per iteration, the tail padded
+        assert xla_module.row_loop(9, 4) == (5, 2)  # 2 rows per iteration, the tail padded
         chunked = jax.jit(lambda x: jnp_executor(description, x, species, weights))(x)
     one_pass = jax.jit(lambda x: jnp_executor(description, x, species, weights))(x)
     np.testing.assert_allclose(np.asarray(chunked), np.asarray(one_pass), rtol=1e-13, atol=1e-13)

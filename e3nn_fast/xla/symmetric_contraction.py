@@ -56,16 +56,14 @@ ACCELERATOR_CHUNK_LANES = 65536
 MIN_CPU_ITERATIONS = 2
 
 
-def row_loop(rows: int, channels: int, operand) -> tuple[int, int]:
-    """``(iterations, rows per iteration)`` of the row loop.  One pass for fewer than two rows, or when the operand
-    is sharded on a mesh with explicit axes (splitting its sharded row axis needs a stated sharding; a single pass
-    needs none)."""
+def row_loop(rows: int, channels: int) -> tuple[int, int]:
+    """``(iterations, rows per iteration)`` of the row loop (one pass for fewer than two rows)."""
     from e3nn_fast.kernels import tuning  # the knob table (no Pallas import)
 
     on_cpu = jax.default_backend() == "cpu"
     lanes = tuning.value("symmetric_contraction.jnp_chunk_lanes", CHUNK_LANES if on_cpu else ACCELERATOR_CHUNK_LANES)
     per_iteration = max(1, lanes // channels)
-    if rows < 2 or shard_compat.has_explicit_sharding(operand):
+    if rows < 2:
         return 1, rows
     iterations = max(MIN_CPU_ITERATIONS if on_cpu else 1, -(-rows // per_iteration))
     return iterations, -(-rows // iterations)
@@ -115,14 +113,14 @@ def _form(description: SymmetricContractionDescription, channels: int):
             rows, dtype = inputs[0].shape[0], jnp.result_type(*inputs)
             accumulate = compute_dtype(dtype)  # float32 for 16-bit inputs, like the kernels
             inputs = [x.astype(accumulate) for x in inputs]
-            iterations, per = row_loop(rows, self.channels, inputs[0])
-            # (planes, rows, channels) slabs under explicit sharding, where merging the sharded row axis into flat
-            # lanes would need a stated sharding; flat slabs elsewhere (~5 % faster at 21 nodes x 32 channels)
-            if iterations == 1 and shard_compat.has_explicit_sharding(inputs[0]):
+            # one pass of (planes, rows, channels) slabs under explicit sharding: splitting the sharded row axis
+            # into iterations, or merging it into flat lanes, would need a stated sharding
+            if shard_compat.has_explicit_sharding(inputs[0]):
                 shapes = [(rows, p, self.channels) for p in program.input_planes]
                 slabs = [jnp.swapaxes(x.reshape(shape), 0, 1) for x, shape in zip(inputs, shapes)]
                 out = jnp.swapaxes(run_gather_program(program, slabs), 0, 1)
                 return out.reshape(rows, program.out_planes * self.channels).astype(dtype)
+            iterations, per = row_loop(rows, self.channels)
             # zero rows pad the tail: every term has a factor from each batched input, so they stay zero
             padding = [(0, iterations * per - rows), (0, 0)]
             pad = slab_padding(per * self.channels, jnp.dtype(accumulate).itemsize)
