@@ -121,11 +121,12 @@ SWEEP = (
     # the launch shape before issue 14 (16-row blocks of every channel: 188 node programs at this size)
     ("mp old shape", "message_passing.target_programs=1", ("mp-mace-large",), "e3nn_fast:fused-pallas"),
     ("mp rows 1", "message_passing.block_rows=1", ("mp-mace-large",), "e3nn_fast:fused-pallas"),
-    # edge tiles (issue 14): the settings that compile without spills at this size (bench/results/sm90/
-    # 2026-12-05-message-passing-edge-tiles.txt); the forward kernel sits at the 255-register cap in each
+    # edge tiles (issue 14): settings that compile without spills at this size (bench/results/sm90/
+    # 2026-12-05-message-passing-edge-tiles.txt, 2026-12-06-message-passing-edge-tiles.txt); a tile of T edges gets
+    # 256 / T channels unless the channel knob is set
     ("mp tile 2", "message_passing.edge_tile=2", ("mp-mace-large",), "e3nn_fast:fused-pallas"),
-    ("mp tile 4 channels 64", "message_passing.edge_tile=4,message_passing.channel_block=64", ("mp-mace-large",),
-     "e3nn_fast:fused-pallas"),
+    ("mp tile 4", "message_passing.edge_tile=4", ("mp-mace-large",), "e3nn_fast:fused-pallas"),
+    ("mp tile 8", "message_passing.edge_tile=8", ("mp-mace-large",), "e3nn_fast:fused-pallas"),
     ("mp tile 4 warps 8", "message_passing.edge_tile=4,message_passing.num_warps=8", ("mp-mace-large",),
      "e3nn_fast:fused-pallas"),
     ("mp channels 32 warps 1", "message_passing.channel_block=32,message_passing.num_warps=1", ("mp-mace-large",),
@@ -137,7 +138,8 @@ SWEEP = (
      "e3nn_fast:fused-pallas"),
     ("sc default", "", ("sc-mace",), "e3nn_fast:fused-pallas"),
     ("sc warps 8", "symmetric_contraction.num_warps=8", ("sc-mace",), "e3nn_fast:fused-pallas"),
-    ("sc tile 256", "symmetric_contraction.tile_elements=256", ("sc-mace",), "e3nn_fast:fused-pallas"),
+    # the plane size before 2026-12-06 (4 nodes x 128 channels: the kernels at the 255-register cap)
+    ("sc tile 512", "symmetric_contraction.tile_elements=512", ("sc-mace",), "e3nn_fast:fused-pallas"),
     # the jnp executor's row loop (auto's choice until a kernel wins): default 65,536 lanes per iteration off CPU
     ("sc jnp default", "", ("sc-mace",), "e3nn_fast:fused-jnp"),
     ("sc jnp lanes 16k", "symmetric_contraction.jnp_chunk_lanes=16384", ("sc-mace",), "e3nn_fast:fused-jnp"),

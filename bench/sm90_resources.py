@@ -80,7 +80,7 @@ from bench.device_numerics import vmapped_uvu_product
 
 # --- sm_90 (H100 / H200 SXM) limits ---------------------------------------------------------------------------------
 
-SM_COUNT = 132  # streaming multiprocessors of an H100 / H200 SXM
+SM_COUNT = tuning.SM_COUNT  # streaming multiprocessors of an H100 / H200 SXM
 MAX_SMEM = 227 * 1024  # 232448: shared memory one thread block may use (opt-in maximum)
 SMEM_PER_SM = 228 * 1024  # shared memory of one SM
 SMEM_RESERVED_PER_BLOCK = 1024  # taken by the system per resident block

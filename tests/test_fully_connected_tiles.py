@@ -105,4 +105,30 @@ def test_launch_shapes_at_mace_large_size():
     programs = {launch.name.removeprefix("e3nn_fully_connected_"): launch.grid[0] * launch.grid[1]
                 for launch in launches}
     assert len(launches) == 4 and set(programs) == {"out", "x1", "x2", "weights"}, programs
-    assert min(programs.values()) >= 3 * 132, programs
+    assert min(programs.values()) >= 4 * 132, programs
+
+
+@pytest.mark.parametrize("batch, rows, tiles, memory_cap", [
+    (5000, 16, 11, 1 << 20),  # MACE-large FCTP: 313 blocks, 45 splits before (rounded down), 3.75 programs per SM
+    (5000, 128, 12, 1 << 20),  # MACE-large Linear: 40 blocks of 128 rows, fewer than the 44 splits wanted
+    (5000, 16, 11, 20),  # the partial sums' memory caps the splits
+    (100_000, 64, 1, 1 << 20),  # max_splits caps them
+    (80, 16, 11, 1 << 20),  # a batch too small for the target
+    (3, 16, 3, 10),
+])
+def test_weight_gradient_grid(batch, rows, tiles, memory_cap):
+    """The weight gradient's grid covers the batch, gives every split rows, stays within its caps, and has as many
+    splits as wanted for ``target_programs`` or, where the caps or the batch stop that, the most an even split of
+    the blocks allows (brute force over the steps per split)."""
+    step, splits, per_split = fully_connected._weight_grid(batch, rows, tiles, memory_cap)
+    blocks = -(-batch // step)
+    cap = min(fully_connected.MAX_SPLITS, memory_cap)
+    assert fully_connected._min_block_rows() <= step <= rows
+    assert splits * per_split >= blocks and (splits - 1) * per_split < blocks and splits <= cap
+    wanted = -(-fully_connected.TARGET_PROGRAMS // tiles)
+    best = max(-(-blocks // p) for p in range(1, blocks + 1) if -(-blocks // p) <= cap)
+    assert splits >= min(wanted, best), (step, splits, per_split, best)
+    if splits < wanted:  # short of the target only at the smallest step or where the caps, not the blocks, bind
+        assert step == fully_connected._min_block_rows() or blocks >= min(wanted, cap), (step, blocks)
+    if step < rows:  # smaller steps only while the blocks were fewer than the splits wanted
+        assert -(-batch // (2 * step)) < min(wanted, cap)

@@ -186,6 +186,13 @@ def test_message_passing_launch_shape_at_mace_large_size():
         with tuning.override(message_passing__target_programs=1):
             assert kernel_mp.launch_shape(groups[name], 3000) == (16, 128)
     assert -(-3000 // 4) >= 4 * 132
+    # Edge tiles: at most EDGE_TILE_LANES (T x channels) unless the channel knob fixes them (T = 4 over 128 channels
+    # spilled); rows are then halved only as far as the target needs.
+    assert kernel_mp.launch_shape(groups["out"], 3000, tile=2) == (4, 128)
+    assert kernel_mp.launch_shape(groups["out"], 3000, tile=4) == (8, 64)
+    assert kernel_mp.launch_shape(groups["x1"], 3000, tile=8) == (16, 32)
+    with tuning.override(message_passing__channel_block=128):
+        assert kernel_mp.launch_shape(groups["out"], 3000, tile=4) == (4, 128)
     assert kernel_mp.launch_shape(groups["weights_batched"], 160000) == (16, 128)
     assert kernel_mp.splittable_width(groups["x2"]) is None
     assert kernel_mp.launch_shape(groups["x2"], 160000) == (16, 128)

@@ -221,7 +221,7 @@ def _zero_runs(columns: int, covered: Sequence[tuple[int, int]]) -> list[tuple[i
 # and no input is read twice.  Groups that reduce over the lanes (one-channel outputs) keep all their lanes.
 
 LIVE_ELEMENTS = 16384  # elements of the planes one program keeps live at once (~128 registers per thread at 4 warps)
-TARGET_PROGRAMS = 4 * 132  # programs a launch aims at: 4 per SM of a 132-SM H100 / H200
+TARGET_PROGRAMS = tuning.TARGET_PROGRAMS  # programs a launch aims at: 4 per SM of a 132-SM H100 / H200
 CHANNEL_BLOCK = None  # lanes of a lane block: None chooses them per launch (see _launch_shape)
 MIN_LANES = 32  # lane blocks at least a warp wide (128-byte rows of float32)
 MIN_REDUCING_ROWS = 2  # rows of a block at least when a group sums over lanes it cannot split

@@ -75,7 +75,7 @@ BLOCK_ROWS = None  # rows of a block: None chooses them per launch (see _block_r
 MIN_BLOCK_ROWS = 16  # Triton's smallest dot tile
 MAX_BLOCK_ROWS = 128  # rows of a block at most (narrow planes)
 PLANES_PER_PROGRAM = 1  # output planes one product-kernel program computes (one after the other)
-TARGET_PROGRAMS = 512  # programs a launch aims at (about 4 per SM of a 132-SM H100 / H200)
+TARGET_PROGRAMS = tuning.TARGET_PROGRAMS  # programs a launch aims at: 4 per SM of a 132-SM H100 / H200
 MAX_SPLITS = 128  # batch splits of the weight gradient at most
 MAX_PARTIAL_ELEMENTS = 1 << 26  # memory cap of the weight gradient's partial sums
 UNROLL_CHUNKS = 4  # chunk loops at most this long are unrolled at trace time
@@ -644,13 +644,8 @@ def _weight_gradient(plan: FullyConnectedPlan, operands, interpret: bool) -> jnp
     total_tiles, total_rows = start, row
     widest = max(path.padded_shape[2] for path in plan.paths)
 
-    blocks = -(-batch // rows)
-    target = _target_programs()
-    max_splits = tuning.value("fully_connected.max_splits", MAX_SPLITS)
-    splits = min(blocks, max_splits, max(1, -(-target // total_tiles)),
-                 max(1, MAX_PARTIAL_ELEMENTS // (total_rows * widest)))
-    per_split = -(-blocks // splits)
-    splits = -(-blocks // per_split)  # no split without rows
+    rows, splits, per_split = _weight_grid(batch, rows, total_tiles,
+                                           max(1, MAX_PARTIAL_ELEMENTS // (total_rows * widest)))
     padded = splits * per_split * rows
 
     kernel = _weight_kernel(tiles, rows, per_split, accumulate)
@@ -674,6 +669,31 @@ def _weight_gradient(plan: FullyConnectedPlan, operands, interpret: bool) -> jnp
         piece = partial[:, share.row : share.row + p1 * p2, :po]
         pieces.append(jnp.sum(piece, axis=0).reshape(-1))
     return jnp.concatenate(pieces).astype(dtype)
+
+
+def _weight_grid(batch: int, rows: int, tiles: int, memory_cap: int) -> tuple[int, int, int]:
+    """``(rows per step, splits, steps per split)`` of the weight gradient's grid ``(splits, tiles)``.
+
+    The launch aims at ``target_programs`` programs, with at most ``max_splits`` splits and ``memory_cap`` (the
+    partial sums), and every split has rows:
+
+    * a batch of fewer ``rows``-row blocks than the splits wanted gets smaller steps, down to ``min_block_rows``
+      (MACE-large ``Linear``: 40 blocks of 128 rows x 12 tiles, 3.6 programs per SM);
+    * the blocks are dealt out evenly, so a split count that does not divide them is rounded up where the caps allow:
+      rounding down (fewer, fuller splits) fell short of the target (MACE-large FCTP: 45 splits x 11 tiles, 3.75
+      programs per SM, for 48 wanted).
+    """
+    wanted = max(1, -(-_target_programs() // tiles))
+    cap = max(1, min(tuning.value("fully_connected.max_splits", MAX_SPLITS), memory_cap))
+    while rows // 2 >= _min_block_rows() and -(-batch // rows) < min(wanted, cap):
+        rows //= 2
+    blocks = -(-batch // rows)
+    cap = min(cap, blocks)
+    wanted = min(wanted, cap)
+    per_split = max(1, blocks // wanted)  # the most steps per split that still gives ``wanted`` splits or more
+    if -(-blocks // per_split) > cap:
+        per_split = -(-blocks // wanted)
+    return rows, -(-blocks // per_split), per_split
 
 
 def _weight_kernel(tiles, rows: int, per_split: int, dtype):

@@ -70,7 +70,7 @@ from e3nn_fast.reference.message_passing import MessagePassingSpec
 # size (3,000 nodes) 16-row blocks gave 188 programs, 1.4 per SM of a 132-SM H100 (issue 14).
 BLOCK_ROWS = 16  # rows of a block at most (a power of two).  Tests shrink it to get several programs.
 MIN_BLOCK_ROWS = 4  # rows are halved down to this; below it a launch splits channels instead (keeps a padded tail)
-TARGET_PROGRAMS = 4 * 132  # programs a node launch aims at: 4 per SM of a 132-SM H100 / H200
+TARGET_PROGRAMS = tuning.TARGET_PROGRAMS  # programs a node launch aims at: 4 per SM of a 132-SM H100 / H200
 # Channels per program: None chooses them per launch (every channel unless the rows alone cannot reach
 # TARGET_PROGRAMS); the ``message_passing.channel_block`` knob fixes them.  Split channel blocks run on a second grid
 # axis (see :func:`channel_block`).
@@ -82,6 +82,14 @@ MIN_CHANNELS = 32  # channel blocks at least a warp wide (128-byte rows of float
 # receivers and (T, width) blocks per factor, and sums the products over the tile (see :func:`_make_kernel`).  Edge
 # launches (x2, weights) always use 1: each of their rows has exactly one edge, so T - 1 lanes would be masked.
 EDGE_TILE = 1
+# Edges x channels of one tile at most, where the channels are not fixed by a knob: a node kernel keeps (T, channels)
+# blocks of every factor live, and at MACE-large size T = 4 over all 128 channels spilled 6.5 KB in the forward and
+# 416 B in the x-gradient, while T = 2 x 128 and T = 4 x 64 did not (bench/results/sm90/
+# 2026-12-05-message-passing-edge-tiles.txt).  So a tile of T edges gets at most this / T channels (not below
+# MIN_CHANNELS): T = 2, 4 and 8 then compile without spills, the forward kernel at the 255-register cap in each
+# (2026-12-06-message-passing-edge-tiles.txt; Triton gives every thread at least one register per live block, so
+# narrower blocks stop saving registers).
+EDGE_TILE_LANES = 256
 # Kernel family whose GPU lowering is used (see _pallas_compat.LOWERING; "message_passing" once it is listed).
 FAMILY = "message_passing" if "message_passing" in compat.LOWERING else "aligned"
 
@@ -195,9 +203,11 @@ def channel_block(groups, channels: Optional[int] = None) -> int:
     return width if channels is None else min(width, channels)
 
 
-def launch_shape(groups, rows: int) -> tuple[int, int]:
-    """``(rows per block, channels per program)`` of a launch over ``rows`` output rows (powers of two).
+def launch_shape(groups, rows: int, tile: int = 1) -> tuple[int, int]:
+    """``(rows per block, channels per program)`` of a launch over ``rows`` output rows (powers of two), whose
+    program gathers ``tile`` edges at once.
 
+    Channels start at every channel, or ``EDGE_TILE_LANES / tile`` for a tile of several edges (registers).
     Rows start at ``BLOCK_ROWS`` (no more than ``rows`` needs) and are halved down to ``MIN_BLOCK_ROWS`` while the
     launch has fewer than ``target_programs`` programs; then, where the channels can be split, channel blocks are
     halved down to ``MIN_CHANNELS``.  Rows first: a program with every channel uses all its threads on each gathered
@@ -211,6 +221,8 @@ def launch_shape(groups, rows: int) -> tuple[int, int]:
     block = min(BLOCK_ROWS if fixed_rows is None else fixed_rows, compat.next_power_of_2(rows))
     width = splittable_width(groups)
     channels = channel_block(groups, fixed_channels)
+    if fixed_channels is None and width is not None and tile > 1:
+        channels = min(channels, max(MIN_CHANNELS, EDGE_TILE_LANES // tile))
 
     def programs(block: int, channels: int) -> int:
         return -(-rows // block) * (1 if width is None else max(1, width // channels))
@@ -359,7 +371,8 @@ def _contract_kernel(plan: AlignedPlan, out_slot: int, operands, graph: Graph, r
     else:  # an edge slot: row e is edge e alone
         perm, offsets = jnp.arange(num_edges, dtype=jnp.int32), jnp.arange(num_edges + 1, dtype=jnp.int32)
     groups = _product_groups(plan, out_slot, frozenset())
-    block, channels = launch_shape(groups, rows)
+    tile = edge_tile(name)
+    block, channels = launch_shape(groups, rows, tile)
     blocks = -(-rows // block)
     # Rows of the padded tail have empty edge ranges (their offsets repeat the last one): they are written as zeros.
     offsets = jnp.concatenate([offsets, jnp.full((blocks * block - rows,), offsets[-1], jnp.int32)])
@@ -367,7 +380,6 @@ def _contract_kernel(plan: AlignedPlan, out_slot: int, operands, graph: Graph, r
         perm = senders = receivers = jnp.zeros((1,), jnp.int32)
     else:
         senders, receivers = graph.senders, graph.receivers
-    tile = edge_tile(name)
     if tile > 1:  # the last tile's vector load reads up to tile - 1 entries past the end: any valid edge id
         perm = jnp.concatenate([perm, jnp.zeros((tile - 1,), jnp.int32)])
     widest = max(width for _, width, _, _ in groups)

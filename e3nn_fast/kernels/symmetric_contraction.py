@@ -45,8 +45,11 @@ from e3nn_fast.symmetric_tensor_product import SymmetricContractionDescription
 _OWN_FAMILY = "symmetric_contraction" in compat.LOWERING and "symmetric_contraction" in compat.TRITON_WARPS
 FAMILY = "symmetric_contraction" if _OWN_FAMILY else "aligned"
 
-# Elements per (node block, channel block) plane: few enough that the unrolled polynomial stays in registers.
-TILE_ELEMENTS = 512
+# Elements per (node block, channel block) plane: few enough that the unrolled polynomial stays in registers.  At
+# MACE-large size (128 channels of 0e+1o+2e+3o, orders 1-3, 5,000 nodes; 4 warps) 512 put the forward and the x
+# gradients at the 255-register cap (2 programs resident per SM); 256 (2 nodes x 128 channels) needs 96-168 registers,
+# 3-5 resident, 2,500 programs (bench/results/sm90/2026-12-06-symmetric-contraction.txt).  The device sweep times both.
+TILE_ELEMENTS = 256
 MAX_CHANNEL_BLOCK = 128
 
 

@@ -64,6 +64,12 @@ from typing import Iterator, Optional
 ENV = "E3NN_FAST_TUNE"
 FAMILIES = ("aligned", "fully_connected", "message_passing", "symmetric_contraction")
 
+# The GPU the launch shapes are sized for: a 132-SM Hopper (H100 / H200 SXM).  A memory-bound kernel hides its load
+# latency only with several programs resident on every SM, so each family's launch aims at 4 programs per SM (issue
+# 14); the ``<family>.target_programs`` knobs change it per family.
+SM_COUNT = 132
+TARGET_PROGRAMS = 4 * SM_COUNT
+
 # knob -> whether its value must be a power of two
 _BLOCK_KNOBS = {
     "aligned.tile_elements": True,
