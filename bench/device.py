@@ -138,8 +138,10 @@ SWEEP = (
      "e3nn_fast:fused-pallas"),
     ("sc default", "", ("sc-mace",), "e3nn_fast:fused-pallas"),
     ("sc warps 8", "symmetric_contraction.num_warps=8", ("sc-mace",), "e3nn_fast:fused-pallas"),
-    # the plane size before 2026-12-06 (4 nodes x 128 channels: the kernels at the 255-register cap)
-    ("sc tile 512", "symmetric_contraction.tile_elements=512", ("sc-mace",), "e3nn_fast:fused-pallas"),
+    # the kernel before 2026-12-06: 4-node planes, every factor reloaded per output plane (24-30 s of Triton compile
+    # per kernel offline, against 3-4 s now)
+    ("sc old shape", "symmetric_contraction.tile_elements=512,symmetric_contraction.load_group_planes=1", ("sc-mace",),
+     "e3nn_fast:fused-pallas"),
     # the jnp executor's row loop (auto's choice until a kernel wins): default 65,536 lanes per iteration off CPU
     ("sc jnp default", "", ("sc-mace",), "e3nn_fast:fused-jnp"),
     ("sc jnp lanes 16k", "symmetric_contraction.jnp_chunk_lanes=16384", ("sc-mace",), "e3nn_fast:fused-jnp"),

@@ -122,6 +122,7 @@ KNOB_DEFAULTS = {
     "message_passing.edge_tile": ("e3nn_fast.kernels.message_passing", "EDGE_TILE"),
     "symmetric_contraction.tile_elements": ("e3nn_fast.kernels.symmetric_contraction", "TILE_ELEMENTS"),
     "symmetric_contraction.max_channel_block": ("e3nn_fast.kernels.symmetric_contraction", "MAX_CHANNEL_BLOCK"),
+    "symmetric_contraction.load_group_planes": ("e3nn_fast.kernels.symmetric_contraction", "LOAD_GROUP_PLANES"),
 }
 
 INSTALL_HINT = ("the offline sm_90 check needs the `triton` package (its compiler and ptxas; no GPU): install the "

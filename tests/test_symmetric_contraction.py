@@ -235,6 +235,28 @@ def test_kernels_and_gradient_graphs_lower(platform, marker):
     assert "dot_general" not in text
 
 
+def test_load_groups_change_the_loads_not_the_result():
+    """``symmetric_contraction.load_group_planes``: by default each factor is loaded once per program, with ``1``
+    once per output plane that uses it (the kernel before 2026-12-06); the lowered Triton kernel issues fewer loads
+    by default, and interpret mode gives the same numbers either way (forward, gradients, forces-style)."""
+    from bench.sm90_resources import triton_launches
+    from e3nn_fast.kernels import tuning
+
+    _require_pallas_lowering("cuda")
+    description, x, species, weights = make_inputs("0e+1o", (1, 2, 3), "0e+1o", 6, 3, 2, np.float64)
+    expected = derivatives(kernel_executor, description, species)(x, weights)
+    loads = {}
+    for group in (1, 2, None):
+        with tuning.override(**({} if group is None else {"symmetric_contraction__load_group_planes": group})):
+            assert_close(derivatives(kernel_executor, description, species)(x, weights), expected, 1e-12)
+            x32, w32 = x.astype(np.float32), jax.tree.map(lambda v: v.astype(np.float32), weights)
+            # a new function each time: jax.jit's trace cache does not know the knobs
+            forward = lambda x, w: kernel_module.symmetric_contraction(description, x, species, w, interpret=False)
+            (launch,) = triton_launches(_lower_for_platform(forward, (x32, w32), "cuda"))
+            loads[group] = launch.ttir.count("tt.load")
+    assert loads[None] < loads[2] < loads[1], loads  # 25 < 39 < 60 here (jax 0.10.2)
+
+
 @pytest.mark.parametrize("executor", [kernel_executor, jnp_executor], ids=["kernel", "jnp"])
 def test_empty_batch_and_half_precision(executor):
     description, x, species, weights = make_inputs("0e+1o", (1, 2), None, 4, 3, 2, np.float32)

@@ -46,11 +46,18 @@ _OWN_FAMILY = "symmetric_contraction" in compat.LOWERING and "symmetric_contract
 FAMILY = "symmetric_contraction" if _OWN_FAMILY else "aligned"
 
 # Elements per (node block, channel block) plane: few enough that the unrolled polynomial stays in registers.  At
-# MACE-large size (128 channels of 0e+1o+2e+3o, orders 1-3, 5,000 nodes; 4 warps) 512 put the forward and the x
-# gradients at the 255-register cap (2 programs resident per SM); 256 (2 nodes x 128 channels) needs 96-168 registers,
-# 3-5 resident, 2,500 programs (bench/results/sm90/2026-12-06-symmetric-contraction.txt).  The device sweep times both.
-TILE_ELEMENTS = 256
+# MACE-large size (128 channels of 0e+1o+2e+3o, orders 1-3, 5,000 nodes; 4 warps), with every factor loaded once per
+# program (LOAD_GROUP_PLANES), 128 (one node x 128 channels: one element per thread) needs 96-240 registers and no
+# spill; 256 spilled in the forward kernel (bench/results/sm90/2026-12-06-symmetric-contraction.txt).
+TILE_ELEMENTS = 128
 MAX_CHANNEL_BLOCK = 128
+# Consecutive output planes evaluated from one set of loads (None: all of a program's planes).  Loading each factor
+# once per program, rather than once per output plane that uses it (knob value 1, the kernel before 2026-12-06),
+# keeps more planes live (registers, hence 1-node planes) but issues 97 loads instead of 552 in the MACE-large
+# forward, and Triton's coalescing pass, which walks the whole kernel once per load, compiled each kernel of the
+# family in 3-4 s instead of 24-30 s (offline, 2 CPU cores): on the first GPU session the family's timing part
+# did not finish compiling within its 55 s.
+LOAD_GROUP_PLANES = None
 
 
 class SymmetricContractionPlan(SymmetricContractionForm):
@@ -73,13 +80,16 @@ def symmetric_contraction_plan(description: SymmetricContractionDescription, cha
 # --- the kernel --------------------------------------------------------------------------------------------------
 
 
-def _make_kernel(programs, out_planes: int, tile, dtype):
+def _make_kernel(programs, out_planes: int, tile, dtype, load_group: int):
+    """The kernel evaluating ``programs``; each run of ``load_group`` output planes loads every factor it uses once."""
+
     def kernel(*refs):
         *inputs, out_ref = refs
 
         written = set()
-        for plane, items in programs:
-            cache: dict = {}  # loads are shared within one output plane only: fewer live registers on the GPU
+        for index, (plane, items) in enumerate(programs):
+            if index % load_group == 0:
+                cache: dict = {}
 
             def load(factor, cache=cache):
                 if factor not in cache:
@@ -123,8 +133,9 @@ def run_kernel(plan: SymmetricContractionPlan, out_slot: int, programs, operands
     for s, x in zip(in_slots, inputs):
         args.append(pad_rows(x, padded).reshape(padded, plan.planes[s], channels))
         specs.append(compat.BlockSpec((node_block, plan.planes[s], channel_block), lambda i, j: (i, 0, j)))
+    load_group = tuning.value("symmetric_contraction.load_group_planes", LOAD_GROUP_PLANES) or max(1, len(programs))
     out = compat.pallas_call(
-        _make_kernel(programs, out_planes, (node_block, channel_block), accumulate),
+        _make_kernel(programs, out_planes, (node_block, channel_block), accumulate, load_group),
         family=FAMILY,
         interpret=interpret,
         grid=(node_blocks, channels // channel_block),

@@ -45,6 +45,8 @@ Knobs (``family.name``):
                                     every channel per program)
 ``symmetric_contraction.tile_elements``      elements of one (node block, channel block) plane
 ``symmetric_contraction.max_channel_block``  upper bound on the channels of a block
+``symmetric_contraction.load_group_planes``  consecutive output planes that share one load of each factor (default:
+                                    all of a program's planes; ``1`` reloads per output plane, as before 2026-12-06)
 ``symmetric_contraction.jnp_chunk_lanes``    rows x channels per iteration of the *jnp* executor's row loop
                                     (default: 1,280 on CPU, 65,536 elsewhere; see
                                     :mod:`e3nn_fast.xla.symmetric_contraction`)
@@ -90,6 +92,7 @@ _BLOCK_KNOBS = {
     "message_passing.target_programs": False,
     "symmetric_contraction.tile_elements": True,
     "symmetric_contraction.max_channel_block": True,
+    "symmetric_contraction.load_group_planes": False,
     "symmetric_contraction.jnp_chunk_lanes": False,
 }
 KNOBS: dict[str, bool] = {
