@@ -58,17 +58,18 @@ __all__ = [
 
 
 def _infer_backend(pytree) -> Any:
-    """``np`` if the leaves are numpy arrays, ``jnp`` if they are JAX arrays (or plain Python numbers)."""
-    has_numpy = has_jax = False
+    """The array module of an operation on the leaves of ``pytree``: ``np`` when every array among them is a numpy
+    array (an IrrepsArray built from numpy data stays numpy, as in e3nn-jax), ``jnp`` as soon as one is a JAX array
+    or tracer (``jnp`` accepts numpy operands, whereas numpy would fail on a tracer), and ``jnp`` for Python numbers.
+
+    Mixed inputs are common and valid: ``gate`` on a numpy IrrepsArray multiplies its numpy vectors by gates that a
+    ``jax.nn`` activation returned as JAX arrays.
+    """
+    has_numpy = False
     for leaf in jax.tree_util.tree_leaves(pytree):
+        if isinstance(leaf, jax.Array):
+            return jnp
         has_numpy = has_numpy or isinstance(leaf, np.ndarray)
-        has_jax = has_jax or isinstance(leaf, jax.Array)
-    if has_numpy and has_jax:
-        # picking one silently would either leak tracers into numpy or drop numpy's eager semantics
-        raise ValueError(
-            "IrrepsArray operation received both numpy.ndarray and jax.Array inputs; "
-            "convert them to one kind first (jnp.asarray or np.asarray)."
-        )
     return np if has_numpy else jnp
 
 
@@ -668,7 +669,7 @@ class IrrepsArray:
 
     def _scale(self, other, divide: bool) -> "IrrepsArray":
         """Multiply (or divide) by a plain array: one factor for everything, or one per irrep copy."""
-        factor = _infer_backend(self.array).asarray(other)
+        factor = _infer_backend((self.array, other)).asarray(other)  # jnp for a traced factor of a numpy array
         n = self.irreps.num_irreps
         if factor.ndim > 0 and factor.shape[-1] == n:
             # one factor per irrep copy: an elementwise product with ``n x 0e``

@@ -469,6 +469,30 @@ def test_numpy_arrays_stay_numpy():
     assert repr(x[..., 1:]) == repr(ref[..., 1:])
 
 
+def test_numpy_and_jax_operands_together_give_jax_arrays():
+    """A numpy IrrepsArray meeting a JAX array gives a JAX array with e3nn-jax's values (computed there on JAX
+    inputs: e3nn-jax itself raises for a mixed ``concatenate``).  Before, ``gate`` of a numpy IrrepsArray raised a
+    ValueError that e3nn-jax does not (its activations return JAX gates), and a traced factor of a numpy
+    IrrepsArray under ``jit`` was handed to numpy."""
+    from e3nn_fast.gate import gate
+
+    data = np.random.default_rng(0).standard_normal((3, 8))
+    ours, jax_ours = IrrepsArray("2x0e + 2x1o", data), IrrepsArray("2x0e + 2x1o", jnp.asarray(data))
+    theirs = e3nn_jax.IrrepsArray("2x0e + 2x1o", jnp.asarray(data))
+    scale = jnp.arange(3.0)[:, None]
+    cases = [
+        (gate(ours), e3nn_jax.gate(theirs)),
+        (ours + jax_ours, theirs + theirs),
+        (ia.concatenate([ours, jax_ours]), e3nn_jax.concatenate([theirs, theirs])),
+        (ours * scale, theirs * scale),
+        (jax.jit(lambda s: ours * s)(scale), theirs * scale),
+        (ours / (scale + 1), theirs / (scale + 1)),
+    ]
+    for mine, reference in cases:
+        assert isinstance(mine.array, jax.Array) and str(mine.irreps) == str(reference.irreps)
+        np.testing.assert_allclose(np.asarray(mine.array), np.asarray(reference.array), rtol=1e-6, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # pytree behaviour
 # ------------------------------------------------------------------------------------------------------------------
