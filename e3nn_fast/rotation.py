@@ -114,6 +114,31 @@ def _float_array(x) -> jax.Array:
     return x
 
 
+def _trailing(x, shape: Tuple[int, ...], function: str, what: str) -> jax.Array:
+    """``x`` as an array whose last axes are ``shape``; otherwise a ValueError naming the function and argument.
+
+    Every function here reads components by index (``R[..., 0, 2]``, ``q[..., 1:]``), so a wrong trailing shape
+    would not fail: it would give rotations of the wrong numbers.
+    """
+    x = jnp.asarray(x)
+    if x.shape[-len(shape):] != shape:  # also for fewer axes than ``shape``: a shorter tuple differs
+        expected = ", ".join(["..."] + [str(n) for n in shape])
+        raise ValueError(f"{function}: {what} must have shape ({expected}), got an array of shape {x.shape}")
+    return x
+
+
+def _matrices(R, function: str) -> jax.Array:
+    return _trailing(R, (3, 3), function, "rotation matrices")
+
+
+def _quaternions(q, function: str, what: str = "quaternions") -> jax.Array:
+    return _trailing(q, (4,), function, what)
+
+
+def _vectors(v, function: str, what: str) -> jax.Array:
+    return _trailing(v, (3,), function, what)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # matrix
 
@@ -125,7 +150,7 @@ def rand_matrix(key: jax.Array, shape=(), dtype=jnp.float32) -> jax.Array:
 
 def rotation_angle_from_matrix(R: jax.Array) -> jax.Array:
     r"""Rotation angle in :math:`[0, \pi]` of matrices ``(..., 3, 3)``, from the trace; shape ``(...)``."""
-    diagonal = jnp.diagonal(jnp.asarray(R), axis1=-2, axis2=-1)
+    diagonal = jnp.diagonal(_matrices(R, "rotation_angle_from_matrix"), axis1=-2, axis2=-1)
     # tr R = 1 + 2 cos(angle); clip because rounding can push the cosine just outside [-1, 1]
     cos_angle = (diagonal[..., 0] + diagonal[..., 1] + diagonal[..., 2] - 1.0) / 2.0
     return jnp.arccos(jnp.clip(cos_angle, -1.0, 1.0))
@@ -188,7 +213,7 @@ def rand_quaternion(key: jax.Array, shape=(), dtype=jnp.float32) -> jax.Array:
 
 def compose_quaternion(q1: jax.Array, q2: jax.Array) -> jax.Array:
     r"""Hamilton product :math:`q_1 q_2` of quaternions ``(..., 4)`` (the rotation :math:`q_2` is applied first)."""
-    q1, q2 = jnp.broadcast_arrays(q1, q2)
+    q1, q2 = jnp.broadcast_arrays(_quaternions(q1, "compose_quaternion", "q1"), _quaternions(q2, "compose_quaternion", "q2"))
     w1, v1 = q1[..., 0], q1[..., 1:]
     w2, v2 = q2[..., 0], q2[..., 1:]
     w = w1 * w2 - jnp.sum(v1 * v2, axis=-1)
@@ -198,13 +223,14 @@ def compose_quaternion(q1: jax.Array, q2: jax.Array) -> jax.Array:
 
 def inverse_quaternion(q: jax.Array) -> jax.Array:
     r"""Conjugate quaternion :math:`(w, -x, -y, -z)`, the inverse of a *unit* quaternion."""
-    q = jnp.asarray(q)
+    q = _quaternions(q, "inverse_quaternion")
     return jnp.concatenate([q[..., :1], -q[..., 1:]], axis=-1)
 
 
 def rotation_angle_from_quaternion(q1: jax.Array, q2: jax.Array) -> jax.Array:
     r"""Angle in :math:`[0, \pi]` of the rotation between unit quaternions ``q1`` and ``q2`` (sign-insensitive)."""
-    q1, q2 = jnp.broadcast_arrays(q1, q2)
+    function = "rotation_angle_from_quaternion"
+    q1, q2 = jnp.broadcast_arrays(_quaternions(q1, function, "q1"), _quaternions(q2, function, "q2"))
     # <q1, q2> = +-cos(angle / 2) of the relative rotation; the sign is free since q and -q are the same rotation
     cos_half_angle = jnp.abs(jnp.sum(q1 * q2, axis=-1))
     return 2.0 * jnp.arccos(jnp.clip(cos_half_angle, -1.0, 1.0))
@@ -221,6 +247,7 @@ def rand_axis_angle(key: jax.Array, shape=(), dtype=jnp.float32) -> AxisAngle:
 
 def compose_axis_angle(axis1, angle1, axis2, angle2) -> AxisAngle:
     r"""Axis-angle of the rotation ``(axis1, angle1)`` after ``(axis2, angle2)``; angle in :math:`[0, 2\pi]`."""
+    axis1, axis2 = (_vectors(a, "compose_axis_angle", name) for a, name in ((axis1, "axis1"), (axis2, "axis2")))
     return quaternion_to_axis_angle(
         compose_quaternion(axis_angle_to_quaternion(axis1, angle1), axis_angle_to_quaternion(axis2, angle2))
     )
@@ -228,6 +255,8 @@ def compose_axis_angle(axis1, angle1, axis2, angle2) -> AxisAngle:
 
 def rotation_angle_from_axis_angle(axis1, angle1, axis2, angle2) -> jax.Array:
     r"""Angle in :math:`[0, \pi]` of the relative rotation between two axis-angle rotations."""
+    function = "rotation_angle_from_axis_angle"
+    axis1, axis2 = (_vectors(a, function, name) for a, name in ((axis1, "axis1"), (axis2, "axis2")))
     return rotation_angle_from_quaternion(
         axis_angle_to_quaternion(axis1, angle1), axis_angle_to_quaternion(axis2, angle2)
     )
@@ -249,6 +278,7 @@ def rand_log_coordinates(key: jax.Array, shape=(), dtype=jnp.float32) -> jax.Arr
 
 def compose_log_coordinates(log1: jax.Array, log2: jax.Array) -> jax.Array:
     r"""Log coordinates of the rotation ``log1`` after ``log2`` (norm in :math:`[0, 2\pi]`)."""
+    log1, log2 = (_vectors(v, "compose_log_coordinates", name) for v, name in ((log1, "log1"), (log2, "log2")))
     return quaternion_to_log_coordinates(
         compose_quaternion(log_coordinates_to_quaternion(log1), log_coordinates_to_quaternion(log2))
     )
@@ -256,11 +286,13 @@ def compose_log_coordinates(log1: jax.Array, log2: jax.Array) -> jax.Array:
 
 def inverse_log_coordinates(log: jax.Array) -> jax.Array:
     r"""Log coordinates of the inverse rotation, ``-log``."""
-    return -log
+    return -_vectors(log, "inverse_log_coordinates", "log coordinates")
 
 
 def rotation_angle_from_log_coordinates(log1: jax.Array, log2: jax.Array) -> jax.Array:
     r"""Angle in :math:`[0, \pi]` of the relative rotation between two rotations in log coordinates."""
+    function = "rotation_angle_from_log_coordinates"
+    log1, log2 = (_vectors(v, function, name) for v, name in ((log1, "log1"), (log2, "log2")))
     return rotation_angle_from_quaternion(log_coordinates_to_quaternion(log1), log_coordinates_to_quaternion(log2))
 
 
@@ -307,7 +339,7 @@ def matrix_to_angles(R: jax.Array) -> Angles:
     (:math:`\beta = 0, \pi`).
     Not differentiable at rotation angle :math:`\pi` (nor at the poles, like any Euler-angle chart).
     """
-    R = jnp.asarray(R)
+    R = _matrices(R, "matrix_to_angles")
     alpha, beta = xyz_to_angles(R[..., :, 1])
     # First row of R(alpha, beta, 0)^T R: column 0 of R_y(alpha) R_x(beta) is (cos alpha, 0, -sin alpha).
     ca, sa = jnp.cos(alpha), jnp.sin(alpha)
@@ -336,19 +368,19 @@ def angles_to_quaternion(alpha, beta, gamma) -> jax.Array:
 
 def matrix_to_quaternion(R: jax.Array) -> jax.Array:
     r"""Unit quaternion ``(..., 4)`` of rotation matrices, with non-negative scalar part."""
-    return axis_angle_to_quaternion(*matrix_to_axis_angle(R))
+    return axis_angle_to_quaternion(*matrix_to_axis_angle(_matrices(R, "matrix_to_quaternion")))
 
 
 def axis_angle_to_quaternion(xyz, angle) -> jax.Array:
     r"""Unit quaternion :math:`(\cos\frac\theta2, \hat n \sin\frac\theta2)`; the axis is normalised first."""
-    angle = jnp.asarray(angle)
+    xyz, angle = _vectors(xyz, "axis_angle_to_quaternion", "the axes"), jnp.asarray(angle)
     xyz, angle = jnp.broadcast_arrays(xyz, angle[..., None])
     return jnp.concatenate([jnp.cos(angle[..., :1] / 2), _normalize(xyz) * jnp.sin(angle / 2)], axis=-1)
 
 
 def quaternion_to_axis_angle(q: jax.Array) -> AxisAngle:
     r"""Unit axis ``(..., 3)`` and angle in :math:`[0, 2\pi]` of quaternions; the identity has a zero axis."""
-    q = jnp.asarray(q)
+    q = _quaternions(q, "quaternion_to_axis_angle")
     # q = (cos(angle / 2), axis * sin(angle / 2))
     half_angle = jnp.arccos(jnp.clip(q[..., 0], -1, 1))
     return _normalize(q[..., 1:]), 2 * half_angle
@@ -360,7 +392,7 @@ def matrix_to_axis_angle(R: jax.Array) -> AxisAngle:
     The axis is the (normalised) vector of :math:`R - R^T`; it is inaccurate near angle :math:`\pi` and zero at
     exactly :math:`0` or :math:`\pi`. Not differentiable at angle :math:`\pi`.
     """
-    R = jnp.asarray(R)
+    R = _matrices(R, "matrix_to_axis_angle")
     # R - R^T = 2 sin(angle) [axis]_x, so its axial vector points along the axis (for 0 < angle < pi)
     return _normalize(_axial_vector(R)), rotation_angle_from_matrix(R)
 
@@ -375,7 +407,7 @@ def axis_angle_to_matrix(axis, angle) -> jax.Array:
 
     Like e3nn-jax, a zero axis is read as the z axis.
     """
-    angle = _float_array(angle)
+    axis, angle = _vectors(axis, "axis_angle_to_matrix", "the axes"), _float_array(angle)
     axis, angle = jnp.broadcast_arrays(axis, angle[..., None])
     axis = _normalize(axis)
     is_zero = jnp.all(axis == 0.0, axis=-1, keepdims=True)
@@ -385,17 +417,17 @@ def axis_angle_to_matrix(axis, angle) -> jax.Array:
 
 def quaternion_to_matrix(q: jax.Array) -> jax.Array:
     r"""Rotation matrix of quaternions ``(..., 4)``, through :func:`quaternion_to_axis_angle`."""
-    return axis_angle_to_matrix(*quaternion_to_axis_angle(q))
+    return axis_angle_to_matrix(*quaternion_to_axis_angle(_quaternions(q, "quaternion_to_matrix")))
 
 
 def quaternion_to_angles(q: jax.Array) -> Angles:
     r"""Euler angles of quaternions ``(..., 4)``."""
-    return matrix_to_angles(quaternion_to_matrix(q))
+    return matrix_to_angles(quaternion_to_matrix(_quaternions(q, "quaternion_to_angles")))
 
 
 def axis_angle_to_angles(axis, angle) -> Angles:
     r"""Euler angles of the rotation by ``angle`` about ``axis``."""
-    return matrix_to_angles(axis_angle_to_matrix(axis, angle))
+    return matrix_to_angles(axis_angle_to_matrix(_vectors(axis, "axis_angle_to_angles", "the axes"), angle))
 
 
 def log_coordinates_to_matrix(log_coordinates: jax.Array) -> jax.Array:
@@ -404,7 +436,7 @@ def log_coordinates_to_matrix(log_coordinates: jax.Array) -> jax.Array:
     Rodrigues' formula :math:`I + \frac{\sin\theta}{\theta} K + \frac{1 - \cos\theta}{\theta^2} K^2` with
     :math:`K = [\omega]_\times`, :math:`\theta = |\omega|`; smooth (with correct gradients) at :math:`\omega = 0`.
     """
-    log_coordinates = _float_array(log_coordinates)
+    log_coordinates = _float_array(_vectors(log_coordinates, "log_coordinates_to_matrix", "log coordinates"))
     K = _cross_matrix(log_coordinates)
     sinc, versine = _rodrigues_coefficients(jnp.sum(log_coordinates**2, axis=-1))
     eye = jnp.eye(3, dtype=log_coordinates.dtype)
@@ -413,13 +445,13 @@ def log_coordinates_to_matrix(log_coordinates: jax.Array) -> jax.Array:
 
 def log_coordinates_to_axis_angle(log_coordinates: jax.Array) -> AxisAngle:
     r"""Unit axis ``(..., 3)`` (zero for the identity) and angle :math:`|\omega|` of log coordinates."""
-    angle, axis = _length_and_direction(jnp.asarray(log_coordinates))
+    angle, axis = _length_and_direction(_vectors(log_coordinates, "log_coordinates_to_axis_angle", "log coordinates"))
     return axis, angle
 
 
 def log_coordinates_to_quaternion(log_coordinates: jax.Array) -> jax.Array:
     r"""Unit quaternion :math:`(\cos\frac\theta2, \frac{\sin(\theta/2)}{\theta}\,\omega)` of log coordinates."""
-    log_coordinates = _float_array(log_coordinates)
+    log_coordinates = _float_array(_vectors(log_coordinates, "log_coordinates_to_quaternion", "log coordinates"))
     half = log_coordinates / 2
     half_theta2 = jnp.sum(half**2, axis=-1)
     sinc, versine = _rodrigues_coefficients(half_theta2)
@@ -430,19 +462,20 @@ def log_coordinates_to_quaternion(log_coordinates: jax.Array) -> jax.Array:
 
 def log_coordinates_to_angles(log_coordinates: jax.Array) -> Angles:
     r"""Euler angles of log coordinates ``(..., 3)``."""
-    return matrix_to_angles(log_coordinates_to_matrix(log_coordinates))
+    return matrix_to_angles(log_coordinates_to_matrix(
+        _vectors(log_coordinates, "log_coordinates_to_angles", "log coordinates")))
 
 
 def axis_angle_to_log_coordinates(axis, angle) -> jax.Array:
     r"""``axis * angle`` (the axis is *not* normalised), shape ``(..., 3)``."""
-    angle = jnp.asarray(angle)
+    axis, angle = _vectors(axis, "axis_angle_to_log_coordinates", "the axes"), jnp.asarray(angle)
     axis, angle = jnp.broadcast_arrays(axis, angle[..., None])
     return axis * angle
 
 
 def matrix_to_log_coordinates(R: jax.Array) -> jax.Array:
     r"""Log coordinates (norm in :math:`[0, \pi]`) of rotation matrices ``(..., 3, 3)``."""
-    return axis_angle_to_log_coordinates(*matrix_to_axis_angle(R))
+    return axis_angle_to_log_coordinates(*matrix_to_axis_angle(_matrices(R, "matrix_to_log_coordinates")))
 
 
 def angles_to_log_coordinates(alpha, beta, gamma) -> jax.Array:
@@ -452,7 +485,7 @@ def angles_to_log_coordinates(alpha, beta, gamma) -> jax.Array:
 
 def quaternion_to_log_coordinates(q: jax.Array) -> jax.Array:
     r"""Log coordinates (norm in :math:`[0, 2\pi]`) of quaternions ``(..., 4)``."""
-    return axis_angle_to_log_coordinates(*quaternion_to_axis_angle(q))
+    return axis_angle_to_log_coordinates(*quaternion_to_axis_angle(_quaternions(q, "quaternion_to_log_coordinates")))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -473,7 +506,7 @@ def xyz_to_angles(xyz: jax.Array) -> Tuple[jax.Array, jax.Array]:
     normalised vector. On the y axis :math:`\alpha = 0` and :math:`\beta` is exactly :math:`0` or :math:`\pi`; the
     zero vector gives :math:`(0, \pi/2)`. Singular inputs are masked so that gradients stay finite.
     """
-    xyz = jnp.clip(_normalize(jnp.asarray(xyz)), -1, 1)
+    xyz = jnp.clip(_normalize(_vectors(xyz, "xyz_to_angles", "the vectors")), -1, 1)
     x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
     on_axis = (x == 0.0) & (z == 0.0)
     alpha = jnp.arctan2(jnp.where(on_axis, 0.0, x), jnp.where(on_axis, 1.0, z))

@@ -350,3 +350,40 @@ def test_bad_shape_argument():
         rotation.identity_angles((2.5,))
     # an int is accepted as a one-axis shape
     assert rotation.rand_matrix(key, 4).shape == (4, 3, 3)
+
+
+# Every public function reading matrices, quaternions or 3-vectors by component, with inputs of a wrong trailing
+# shape (which read the wrong numbers before, silently in most cases; e3nn-jax too) and the argument position.
+_MATRIX, _QUATERNION, _VECTOR = (2, 3, 3), (2, 4), (2, 3)
+_BAD = {_MATRIX: [(2, 3, 4), (2, 4, 3), (3,)], _QUATERNION: [(2, 3), (2, 5), ()], _VECTOR: [(2, 4), (2, 2), ()]}
+_ARGUMENTS = {
+    "matrix_to_angles": [_MATRIX], "matrix_to_quaternion": [_MATRIX], "matrix_to_axis_angle": [_MATRIX],
+    "matrix_to_log_coordinates": [_MATRIX], "rotation_angle_from_matrix": [_MATRIX],
+    "compose_quaternion": [_QUATERNION, _QUATERNION], "inverse_quaternion": [_QUATERNION],
+    "rotation_angle_from_quaternion": [_QUATERNION, _QUATERNION], "quaternion_to_axis_angle": [_QUATERNION],
+    "quaternion_to_matrix": [_QUATERNION], "quaternion_to_angles": [_QUATERNION],
+    "quaternion_to_log_coordinates": [_QUATERNION],
+    "axis_angle_to_quaternion": [_VECTOR, (2,)], "axis_angle_to_matrix": [_VECTOR, (2,)],
+    "axis_angle_to_angles": [_VECTOR, (2,)], "axis_angle_to_log_coordinates": [_VECTOR, (2,)],
+    "compose_axis_angle": [_VECTOR, (2,), _VECTOR, (2,)], "rotation_angle_from_axis_angle": [_VECTOR, (2,), _VECTOR, (2,)],
+    "log_coordinates_to_matrix": [_VECTOR], "log_coordinates_to_axis_angle": [_VECTOR],
+    "log_coordinates_to_quaternion": [_VECTOR], "log_coordinates_to_angles": [_VECTOR],
+    "compose_log_coordinates": [_VECTOR, _VECTOR], "inverse_log_coordinates": [_VECTOR],
+    "rotation_angle_from_log_coordinates": [_VECTOR, _VECTOR], "xyz_to_angles": [_VECTOR],
+}
+
+
+@pytest.mark.parametrize("name", sorted(_ARGUMENTS))
+def test_wrong_trailing_shapes_raise_value_errors(name):
+    rng = np.random.default_rng(0)
+    shapes = _ARGUMENTS[name]
+    good = [rng.standard_normal(shape) for shape in shapes]
+    getattr(rotation, name)(*good)  # the right shapes work
+    for position, shape in enumerate(shapes):
+        for bad in _BAD.get(shape, []):
+            arguments = list(good)
+            arguments[position] = rng.standard_normal(bad)
+            with pytest.raises(ValueError) as error:
+                getattr(rotation, name)(*arguments)
+            expected = "(..., 3, 3)" if shape == _MATRIX else f"(..., {shape[-1]})"
+            assert str(error.value).startswith(f"{name}: ") and f"must have shape {expected}" in str(error.value)
