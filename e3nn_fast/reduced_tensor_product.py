@@ -295,7 +295,9 @@ def _constrain_by_symmetry(blocks: List[Block], subspace: np.ndarray, epsilon: f
 
     Equivariance makes it enough to test the first component of each irrep.
     """
-    S = subspace.reshape(subspace.shape[0], -1)
+    # explicit width: an empty subspace (e.g. the antisymmetric 4th power of a 3-dimensional irrep) has no row to
+    # infer it from, and then leaves every block with multiplicity 0
+    S = subspace.reshape(subspace.shape[0], int(np.prod(subspace.shape[1:])))
     out: List[Block] = []
     for ir in sorted({ir for _, ir, _ in blocks}):
         x = np.concatenate([b[2] for b in blocks if b[1] == ir], axis=-2)

@@ -357,3 +357,15 @@ def test_rounding_matches_the_fraction_definition():
     expected = [np.sign(v) * np.sqrt(float(Fraction(float(v * v)).limit_denominator(bound))) for v in x]
     np.testing.assert_array_equal(rtp._round_to_sqrt_rational(x), expected)
     np.testing.assert_array_equal(rtp._round_to_sqrt_rational(noisy), exact)  # noise is removed
+
+
+@pytest.mark.parametrize("irreps, degree", [("1o", 4), ("0e+1o", 5), ("0e", 2)])
+def test_vanishing_antisymmetric_powers_are_empty_bases_as_in_e3nn_jax(irreps, degree):
+    """An antisymmetric power beyond the dimension has no element: an empty basis (no irreps, last axis 0), where
+    the symmetry constraint used to fail on reshaping its empty subspace."""
+    ours = rtp.reduced_antisymmetric_tensor_product_basis(irreps, degree)
+    theirs = e3nn_jax.reduced_antisymmetric_tensor_product_basis(irreps, degree)
+    assert ours.irreps == Irreps("") and str(ours.irreps) == str(theirs.irreps)
+    assert ours.shape == theirs.shape == (Irreps(irreps).dim,) * degree + (0,)
+    formula = "ijkl=-jikl=-ikjl=-ijlk"
+    assert rtp.reduced_tensor_product_basis(formula, i="1o").shape == (3, 3, 3, 3, 0)
