@@ -138,11 +138,15 @@ def _check_output_parities(irreps_out: Irreps, vector_parity: Optional[int]) -> 
 
 
 def _as_vectors(x) -> jax.Array:
+    """``x`` as real vectors ``(..., 3)``: integer and boolean coordinates (lattice vectors, say) become the default
+    float dtype, as in e3nn-jax; complex ones are refused."""
     x = jnp.asarray(x)
     if x.ndim == 0 or x.shape[-1] != 3:
         raise ValueError(f"spherical harmonics take Cartesian vectors of shape (..., 3), got shape {x.shape}")
+    if jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_:
+        x = x.astype(jax.dtypes.canonicalize_dtype(jnp.float64))
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"spherical harmonics need a floating point input, got dtype {x.dtype}")
+        raise TypeError(f"spherical harmonics need real (float or integer) vectors, got dtype {x.dtype}")
     return x
 
 
