@@ -213,7 +213,8 @@ def rand_quaternion(key: jax.Array, shape=(), dtype=jnp.float32) -> jax.Array:
 
 def compose_quaternion(q1: jax.Array, q2: jax.Array) -> jax.Array:
     r"""Hamilton product :math:`q_1 q_2` of quaternions ``(..., 4)`` (the rotation :math:`q_2` is applied first)."""
-    q1, q2 = jnp.broadcast_arrays(_quaternions(q1, "compose_quaternion", "q1"), _quaternions(q2, "compose_quaternion", "q2"))
+    q1, q2 = _quaternions(q1, "compose_quaternion", "q1"), _quaternions(q2, "compose_quaternion", "q2")
+    q1, q2 = jnp.broadcast_arrays(q1, q2)
     w1, v1 = q1[..., 0], q1[..., 1:]
     w2, v2 = q2[..., 0], q2[..., 1:]
     w = w1 * w2 - jnp.sum(v1 * v2, axis=-1)
@@ -247,7 +248,7 @@ def rand_axis_angle(key: jax.Array, shape=(), dtype=jnp.float32) -> AxisAngle:
 
 def compose_axis_angle(axis1, angle1, axis2, angle2) -> AxisAngle:
     r"""Axis-angle of the rotation ``(axis1, angle1)`` after ``(axis2, angle2)``; angle in :math:`[0, 2\pi]`."""
-    axis1, axis2 = (_vectors(a, "compose_axis_angle", name) for a, name in ((axis1, "axis1"), (axis2, "axis2")))
+    axis1, axis2 = _vectors(axis1, "compose_axis_angle", "axis1"), _vectors(axis2, "compose_axis_angle", "axis2")
     return quaternion_to_axis_angle(
         compose_quaternion(axis_angle_to_quaternion(axis1, angle1), axis_angle_to_quaternion(axis2, angle2))
     )
@@ -256,7 +257,7 @@ def compose_axis_angle(axis1, angle1, axis2, angle2) -> AxisAngle:
 def rotation_angle_from_axis_angle(axis1, angle1, axis2, angle2) -> jax.Array:
     r"""Angle in :math:`[0, \pi]` of the relative rotation between two axis-angle rotations."""
     function = "rotation_angle_from_axis_angle"
-    axis1, axis2 = (_vectors(a, function, name) for a, name in ((axis1, "axis1"), (axis2, "axis2")))
+    axis1, axis2 = _vectors(axis1, function, "axis1"), _vectors(axis2, function, "axis2")
     return rotation_angle_from_quaternion(
         axis_angle_to_quaternion(axis1, angle1), axis_angle_to_quaternion(axis2, angle2)
     )
@@ -278,7 +279,7 @@ def rand_log_coordinates(key: jax.Array, shape=(), dtype=jnp.float32) -> jax.Arr
 
 def compose_log_coordinates(log1: jax.Array, log2: jax.Array) -> jax.Array:
     r"""Log coordinates of the rotation ``log1`` after ``log2`` (norm in :math:`[0, 2\pi]`)."""
-    log1, log2 = (_vectors(v, "compose_log_coordinates", name) for v, name in ((log1, "log1"), (log2, "log2")))
+    log1, log2 = _vectors(log1, "compose_log_coordinates", "log1"), _vectors(log2, "compose_log_coordinates", "log2")
     return quaternion_to_log_coordinates(
         compose_quaternion(log_coordinates_to_quaternion(log1), log_coordinates_to_quaternion(log2))
     )
@@ -292,7 +293,7 @@ def inverse_log_coordinates(log: jax.Array) -> jax.Array:
 def rotation_angle_from_log_coordinates(log1: jax.Array, log2: jax.Array) -> jax.Array:
     r"""Angle in :math:`[0, \pi]` of the relative rotation between two rotations in log coordinates."""
     function = "rotation_angle_from_log_coordinates"
-    log1, log2 = (_vectors(v, function, name) for v, name in ((log1, "log1"), (log2, "log2")))
+    log1, log2 = _vectors(log1, function, "log1"), _vectors(log2, function, "log2")
     return rotation_angle_from_quaternion(log_coordinates_to_quaternion(log1), log_coordinates_to_quaternion(log2))
 
 

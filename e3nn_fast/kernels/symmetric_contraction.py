@@ -47,7 +47,7 @@ FAMILY = "symmetric_contraction" if _OWN_FAMILY else "aligned"
 
 # Elements per (node block, channel block) plane: few enough that the unrolled polynomial stays in registers.  At
 # MACE-large size (128 channels of 0e+1o+2e+3o, orders 1-3, 5,000 nodes; 4 warps), with every factor loaded once per
-# program (LOAD_GROUP_PLANES), 128 (one node x 128 channels: one element per thread) needs 96-240 registers and no
+# program (LOAD_GROUP_PLANES), 128 (one node x 128 channels: one element per thread) needs 72-248 registers and no
 # spill; 256 spilled in the forward kernel (bench/results/sm90/2026-12-06-symmetric-contraction.txt).
 TILE_ELEMENTS = 128
 MAX_CHANNEL_BLOCK = 128
@@ -55,7 +55,7 @@ MAX_CHANNEL_BLOCK = 128
 # once per program, rather than once per output plane that uses it (knob value 1, the kernel before 2026-12-06),
 # keeps more planes live (registers, hence 1-node planes) but issues 97 loads instead of 552 in the MACE-large
 # forward, and Triton's coalescing pass, which walks the whole kernel once per load, compiled each kernel of the
-# family in 3-4 s instead of 24-30 s (offline, 2 CPU cores): on the first GPU session the family's timing part
+# family in 3-8 s instead of 24-30 s (offline, 2 CPU cores): on the first GPU session the family's timing part
 # did not finish compiling within its 55 s.
 LOAD_GROUP_PLANES = None
 
