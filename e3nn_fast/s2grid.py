@@ -64,6 +64,15 @@ def _check_resolution(name: str, res) -> int:
     return int(res)
 
 
+def _check_lmax(lmax, function: str) -> int:
+    """``lmax`` as a non-negative int; a negative or non-integer degree would give an empty or nonsensical grid."""
+    if isinstance(lmax, bool) or not isinstance(lmax, (int, np.integer)):
+        raise TypeError(f"{function}: lmax must be a non-negative int, got {lmax!r} of type {type(lmax).__name__}")
+    if lmax < 0:
+        raise ValueError(f"{function}: lmax must be a non-negative int, got {lmax}")
+    return int(lmax)
+
+
 def _check_parity_value(name: str, p) -> None:
     if p not in (-1, 1):
         raise ValueError(f"Parity {name} must be +1 (even) or -1 (odd), got {p!r}.")
@@ -492,6 +501,7 @@ class SphericalSignal:
 
     def _coefficients(self, lmax: int) -> IrrepsArray:
         """Spherical harmonic coefficients of degree ``0 .. lmax`` (with this signal's parities)."""
+        lmax = _check_lmax(lmax, "SphericalSignal (resample or transform_by_*)")
         return from_s2grid(self, s2_irreps(lmax, self.p_val, self.p_arg))
 
     def _synthesize(self, coeffs: IrrepsArray, grid: Tuple[int, int], quadrature: str) -> "SphericalSignal":
@@ -604,6 +614,7 @@ def s2_irreps(lmax: int, p_val: int = 1, p_arg: int = -1) -> Irreps:
 
     Degree ``l`` has parity :math:`p_{val} p_{arg}^l`.
     """
+    lmax = _check_lmax(lmax, "s2_irreps")
     return Irreps([(1, (l, p_val * p_arg**l)) for l in range(lmax + 1)])
 
 
@@ -611,6 +622,7 @@ def s2_dirac(
     position: Union[jax.Array, IrrepsArray], lmax: int, *, p_val: int = 1, p_arg: int = -1
 ) -> IrrepsArray:
     r"""Coefficients up to ``lmax`` of a Dirac delta at ``position`` (normalised to the unit sphere), integral 1."""
+    lmax = _check_lmax(lmax, "s2_dirac")
     _check_parity_value("p_val", p_val)
     _check_parity_value("p_arg", p_arg)
     if isinstance(position, IrrepsArray):
@@ -626,6 +638,7 @@ def s2_dirac(
 
 def get_s2fft_grid_resolution(lmax: int) -> Tuple[int, int]:
     """``(res_beta, res_alpha)`` of the grid S2FFT uses for degree ``lmax``."""
+    lmax = _check_lmax(lmax, "get_s2fft_grid_resolution")
     return (2 * lmax + 2, 2 * lmax + 1)
 
 
@@ -810,6 +823,7 @@ def legendre_transform_from_s2grid(
     x_beta: jax.Array, lmax: int, res_beta: int, *, quadrature: str, normalization: str = "integral"
 ) -> jax.Array:
     r"""``m = 0`` coefficients ``(..., lmax + 1)`` of an axially symmetric signal given along beta ``(..., res_beta)``."""
+    lmax = _check_lmax(lmax, "legendre_transform_from_s2grid")
     x_beta = jnp.asarray(x_beta)
     if x_beta.shape[-1] != res_beta:
         raise ValueError(f"x_beta has {x_beta.shape[-1]} values along beta but res_beta={res_beta}.")
@@ -825,6 +839,7 @@ def betas_to_spherical_signal(x_beta: jax.Array, res_alpha: int, *, quadrature: 
 
 def m0_values_to_irrepsarray(m0_values: jax.Array, lmax: int, p_val: int, p_arg: int) -> IrrepsArray:
     """Place ``m = 0`` coefficients ``(..., lmax + 1)`` into a full ``s2_irreps(lmax, p_val, p_arg)`` IrrepsArray."""
+    lmax = _check_lmax(lmax, "m0_values_to_irrepsarray")
     m0_values = jnp.asarray(m0_values)
     if m0_values.shape[-1] != lmax + 1:
         raise ValueError(f"m0_values must have lmax + 1 = {lmax + 1} entries on the last axis, got {m0_values.shape}.")

@@ -346,3 +346,23 @@ def test_bad_input_errors():
         S.SphericalSignal(jnp.zeros((4, 5)), "soft", p_val=-1).apply(jnp.exp)
     with pytest.raises(ValueError, match="lmax"):
         L.legendre(-1, jnp.zeros(3), 1.0)
+
+
+@pytest.mark.parametrize("lmax, error", [(-1, ValueError), (2.0, TypeError), (True, TypeError)])
+def test_degree_arguments_are_checked(lmax, error):
+    """A negative or non-integer ``lmax`` raises, naming the function, where it gave an empty irreps, an empty Dirac
+    delta, a ``(0, -1)`` grid or a bare ``max() arg is an empty sequence`` from deep inside."""
+    signal = S.to_s2grid(IrrepsArray("0e+1o", jnp.ones(4)), 6, 11, quadrature="soft", p_val=1, p_arg=-1)
+    calls = {
+        "s2_irreps": lambda: S.s2_irreps(lmax),
+        "s2_dirac": lambda: S.s2_dirac(jnp.array([0.0, 0.0, 1.0]), lmax),
+        "get_s2fft_grid_resolution": lambda: S.get_s2fft_grid_resolution(lmax),
+        "SphericalSignal": lambda: signal.transform_by_angles(0.1, 0.2, 0.3, lmax=lmax),
+        "legendre_transform_from_s2grid": lambda: S.legendre_transform_from_s2grid(
+            jnp.ones(6), lmax, 6, quadrature="soft"),
+        "m0_values_to_irrepsarray": lambda: S.m0_values_to_irrepsarray(jnp.ones(1), lmax, 1, -1),
+    }
+    for name, call in calls.items():
+        with pytest.raises(error, match=f"{name}.*lmax must be a non-negative int"):
+            call()
+    assert S.s2_irreps(np.int64(1)) == S.s2_irreps(1)  # numpy integers are degrees too
