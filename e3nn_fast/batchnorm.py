@@ -33,8 +33,9 @@ NORMALIZATIONS = ("norm", "component")
 REDUCTIONS = ("mean", "max")
 
 
-def check_batch_norm_options(normalization, reduce, eps) -> None:
-    """Raise a clear ValueError/TypeError for an unknown ``normalization``/``reduce`` or an ``eps`` outside [0, 1]."""
+def check_batch_norm_options(normalization, reduce, eps, momentum=0.1) -> None:
+    """Raise a clear ValueError/TypeError for an unknown ``normalization``/``reduce``, or an ``eps`` or ``momentum``
+    outside [0, 1] (a momentum of 2 would extrapolate the running averages instead of averaging)."""
     if not isinstance(reduce, str):
         raise TypeError(f"BatchNorm: reduce must be a string, 'mean' or 'max', got {reduce!r}")
     if reduce not in REDUCTIONS:
@@ -43,6 +44,9 @@ def check_batch_norm_options(normalization, reduce, eps) -> None:
         raise ValueError(f"BatchNorm: normalization must be 'norm' or 'component', got {normalization!r}")
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"BatchNorm: eps must be between 0 and 1, got {eps!r}")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"BatchNorm: momentum (the weight of a batch in the running averages) must be between 0 and 1, "
+                         f"got {momentum!r}")
 
 
 def num_scalars_and_irreps(irreps) -> Tuple[int, int]:
@@ -100,7 +104,7 @@ def batch_norm(
     Returns:
         ``(output, new_running_mean, new_running_var)``; the last two are None for instance norm.
     """
-    check_batch_norm_options(normalization, reduce, eps)
+    check_batch_norm_options(normalization, reduce, eps, momentum)
     if not isinstance(input, IrrepsArray):
         raise TypeError(f"BatchNorm: the input must be an IrrepsArray, got {type(input).__name__}")
     if input.ndim < 2:

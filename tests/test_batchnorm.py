@@ -187,6 +187,11 @@ def test_batchnorm_bad_input():
         haiku_call(normalization="integral")
     with pytest.raises(ValueError, match="eps"):
         haiku_call(eps=2.0)
+    for momentum in (2.0, -0.1):  # extrapolating running averages
+        with pytest.raises(ValueError, match="momentum"):
+            haiku_call(momentum=momentum)
+        with pytest.raises(ValueError, match="momentum"):
+            FlaxBatchNorm(momentum=momentum).init(jax.random.PRNGKey(0), x)
     with pytest.raises(ValueError, match="batch"):
         haiku_call(inputs=IrrepsArray("0e + 1o", jnp.ones(4)))
     with pytest.raises(ValueError, match="reduce"):

@@ -57,7 +57,7 @@ class BatchNorm(hk.Module):
         super().__init__(name=name)
         if normalization is None:
             normalization = config("irrep_normalization")
-        check_batch_norm_options(normalization, reduce, eps)
+        check_batch_norm_options(normalization, reduce, eps, momentum)
         self.irreps = None if irreps is None else Irreps(irreps)
         self.eps = eps
         self.momentum = momentum
