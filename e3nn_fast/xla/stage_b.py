@@ -117,7 +117,12 @@ class StageBMaths:
         """``dF/dkey[a, m] = sum_{b, k} z[.., a, .., k] T[b, m, k]`` (over ``k`` only for diagonal).
 
         With nothing or one channel summed, ``k`` broadcast products of ``(a, m)`` planes: one fused loop, and ``k``
-        terms rather than ``m * k`` (unrolling over ``m`` too ran no faster and doubled XLA's compile time).
+        terms rather than ``m * k`` (unrolling over ``m`` too ran no faster and doubled XLA's compile time).  In a
+        forces pass these loops are about half the time (nequip-benzene), scalar code since no operand is contiguous
+        along the output's short minor axis ``m``; measured and not adopted there (2 cores, jax 0.10.2, 2026-12-06,
+        A/B in one process): a batched ``dot`` (forces 7.1 -> 9.6 ms), the sum written channel-minor between two
+        transposes (7.1 ms, unchanged: XLA's transposes cost what the loop saved), ``T`` transposed to ``(k, m)``
+        (no change beyond the noise).
         """
         if self.layout == DIAGONAL:
             if self.key_uses_dot:
@@ -140,7 +145,8 @@ class StageBMaths:
         # for (r, b, m, k) directly (4,096 rows, a = 16, m = 3, k = 5: 2.2 ms against 0.43 ms).  The dot makes XLA
         # copy each path's z into (r, k, a) first; with b = 1 an unrolled sum over the a key channels reads z in
         # place and ran the tp-16 backward ~10% faster, but it doubled XLA's compile time of sh-tp's backward
-        # (4.4 -> 8.4 s at a = 32) and lost at a = 128, so the dot stays (2 cores, jax 0.10.2, 2026-12-06).
+        # (4.4 -> 8.4 s at a = 32) and lost at a = 128, so the dot stays (2 cores, jax 0.10.2, 2026-12-06).  A dot
+        # ordered to read z in place (``ram,rak->rmk`` for b = 1) was slower still: tp-16 fwd+bwd 33 -> 42 ms.
         spec = "rabk,ram->rbkm" if self.layout == KEY1 else "rbak,ram->rbkm"
         return jnp.swapaxes(jnp.einsum(spec, z, key), -1, -2)
 
