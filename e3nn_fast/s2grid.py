@@ -58,15 +58,20 @@ def _check_normalization(normalization: str) -> None:
         raise ValueError(f"normalization must be 'integral', 'component' or 'norm', got {normalization!r}.")
 
 
+def _is_integer(value) -> bool:
+    """A Python or numpy integer, not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _check_resolution(name: str, res) -> int:
-    if not isinstance(res, (int, np.integer)) or isinstance(res, bool) or res < 1:
+    if not _is_integer(res) or res < 1:
         raise ValueError(f"{name} must be a positive integer, got {res!r}.")
     return int(res)
 
 
 def _check_lmax(lmax, function: str) -> int:
     """``lmax`` as a non-negative int; a negative or non-integer degree would give an empty or nonsensical grid."""
-    if isinstance(lmax, bool) or not isinstance(lmax, (int, np.integer)):
+    if not _is_integer(lmax):
         raise TypeError(f"{function}: lmax must be a non-negative int, got {lmax!r} of type {type(lmax).__name__}")
     if lmax < 0:
         raise ValueError(f"{function}: lmax must be a non-negative int, got {lmax}")
