@@ -7,7 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from e3nn_fast.xla.stage_b import DIAGONAL, DOT_MIN_COMPONENTS, KEY1, KEY2, stage_b
+from e3nn_fast.xla.stage_b import (
+    DIAGONAL,
+    DOT_MIN_COMPONENTS,
+    KEY1,
+    KEY2,
+    KEY_DOT_MIN_COMPONENTS,
+    UNROLLED_MAX_CHANNELS,
+    stage_b,
+)
 
 
 SPECS = {KEY1: "...am,...bmk->...abk", KEY2: "...am,...bmk->...bak", DIAGONAL: "...am,...amk->...ak"}
@@ -29,6 +37,11 @@ CASES = [
     (KEY1, 4, 1, 5, 9),
     (DIAGONAL, 2, 2, 3, 9),
     (KEY2, 3, 1, 9, 5),
+    # the key gradient's own threshold: k = 11 is a dot, k = 9 above is not
+    (KEY1, 2, 1, 3, 11),
+    # dF/dT with one channel on the other side: unrolled up to UNROLLED_MAX_CHANNELS key channels, a dot beyond
+    (KEY1, UNROLLED_MAX_CHANNELS, 1, 3, 5),
+    (KEY2, UNROLLED_MAX_CHANNELS + 1, 1, 5, 3),
 ]
 
 
@@ -46,9 +59,16 @@ def operands(layout, a, b, m, k, lead=(6,), seed=0):
 
 def test_the_cases_reach_every_form():
     forward_dot = {m >= DOT_MIN_COMPONENTS for _, _, _, m, _ in CASES}
-    key_gradient_dot = {k >= DOT_MIN_COMPONENTS for _, _, _, _, k in CASES}
+    key_gradient_dot = {k >= KEY_DOT_MIN_COMPONENTS for _, _, _, _, k in CASES}
     assert forward_dot == key_gradient_dot == {True, False}
-    assert any((m >= DOT_MIN_COMPONENTS) != (k >= DOT_MIN_COMPONENTS) for _, _, _, m, k in CASES)
+    assert any((m >= DOT_MIN_COMPONENTS) != (k >= KEY_DOT_MIN_COMPONENTS) for _, _, _, m, k in CASES)
+    assert any(DOT_MIN_COMPONENTS <= k < KEY_DOT_MIN_COMPONENTS for *_, k in CASES)  # the key gradient of a 4e output
+    t_gradient_forms = {
+        "outer" if a == 1 or layout == DIAGONAL else "unrolled" if b == 1 and a <= UNROLLED_MAX_CHANNELS else "dot"
+        for layout, a, b, _, _ in CASES
+    }
+    assert t_gradient_forms == {"outer", "unrolled", "dot"}
+    assert any(b == 1 and a > UNROLLED_MAX_CHANNELS for layout, a, b, _, _ in CASES if layout != DIAGONAL)
     assert {layout for layout, *_ in CASES} == {KEY1, KEY2, DIAGONAL}
 
 

@@ -20,10 +20,11 @@ Forms, with ``U``/``V`` the key's/other's channels and ``M``/``K`` the key's/out
 
 * the output ``z``: ``M`` broadcast products (a ``dot`` for ``M >= DOT_MIN_COMPONENTS``, where the unrolled sum loses);
 * ``dF/dkey``: for one channel on the summed side (the spherical harmonics of a convolution), ``K`` broadcast
-  products of ``(a, M)`` planes (a ``dot`` for ``K >= DOT_MIN_COMPONENTS``); otherwise a ``dot`` over the summed
+  products of ``(a, M)`` planes (a ``dot`` for ``K >= KEY_DOT_MIN_COMPONENTS``); otherwise a ``dot`` over the summed
   channel (a real matrix product);
-* ``dF/dT``: an outer product when the summed channel has one element (every ``diagonal`` path); otherwise a ``dot``
-  over the summed channel.
+* ``dF/dT``: an outer product when the summed channel has one element (every ``diagonal`` path); with one channel on
+  the other side and at most ``UNROLLED_MAX_CHANNELS`` key channels, a broadcast product per key channel; otherwise a
+  ``dot`` over the summed channel.
 """
 
 from __future__ import annotations
@@ -36,9 +37,17 @@ import jax.numpy as jnp
 KEY1, KEY2, DIAGONAL = "key1", "key2", "diagonal"
 KEY, T, Z = 0, 1, 2
 
-# From this many summed components on (l >= 4), a contraction is a ``dot``: 2l+1 fused broadcast products per output
+# From this many summed components on (l >= 4), the forward is a ``dot``: 2l+1 fused broadcast products per output
 # lose to a small matmul there (CPU, high-l7 forward 0.72x -> 1.30x of e3nn-jax; at l = 3 the fused form is 1.5x faster).
 DOT_MIN_COMPONENTS = 9
+# The key's gradient sums over the output's components and stays unrolled one order further (l = 4, k = 9): the dot
+# needs the cotangent copied into its layout, and a ``2e x 2e -> 4e`` path's copy cost more than the nine fused terms
+# (tp-16 fwd+bwd 36.8 -> 34.5 ms, forces 23.2 -> 19.3 ms, medians of 9, sh-tp unchanged; 2 cores, 2026-12-06).  The
+# high-l paths (k = 11, 15) keep their dot.
+KEY_DOT_MIN_COMPONENTS = 11
+# dF/dT with one channel on the summed side (the harmonics of a convolution) is an unrolled sum over the key's
+# channels up to this many of them, a batched ``dot`` beyond (see ``StageBMaths._t``).
+UNROLLED_MAX_CHANNELS = 16
 
 
 class StageBMaths:
@@ -70,9 +79,9 @@ class StageBMaths:
         # An unrolled sum has one term per summed component: ``m`` per output element forward, ``k`` per element of
         # the key's gradient.  Each contraction switches to a small matmul on its own count: the forward of a
         # ``2e x 2e -> 4e`` path (m = 5, k = 9) stays fused (sh-tp's forward 1.12x faster than one switch on
-        # max(m, k); tp-16 and high-l5 within noise, 2 cores, 2026-12-06).
+        # max(m, k); tp-16 and high-l5 within noise, 2 cores, 2026-12-06), and so does its key gradient.
         self.z_uses_dot = m >= DOT_MIN_COMPONENTS
-        self.key_uses_dot = k >= DOT_MIN_COMPONENTS
+        self.key_uses_dot = k >= KEY_DOT_MIN_COMPONENTS
 
     def has_terms(self, out_slot, require):
         return True  # every term involves all three slots
@@ -127,10 +136,10 @@ class StageBMaths:
         if self.layout == DIAGONAL:
             if self.key_uses_dot:
                 return jnp.einsum("rak,ramk->ram", z, t)
-            return _sum_k(lambda k: z[:, :, None, k] * t[:, :, :, k], self.k)
+            return _unrolled_sum(lambda k: z[:, :, None, k] * t[:, :, :, k], self.k)
         if self.b == 1 and not self.key_uses_dot:
             zb = z[:, :, 0, :] if self.layout == KEY1 else z[:, 0, :, :]  # (rows, a, k)
-            return _sum_k(lambda k: zb[:, :, None, k] * t[:, 0, None, :, k], self.k)
+            return _unrolled_sum(lambda k: zb[:, :, None, k] * t[:, 0, None, :, k], self.k)
         spec = "rabk,rbmk->ram" if self.layout == KEY1 else "rbak,rbmk->ram"
         return jnp.einsum(spec, z, t)
 
@@ -141,21 +150,42 @@ class StageBMaths:
         if self.a == 1:  # one channel summed: an outer product
             za = z[:, 0, :, :] if self.layout == KEY1 else z[:, :, 0, :]  # (rows, b, k)
             return za[:, :, None, :] * key[:, 0, None, :, None]
+        if self.b == 1 and self.a <= UNROLLED_MAX_CHANNELS:
+            return self._t_unrolled(key, z)
         # the product is written (r, b, k, m) and then transposed: XLA's CPU dot emitter is 2-5x slower when asked
         # for (r, b, m, k) directly (4,096 rows, a = 16, m = 3, k = 5: 2.2 ms against 0.43 ms).  The dot makes XLA
-        # copy each path's z into (r, k, a) first; with b = 1 an unrolled sum over the a key channels reads z in
-        # place and ran the tp-16 backward ~10% faster, but it doubled XLA's compile time of sh-tp's backward
-        # (4.4 -> 8.4 s at a = 32) and lost at a = 128, so the dot stays (2 cores, jax 0.10.2, 2026-12-06).  A dot
-        # ordered to read z in place (``ram,rak->rmk`` for b = 1) was slower still: tp-16 fwd+bwd 33 -> 42 ms.
+        # copy each path's z into (r, k, a) first.  A dot ordered to read z in place (``ram,rak->rmk`` for b = 1)
+        # was slower still: tp-16 fwd+bwd 33 -> 42 ms.  For wide keys the alternatives lost (2 cores, jax 0.10.2,
+        # 2026-12-06): the unrolled sum doubled XLA's compile time of sh-tp's backward (4.4 -> 8.4 s at a = 32)
+        # and lost at a = 128; ``sum(key * z, axis=a)`` is 3x faster than the dot alone but 3x slower in a whole
+        # backward (XLA fuses the reduction into the stage-A ``dot`` after it: tp-16 fwd+bwd 37 -> 112 ms); the
+        # unrolled sum over groups of 8 channels in a ``fori_loop`` gained nothing on sh-tp and lost 20-30 % on
+        # nequip-benzene.
         spec = "rabk,ram->rbkm" if self.layout == KEY1 else "rbak,ram->rbkm"
         return jnp.swapaxes(jnp.einsum(spec, z, key), -1, -2)
 
 
-def _sum_k(term, count: int):
+    def _t_unrolled(self, key, z):
+        """dF/dT for one channel on the summed side and a narrow key: ``sum_a key[a, m, None] z[a, None, k]``.
+
+        One broadcast product per key channel, summed in one fused loop that reads the cotangent ``z`` in place,
+        where the dot needs it copied into ``(r, k, a)``: 10x faster alone (4,096 rows, a = 16, m = 5, k = 9: 0.35
+        against 3.5 ms), tp-16 fwd+bwd 36.8 -> 29.8 ms and forces 23.2 -> 15.8 ms, the NequIP step's energy +
+        forces 2.30 -> 2.04 ms (medians of 9, 2 cores, 2026-12-06).  Bounded at ``UNROLLED_MAX_CHANNELS``: XLA's
+        CPU fusion refuses a producer read through more than 15 index expressions (its code-duplication limit), so
+        from 16 channels the path's slice of the cotangent is copied once, and wider keys cost compile time (see
+        :meth:`_t`).
+        """
+        za = z[:, :, 0, :] if self.layout == KEY1 else z[:, 0, :, :]  # (rows, a, k)
+        total = _unrolled_sum(lambda a: key[:, a, :, None] * za[:, a, None, :], self.a)  # (rows, m, k)
+        return total[:, None]
+
+
+def _unrolled_sum(term, count: int):
     """``term(0) + ... + term(count - 1)``: an unrolled sum that XLA fuses into one loop (not a reduction)."""
     total = term(0)
-    for k in range(1, count):
-        total = total + term(k)
+    for index in range(1, count):
+        total = total + term(index)
     return total
 
 
