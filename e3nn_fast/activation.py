@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.special
 
+from e3nn_fast.errors import InvalidValueError
 from e3nn_fast.irreps import Irreps
 from e3nn_fast.irreps_array import IrrepsArray, as_irreps_array, from_chunks
 from e3nn_fast.irreps_only import accepts_bare_irreps
@@ -233,9 +234,10 @@ def scalar_activation(
         raise TypeError(f"scalar_activation: acts must be a list (one entry per block) or None, got {acts!r}")
     for i, act in enumerate(acts):
         _check_callable(act, f"scalar_activation: acts[{i}]", optional=True)
-    if len(acts) != len(input.irreps):
-        raise ValueError(
-            f"scalar_activation: got {len(acts)} activations for the {len(input.irreps)} blocks of {input.irreps}"
+    if len(acts) != len(input.irreps):  # e3nn-jax asserts here: the class is also an AssertionError
+        raise InvalidValueError(
+            f"scalar_activation: got {len(acts)} activations for the {len(input.irreps)} blocks of {input.irreps}; "
+            "give one entry per block (None for a block to leave unchanged)"
         )
 
     if normalize_act:
@@ -303,9 +305,10 @@ def norm_activation(
         raise TypeError(f"norm_activation: acts must be a list (one entry per block), got {acts!r}")
     for i, act in enumerate(acts):
         _check_callable(act, f"norm_activation: acts[{i}]", optional=True)
-    if len(acts) != len(input.irreps):
-        raise ValueError(
-            f"norm_activation: got {len(acts)} activations for the {len(input.irreps)} blocks of {input.irreps}"
+    if len(acts) != len(input.irreps):  # e3nn-jax asserts here: the class is also an AssertionError
+        raise InvalidValueError(
+            f"norm_activation: got {len(acts)} activations for the {len(input.irreps)} blocks of {input.irreps}; "
+            "give one entry per block (None for a block to leave unchanged)"
         )
 
     chunks = []

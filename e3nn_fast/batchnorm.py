@@ -25,6 +25,7 @@ from typing import Callable, List, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
+from e3nn_fast.errors import InvalidTypeError, InvalidValueError
 from e3nn_fast.irreps_array import IrrepsArray, from_chunks
 
 __all__ = ["batch_norm", "batch_norm_with_variables", "check_batch_norm_options", "num_scalars_and_irreps"]
@@ -36,12 +37,13 @@ REDUCTIONS = ("mean", "max")
 def check_batch_norm_options(normalization, reduce, eps, momentum=0.1) -> None:
     """Raise a clear ValueError/TypeError for an unknown ``normalization``/``reduce``, or an ``eps`` or ``momentum``
     outside [0, 1] (a momentum of 2 would extrapolate the running averages instead of averaging)."""
+    # e3nn-jax's haiku module asserts on reduce and normalization: these classes are also AssertionErrors
     if not isinstance(reduce, str):
-        raise TypeError(f"BatchNorm: reduce must be a string, 'mean' or 'max', got {reduce!r}")
+        raise InvalidTypeError(f"BatchNorm: reduce must be a string, 'mean' or 'max', got {reduce!r}")
     if reduce not in REDUCTIONS:
-        raise ValueError(f"BatchNorm: reduce must be 'mean' or 'max', got {reduce!r}")
+        raise InvalidValueError(f"BatchNorm: reduce must be 'mean' or 'max', got {reduce!r}")
     if normalization not in NORMALIZATIONS:
-        raise ValueError(f"BatchNorm: normalization must be 'norm' or 'component', got {normalization!r}")
+        raise InvalidValueError(f"BatchNorm: normalization must be 'norm' or 'component', got {normalization!r}")
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"BatchNorm: eps must be between 0 and 1, got {eps!r}")
     if not 0.0 <= momentum <= 1.0:

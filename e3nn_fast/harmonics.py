@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from e3nn_fast import dispatch
 from e3nn_fast.configuration import config
+from e3nn_fast.errors import InvalidValueError
 from e3nn_fast.irreps import Irreps
 from e3nn_fast.irreps_array import IrrepsArray, from_chunks
 from e3nn_fast.reference import spherical_harmonics as _reference
@@ -57,7 +58,7 @@ def _resolve_normalization(normalization: Optional[str]) -> str:
     if normalization is None:
         normalization = config("spherical_harmonics_normalization")
     if normalization not in NORMALIZATIONS:
-        raise ValueError(f"spherical harmonics normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        raise InvalidValueError(f"spherical harmonics normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     return normalization
 
 
@@ -115,7 +116,7 @@ def _resolve_irreps_out(irreps_out: IrrepsOut, vector_parity: Optional[int]) -> 
     if vector_parity is None:
         raise ValueError(f"If irreps_out is {kind}, input must be an IrrepsArray (its irreps give the parity).")
     if any(l < 0 for l in ls):
-        raise ValueError(f"spherical harmonics degrees must be >= 0, got {ls}")
+        raise InvalidValueError(f"spherical harmonics degrees must be >= 0, got {ls}")
     return Irreps([(1, (int(l), vector_parity**l)) for l in ls])
 
 
@@ -142,7 +143,7 @@ def _as_vectors(x) -> jax.Array:
     float dtype, as in e3nn-jax; complex ones are refused."""
     x = jnp.asarray(x)
     if x.ndim == 0 or x.shape[-1] != 3:
-        raise ValueError(f"spherical harmonics take Cartesian vectors of shape (..., 3), got shape {x.shape}")
+        raise InvalidValueError(f"spherical harmonics take Cartesian vectors of shape (..., 3), got shape {x.shape}")
     if jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_:
         x = x.astype(jax.dtypes.canonicalize_dtype(jnp.float64))
     if not jnp.issubdtype(x.dtype, jnp.floating):

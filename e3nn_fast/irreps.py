@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from e3nn_fast.errors import InvalidTypeError, InvalidValueError
 
@@ -161,8 +162,28 @@ def _as_float_array(x: Any) -> jax.Array:
     return x
 
 
+def _check_parity_count(k: Any) -> None:
+    """``k`` counts inversions, so it must be a whole number; a fractional one would be read as even without notice.
+
+    Only host values (Python numbers, NumPy arrays, lists) are checked: a JAX array may be traced, and reading it
+    would force a device transfer (``D_from_matrix`` passes its own float ``k`` as a JAX array).
+    """
+    if isinstance(k, jax.Array):
+        return
+    try:
+        values = np.asarray(k)
+    except Exception:  # noqa: BLE001 - let jnp.asarray report what it cannot read
+        return
+    if values.dtype.kind == "c" or (values.dtype.kind == "f" and not np.all(np.mod(values, 1) == 0)):
+        shown = k if values.ndim == 0 else values.tolist()
+        raise ValueError(
+            f"k counts how many times the inversion is applied and must be a whole number (0 or 1, say), got {shown!r}"
+        )
+
+
 def _broadcast_angles(alpha, beta, gamma, k) -> Tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Broadcast the three Euler angles and the parity count ``k`` to one shape; angles share one float dtype."""
+    _check_parity_count(k)
     alpha, beta, gamma = (_as_float_array(a) for a in (alpha, beta, gamma))
     dtype = jnp.result_type(alpha, beta, gamma)
     k = jnp.asarray(k)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from e3nn_fast.configuration import config
+from e3nn_fast.errors import InvalidValueError
 from e3nn_fast.irreps import Irrep, Irreps, MulIrrep
 
 Chunk = Optional[jax.Array]
@@ -825,7 +826,8 @@ class IrrepsArray:
 
     def _check_last_dim(self, shape: Tuple[int, ...], what: str) -> None:
         if len(shape) == 0 or shape[-1] not in (self.irreps.dim, -1):
-            raise ValueError(
+            # e3nn-jax asserts here: the class is also an AssertionError
+            raise InvalidValueError(
                 f"IrrepsArray.{what}: the last entry of shape {shape} must be irreps.dim={self.irreps.dim} "
                 f"(or -1) for irreps {self.irreps}"
             )
@@ -840,6 +842,12 @@ class IrrepsArray:
         """Broadcast the leading axes; the last entry of ``shape`` must be ``irreps.dim`` or ``-1``."""
         shape = tuple(shape)
         self._check_last_dim(shape, "broadcast_to")
+        leading, target = self.shape[:-1], shape[:-1]
+        if len(target) < len(leading) or any(n not in (1, t) for n, t in zip(leading[::-1], target[::-1])):
+            raise ValueError(
+                f"IrrepsArray.broadcast_to: cannot broadcast an IrrepsArray of shape {self.shape} to {shape}: its "
+                f"leading shape {leading} must match the end of {target}, axis by axis, or have size 1 there"
+            )
         backend = _infer_backend(self.array)
         return self._map_leading(lambda t, tail: backend.broadcast_to(t, shape[:-1] + tail), compute_chunks=True)
 
@@ -857,7 +865,8 @@ class IrrepsArray:
         """Re-cut the blocks into ``irreps``, which must describe the same sequence of irreps (equal ``simplify()``)."""
         irreps = Irreps(irreps)
         if self.irreps.simplify() != irreps.simplify():
-            raise ValueError(
+            # e3nn-jax asserts here: the class is also an AssertionError
+            raise InvalidValueError(
                 f"IrrepsArray.rechunk: {irreps} is not a re-cut of {self.irreps} (simplified irreps differ)"
             )
         if self.irreps == irreps:
@@ -1333,7 +1342,7 @@ def from_chunks(
     if backend is None:
         backend = _infer_backend(chunks)
     irreps = Irreps(irreps)
-    leading_shape = tuple(leading_shape)
+    leading_shape = _leading_shape_tuple(leading_shape, "e3nn.from_chunks")
     _check_chunks(irreps, chunks, leading_shape)
     dtype = next((c.dtype for c in chunks if c is not None), dtype)
     if dtype is None:
@@ -1451,10 +1460,22 @@ def as_irreps_array(array, *, backend=None) -> IrrepsArray:
     return IrrepsArray(Irreps([(data.shape[-1], "0e")]), data)
 
 
+def _leading_shape_tuple(leading_shape, what: str) -> Tuple[int, ...]:
+    """``leading_shape`` as a tuple; a bare number (a common slip for ``(n,)``) gets a named TypeError."""
+    try:
+        return tuple(leading_shape)
+    except TypeError:
+        raise TypeError(
+            f"{what}: leading_shape must be a tuple of ints (the shape of the axes before the irreps axis), got "
+            f"{type(leading_shape).__name__} {leading_shape!r}; for one axis write ({leading_shape!r},)"
+        ) from None
+
+
 def _filled(irreps, leading_shape: Tuple[int, ...], dtype, make, known_zero: bool) -> IrrepsArray:
     """An IrrepsArray whose data is ``make(shape, dtype=dtype)`` (``jnp.zeros`` or ``jnp.ones``)."""
     irreps = Irreps(irreps)
-    data = make(tuple(leading_shape) + (irreps.dim,), dtype=dtype)
+    leading_shape = _leading_shape_tuple(leading_shape, f"e3nn.{make.__name__}")
+    data = make(leading_shape + (irreps.dim,), dtype=dtype)
     return IrrepsArray(irreps, data, zero_flags=[known_zero] * len(irreps))
 
 
@@ -1519,7 +1540,7 @@ def normal(
         dtype: a floating point (or complex) dtype.
     """
     irreps = Irreps(irreps)
-    leading_shape = tuple(leading_shape)
+    leading_shape = _leading_shape_tuple(leading_shape, "e3nn.normal")
     if dtype is not None and not jnp.issubdtype(dtype, jnp.inexact):
         raise TypeError(f"e3nn.normal: dtype must be a floating point (or complex) dtype, got {np.dtype(dtype)}")
     if normalization is None:

@@ -322,8 +322,8 @@ class FunctionalLinear:
         """Accept an IrrepsArray whose irreps are a regrouping-free rechunking of ``irreps_in``."""
         if not isinstance(input, IrrepsArray):
             raise TypeError(f"FunctionalLinear expects an IrrepsArray input, got {type(input).__name__}")
-        if input.irreps.simplify() != self.irreps_in.simplify():
-            raise ValueError(
+        if input.irreps.simplify() != self.irreps_in.simplify():  # e3nn-jax asserts (in rechunk)
+            raise InvalidValueError(
                 f"FunctionalLinear: input irreps {input.irreps} are incompatible with irreps_in {self.irreps_in}"
             )
         return input.rechunk(self.irreps_in)
@@ -689,6 +689,17 @@ def _map_layout(options: LinearOptions, input: IrrepsArray) -> Tuple[IrrepsArray
     return input.axis_to_mul(), options.channel_out * irreps_out
 
 
+def _check_positive_count(value: Any, name: str) -> None:
+    """``channel_out`` / ``num_indexed_weights``: ``None`` or a Python int >= 1 (each becomes an array size)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"Linear: {name} must be None or a positive int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        hint = " (the number of weight sets, e.g. of species)" if name == "num_indexed_weights" else ""
+        raise ValueError(f"Linear: {name} must be a positive int{hint}, got {value}; pass at least 1, or None")
+
+
 def linear_module_call(
     options: LinearOptions, get_parameter: GetParameter, weights_or_input: Any, input_or_none: Any = None
 ) -> IrrepsArray:
@@ -698,6 +709,8 @@ def linear_module_call(
     instructions, build the :class:`FunctionalLinear`, then apply it with weights obtained the way the options and
     the call say (:func:`_dispatch_weights`), and undo the channel folding.
     """
+    _check_positive_count(options.channel_out, "channel_out")
+    _check_positive_count(options.num_indexed_weights, "num_indexed_weights")
     weights, input = _split_arguments(weights_or_input, input_or_none)
     weights = None if weights is None else _scalar_weights(weights)
     input, irreps_out = _map_layout(options, _compute_input(weights, as_irreps_array(input)))

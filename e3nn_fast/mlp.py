@@ -39,6 +39,12 @@ def check_mlp_arguments(list_neurons, act, output_activation) -> None:
             raise TypeError(f"MultiLayerPerceptron: list_neurons must contain ints, got {list_neurons!r}")
         if h < 0:
             raise ValueError(f"MultiLayerPerceptron: list_neurons must be non-negative, got {list_neurons!r}")
+    if any(h == 0 for h in list(list_neurons)[:-1]):
+        # The next layer would have no inputs, and its 1/fan-in normalisation would divide by zero.
+        raise ValueError(
+            f"MultiLayerPerceptron: a hidden layer of width 0 leaves the next layer without inputs, got list_neurons="
+            f"{list(list_neurons)!r}; only the last entry may be 0"
+        )
     if act is not None and not callable(act):
         raise TypeError(f"MultiLayerPerceptron: act must be a callable or None, got {act!r}")
     if not isinstance(output_activation, bool) and not callable(output_activation):
@@ -85,6 +91,11 @@ def mlp_forward(
     hidden_act = None if act is None else normalize_function(act)
     last_act = None if output_activation is None else normalize_function(output_activation)
 
+    if len(list_neurons) > 0 and x.shape[-1] == 0:
+        raise ValueError(
+            f"MultiLayerPerceptron: the input has no features (shape {tuple(x.shape)}); the first layer needs at least "
+            "one input feature"
+        )
     for i, features in enumerate(list_neurons):
         alpha = 1 / x.shape[-1]  # 1 / fan-in
         dense = make_dense(i, features, jnp.sqrt(alpha) ** (1.0 - g), x.dtype)

@@ -46,8 +46,16 @@ _GAUSSIAN_NORM = 1.12
 _SMOOTH_FINITE_NORM = 1.14136 * math.exp(2.0)
 
 
-def _as_float_array(x) -> jax.Array:
-    """``jnp.asarray(x)``, promoting integer/bool input to the default float dtype."""
+def _as_float_array(x, what: str = "x") -> jax.Array:
+    """``jnp.asarray(x)``, promoting integer/bool input to the default float dtype.
+
+    ``what`` names the function and argument in the error for an IrrepsArray.
+    """
+    if hasattr(x, "irreps") and hasattr(x, "array"):  # an IrrepsArray: jnp.asarray would try to iterate over it
+        raise TypeError(
+            f"{what} must be a plain array, got an IrrepsArray with irreps {x.irreps} and shape {x.shape}; "
+            "pass its data, e.g. x.array[..., 0] for a single 0e (or e3nn.norm(vectors).array[..., 0])"
+        )
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.inexact):
         x = x.astype(jnp.result_type(float))
@@ -100,7 +108,7 @@ def sus(x: jax.Array) -> jax.Array:
     Returns:
         Array of the same shape as ``x`` (integer input is promoted to float).
     """
-    x = _as_float_array(x)
+    x = _as_float_array(x, "sus: x")
     positive = x > _SUS_ZERO_BELOW
     # Inner where: evaluate exp(-1/x) only on a safe argument so the masked branch has no inf/nan.
     safe_x = jnp.where(positive, x, 1.0)
@@ -144,7 +152,7 @@ def soft_envelope(
         raise ValueError(f"soft_envelope: arg_multiplicator must be > 0, got {arg_multiplicator!r}")
     # Normalising constant computed once in float64 on the host; a Python float keeps x's dtype.
     scale = value_at_origin / _sus_scalar(a)
-    x = _as_float_array(x)
+    x = _as_float_array(x, "soft_envelope: x")
     return scale * sus(arg_multiplicator * (1.0 - x / x_max))
 
 
@@ -220,7 +228,7 @@ def poly_envelope(n0: int, n1: int, x_max: float = 1.0) -> Callable[[jax.Array],
     coeffs = _poly_envelope_coefficients(n0, n1)
 
     def envelope(x: jax.Array) -> jax.Array:
-        x = _as_float_array(x)
+        x = _as_float_array(x, "poly_envelope: the envelope's x")
         inside = x < x_max
         # Clamp before evaluating so the discarded branch stays finite (and its gradient too).
         u = jnp.where(inside, x, x_max) / x_max - 0.5
@@ -341,7 +349,7 @@ def soft_one_hot_linspace(
     if lo is not None and hi is not None and lo == hi:
         raise ValueError(f"soft_one_hot_linspace: start and end must differ, both are {lo}")
 
-    input = _as_float_array(input)
+    input = _as_float_array(input, "soft_one_hot_linspace: input")
 
     if basis == "fourier":
         return _fourier_basis(input, start, end, number, start_zero, end_zero)
@@ -378,7 +386,7 @@ def bessel(x: jax.Array, n: int, x_max: float = 1.0) -> jax.Array:
     """
     n = _count(n, "bessel: n", 0)
     _check_nonzero(x_max, "bessel: x_max")
-    x = _as_float_array(x)[..., None]
+    x = _as_float_array(x, "bessel: x")[..., None]
     k = jnp.arange(1, n + 1, dtype=x.dtype)
     at_origin = x == 0.0
     # Double where: the masked branch never divides by zero, so no nan reaches the gradient.

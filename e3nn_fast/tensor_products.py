@@ -8,6 +8,7 @@ known to be zero (``None``) are skipped by every executor, and their outputs sta
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Optional, Sequence
 
 import jax.numpy as jnp
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 from e3nn_fast import dispatch
 from e3nn_fast._eager import compiled_when_eager
 from e3nn_fast.configuration import config
+from e3nn_fast.errors import InvalidValueError
 from e3nn_fast.irreps import Irrep, Irreps
 from e3nn_fast.irreps_array import IrrepsArray, as_irreps_array, from_chunks
 from e3nn_fast.irreps_only import accepts_bare_irreps
@@ -73,13 +75,19 @@ def _as_filter(filter_ir_out) -> Optional[tuple[Irrep, ...]]:
         filter_ir_out = [filter_ir_out]
     if isinstance(filter_ir_out, Irreps):
         return tuple(ir for _, ir in filter_ir_out)
+    if not isinstance(filter_ir_out, Iterable):
+        raise TypeError(
+            f"filter_ir_out must be None, irreps (e.g. \"0e + 1o\") or a list of irreps, got "
+            f"{type(filter_ir_out).__name__} {filter_ir_out!r}"
+        )
     return tuple(Irrep(ir) for ir in filter_ir_out)
 
 
 def _irrep_normalization(value: Optional[str]) -> str:
     value = config("irrep_normalization") if value is None else value
     if value not in IRREP_NORMALIZATIONS:
-        raise ValueError(f"irrep_normalization={value!r} is not one of {IRREP_NORMALIZATIONS}")
+        # (tensor_square in e3nn-jax asserts on it: the class is also an AssertionError)
+        raise InvalidValueError(f"irrep_normalization={value!r} is not one of {IRREP_NORMALIZATIONS}")
     return value
 
 

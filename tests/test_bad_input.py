@@ -241,3 +241,122 @@ def test_errors_are_assertion_errors_where_e3nn_jax_asserts():
     with pytest.raises(InvalidValueError):
         e3nn.scatter_mean(data, nel=jnp.asarray([3]), output_size=1, map_back=True)
     assert issubclass(InvalidValueError, ValueError) and issubclass(InvalidTypeError, TypeError)
+
+
+# --- 7. more argument checks at the API entry points ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [0.5, 1.5, [0.0, 0.5], float("nan")])
+def test_fractional_parity_count_is_refused(k):
+    """k counts inversions; a fractional one used to be read as even and returned the rotation alone."""
+    x = e3nn.IrrepsArray("1o", jnp.ones((2, 3)))
+    with pytest.raises(ValueError, match="k counts how many times the inversion is applied"):
+        e3nn.Irrep("1o").D_from_angles(0.0, 0.0, 0.0, k=k)
+    with pytest.raises(ValueError, match="whole number"):
+        x.transform_by_angles(0.0, 0.0, 0.0, k=k)
+    # whole numbers of any type keep working, and a (possibly traced) JAX k is not read back
+    for good in (1, 1.0, np.int64(1), True):
+        np.testing.assert_allclose(np.asarray(x.transform_by_angles(0.0, 0.0, 0.0, k=good).array), -1.0, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(x.transform_by_matrix(-jnp.eye(3)).array), -1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, value, error, message", [
+    ("num_indexed_weights", 0, ValueError, r"num_indexed_weights must be a positive int.*got 0"),
+    ("num_indexed_weights", -1, ValueError, r"num_indexed_weights must be a positive int.*got -1"),
+    ("num_indexed_weights", 2.0, TypeError, r"num_indexed_weights must be None or a positive int, got float"),
+    ("channel_out", 0, ValueError, r"channel_out must be a positive int, got 0"),
+    ("channel_out", -2, ValueError, r"channel_out must be a positive int, got -2"),
+])
+def test_linear_counts_are_checked(name, value, error, message):
+    """These used to fail with a garbled range '[--1, -1)', a mul_to_axis error or a bare multiplicity error."""
+    hk = pytest.importorskip("haiku")
+    x = e3nn.IrrepsArray("2x0e", jnp.ones((3, 2)))
+    args = (jnp.asarray([0, 0, 0]), x) if name == "num_indexed_weights" else (x,)
+    f = hk.without_apply_rng(hk.transform(lambda *a: e3nn.haiku.Linear("0e", **{name: value})(*a)))
+    with pytest.raises(error, match=message):
+        f.init(jax.random.PRNGKey(0), *args)
+
+
+def test_mlp_with_an_empty_layer():
+    """A hidden layer of width 0 (or an input without features) used to raise ZeroDivisionError."""
+    hk = pytest.importorskip("haiku")
+
+    def init(neurons, x):
+        f = hk.transform(lambda x: e3nn.haiku.MultiLayerPerceptron(neurons, jax.nn.relu)(x))
+        return f.init(jax.random.PRNGKey(0), x)
+
+    with pytest.raises(ValueError, match=r"hidden layer of width 0.*list_neurons=\[0, 2\]"):
+        init([0, 2], jnp.ones((3, 4)))
+    with pytest.raises(ValueError, match=r"the input has no features \(shape \(3, 0\)\)"):
+        init([2], jnp.ones((3, 0)))
+    init([4, 0], jnp.ones((3, 4)))  # an empty output layer is fine
+
+
+def test_tensor_product_filter_ir_out_of_the_wrong_type():
+    x = e3nn.IrrepsArray("1o", jnp.ones((2, 3)))
+    with pytest.raises(TypeError, match=r"filter_ir_out must be None, irreps .* got int 1"):
+        e3nn.tensor_product(x, x, filter_ir_out=1)
+    assert e3nn.tensor_product(x, x, filter_ir_out=["0e", "2e"]).irreps == e3nn.Irreps("0e+2e")
+
+
+def test_broadcast_to_names_the_user_shapes():
+    """The error used to come from the internal chunk layout: 'input type=float32[3,2,1] ... float32[4,2,1]'."""
+    x = e3nn.IrrepsArray("2x0e+1o", jnp.ones((3, 5)))
+    with pytest.raises(ValueError, match=r"broadcast_to: cannot broadcast an IrrepsArray of shape \(3, 5\) to \(4, 5\)"):
+        x.broadcast_to((4, 5))
+    with pytest.raises(ValueError, match=r"leading shape \(3,\)"):
+        x.broadcast_to((2, 2, 5))
+    assert x.broadcast_to((2, 3, -1)).shape == (2, 3, 5)
+    assert x[None].broadcast_to((4, 3, 5)).shape == (4, 3, 5)
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: e3nn.bessel(x, 2),
+    lambda x: e3nn.sus(x),
+    lambda x: e3nn.soft_envelope(x),
+    lambda x: e3nn.poly_envelope(2, 2)(x),
+    lambda x: e3nn.soft_one_hot_linspace(x, start=0.0, end=1.0, number=2, basis="gaussian", cutoff=True),
+])
+def test_radial_functions_name_an_irreps_array_input(call):
+    """Used to fail with 'cannot iterate over an IrrepsArray of shape (1,)' from inside jnp.asarray."""
+    x = e3nn.IrrepsArray("0e", jnp.full((3, 1), 0.5))
+    with pytest.raises(TypeError, match=r"must be a plain array, got an IrrepsArray with irreps 1x0e.*x\.array"):
+        call(x)
+    assert call(x.array[..., 0]).shape[0] == 3
+
+
+@pytest.mark.parametrize("make", [
+    lambda: e3nn.zeros("1o", 3),
+    lambda: e3nn.ones("1o", 3),
+    lambda: e3nn.normal("1o", jax.random.PRNGKey(0), 3),
+    lambda: e3nn.from_chunks("1o", [None], 3),
+])
+def test_leading_shape_given_as_a_number(make):
+    """Used to be TypeError: 'int' object is not iterable."""
+    with pytest.raises(TypeError, match=r"leading_shape must be a tuple of ints.*got int 3; for one axis write \(3,\)"):
+        make()
+
+
+def test_more_errors_are_assertion_errors_where_e3nn_jax_asserts():
+    x = e3nn.IrrepsArray("2x0e+1o", jnp.ones((3, 5)))
+    vectors = e3nn.IrrepsArray("1o", jnp.ones((3, 3)))
+    cases = [
+        (lambda: x.rechunk("1o+2x0e"), "not a re-cut"),
+        (lambda: x.reshape((15,)), "irreps.dim=5"),
+        (lambda: x.broadcast_to((3, 6)), "irreps.dim=5"),
+        (lambda: e3nn.scalar_activation(x, [jax.nn.relu]), "one entry per block"),
+        (lambda: e3nn.norm_activation(x, [None]), "one entry per block"),
+        (lambda: e3nn.spherical_harmonics(2, vectors, True, normalization="foo"), "normalization must be one of"),
+        (lambda: e3nn.spherical_harmonics(-1, vectors, True), "degrees must be >= 0"),
+        (lambda: e3nn.spherical_harmonics("1o", jnp.ones((3, 2)), True), r"shape \(\.\.\., 3\)"),
+        (lambda: e3nn.tensor_square(vectors, irrep_normalization="foo"), "irrep_normalization='foo'"),
+        (lambda: e3nn.FunctionalLinear("2x0e+1o", "0e")([jnp.ones((2, 1))], e3nn.IrrepsArray("1o+2x0e", jnp.ones(5))),
+         "incompatible with irreps_in"),
+        (lambda: e3nn.batchnorm.check_batch_norm_options("foo", "mean", 1e-4), "normalization must be"),
+        (lambda: e3nn.batchnorm.check_batch_norm_options("norm", "sum", 1e-4), "reduce must be"),
+    ]
+    for call, message in cases:
+        with pytest.raises(InvalidValueError, match=message):
+            call()
+    with pytest.raises(InvalidTypeError, match="reduce must be a string"):
+        e3nn.batchnorm.check_batch_norm_options("norm", None, 1e-4)
