@@ -13,6 +13,7 @@ from e3nn_fast.xla.stage_b import (
     KEY1,
     KEY2,
     KEY_DOT_MIN_COMPONENTS,
+    UNROLLED_GROUP_CHANNELS,
     UNROLLED_MAX_CHANNELS,
     stage_b,
 )
@@ -39,8 +40,10 @@ CASES = [
     (KEY2, 3, 1, 9, 5),
     # the key gradient's own threshold: k = 11 is a dot, k = 9 above is not
     (KEY1, 2, 1, 3, 11),
-    # dF/dT with one channel on the other side: unrolled up to UNROLLED_MAX_CHANNELS key channels, a dot beyond
+    # dF/dT with one channel on the other side: unrolled up to UNROLLED_MAX_CHANNELS key channels (in groups of
+    # UNROLLED_GROUP_CHANNELS, the last one short here), a dot beyond
     (KEY1, UNROLLED_MAX_CHANNELS, 1, 3, 5),
+    (KEY2, UNROLLED_GROUP_CHANNELS + 3, 1, 3, 7),
     (KEY2, UNROLLED_MAX_CHANNELS + 1, 1, 5, 3),
 ]
 
@@ -69,6 +72,8 @@ def test_the_cases_reach_every_form():
     }
     assert t_gradient_forms == {"outer", "unrolled", "dot"}
     assert any(b == 1 and a > UNROLLED_MAX_CHANNELS for layout, a, b, _, _ in CASES if layout != DIAGONAL)
+    assert any(b == 1 and UNROLLED_GROUP_CHANNELS < a <= UNROLLED_MAX_CHANNELS and a % UNROLLED_GROUP_CHANNELS
+               for layout, a, b, _, _ in CASES if layout != DIAGONAL)  # several groups, the last one short
     assert {layout for layout, *_ in CASES} == {KEY1, KEY2, DIAGONAL}
 
 

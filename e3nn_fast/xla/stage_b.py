@@ -48,6 +48,8 @@ KEY_DOT_MIN_COMPONENTS = 11
 # dF/dT with one channel on the summed side (the harmonics of a convolution) is an unrolled sum over the key's
 # channels up to this many of them, a batched ``dot`` beyond (see ``StageBMaths._t``).
 UNROLLED_MAX_CHANNELS = 16
+# ... in groups of this many channels, each read from its own slice of the cotangent (see ``StageBMaths._t_unrolled``).
+UNROLLED_GROUP_CHANNELS = 8
 
 
 class StageBMaths:
@@ -82,6 +84,7 @@ class StageBMaths:
         # max(m, k); tp-16 and high-l5 within noise, 2 cores, 2026-12-06), and so does its key gradient.
         self.z_uses_dot = m >= DOT_MIN_COMPONENTS
         self.key_uses_dot = k >= KEY_DOT_MIN_COMPONENTS
+        self.t_is_unrolled = layout != DIAGONAL and a > 1 and b == 1 and a <= UNROLLED_MAX_CHANNELS
 
     def has_terms(self, out_slot, require):
         return True  # every term involves all three slots
@@ -91,6 +94,9 @@ class StageBMaths:
         arrays = [op for s, op in enumerate(operands) if s != out_slot]
         dtype = jnp.result_type(*arrays)
         rows = arrays[0].shape[0]
+        if out_slot == T and self.t_is_unrolled:  # reads the flat operands (see _t_unrolled)
+            key2d, _, z2d = (None if op is None else op.astype(dtype) for op in operands)
+            return self._t_unrolled(key2d, z2d)
         shapes = ((self.a, self.m), (self.b, self.m, self.k), self.z_shape)
         key, t, z = (None if op is None else op.astype(dtype).reshape((rows,) + shape)
                      for op, shape in zip(operands, shapes))
@@ -150,8 +156,6 @@ class StageBMaths:
         if self.a == 1:  # one channel summed: an outer product
             za = z[:, 0, :, :] if self.layout == KEY1 else z[:, :, 0, :]  # (rows, b, k)
             return za[:, :, None, :] * key[:, 0, None, :, None]
-        if self.b == 1 and self.a <= UNROLLED_MAX_CHANNELS:
-            return self._t_unrolled(key, z)
         # the product is written (r, b, k, m) and then transposed: XLA's CPU dot emitter is 2-5x slower when asked
         # for (r, b, m, k) directly (4,096 rows, a = 16, m = 3, k = 5: 2.2 ms against 0.43 ms).  The dot makes XLA
         # copy each path's z into (r, k, a) first.  A dot ordered to read z in place (``ram,rak->rmk`` for b = 1)
@@ -165,20 +169,28 @@ class StageBMaths:
         return jnp.swapaxes(jnp.einsum(spec, z, key), -1, -2)
 
 
-    def _t_unrolled(self, key, z):
-        """dF/dT for one channel on the summed side and a narrow key: ``sum_a key[a, m, None] z[a, None, k]``.
+    def _t_unrolled(self, key2d, z2d):
+        """dF/dT for one channel on the summed side: ``sum_a key[a, m, None] z[a, None, k]``, flat in and out.
 
         One broadcast product per key channel, summed in one fused loop that reads the cotangent ``z`` in place,
         where the dot needs it copied into ``(r, k, a)``: 10x faster alone (4,096 rows, a = 16, m = 5, k = 9: 0.35
         against 3.5 ms), tp-16 fwd+bwd 36.8 -> 29.8 ms and forces 23.2 -> 15.8 ms, the NequIP step's energy +
-        forces 2.30 -> 2.04 ms (medians of 9, 2 cores, 2026-12-06).  Bounded at ``UNROLLED_MAX_CHANNELS``: XLA's
-        CPU fusion refuses a producer read through more than 15 index expressions (its code-duplication limit), so
-        from 16 channels the path's slice of the cotangent is copied once, and wider keys cost compile time (see
-        :meth:`_t`).
+        forces 2.30 -> 2.04 ms (medians of 9, 2 cores, 2026-12-06).
+
+        Each group of ``UNROLLED_GROUP_CHANNELS`` channels is sliced from the flat ``(rows, a * k)`` operands, not
+        from their ``(rows, a, k)`` view: XLA's CPU fusion refuses to fuse a producer that a loop reads through more
+        than 15 index expressions (its code-duplication limit) and copies it instead, but it merges a slice of a
+        slice, so every group is its own slice of the cotangent, read by at most ``UNROLLED_GROUP_CHANNELS`` terms.
         """
-        za = z[:, :, 0, :] if self.layout == KEY1 else z[:, 0, :, :]  # (rows, a, k)
-        total = _unrolled_sum(lambda a: key[:, a, :, None] * za[:, a, None, :], self.a)  # (rows, m, k)
-        return total[:, None]
+        rows, m, k = key2d.shape[0], self.m, self.k
+        total = None
+        for start in range(0, self.a, UNROLLED_GROUP_CHANNELS):
+            count = min(UNROLLED_GROUP_CHANNELS, self.a - start)
+            key_group = key2d[:, start * m:(start + count) * m].reshape(rows, count, m)
+            z_group = z2d[:, start * k:(start + count) * k].reshape(rows, count, k)
+            part = _unrolled_sum(lambda a: key_group[:, a, :, None] * z_group[:, a, None, :], count)
+            total = part if total is None else total + part
+        return total.reshape(rows, m * k)
 
 
 def _unrolled_sum(term, count: int):
