@@ -45,8 +45,8 @@ DOT_MIN_COMPONENTS = 9
 # (tp-16 fwd+bwd 36.8 -> 34.5 ms, forces 23.2 -> 19.3 ms, medians of 9, sh-tp unchanged; 2 cores, 2026-12-06).  The
 # high-l paths (k = 11, 15) keep their dot.
 KEY_DOT_MIN_COMPONENTS = 11
-# dF/dT with one channel on the summed side (the harmonics of a convolution) is an unrolled sum over the key's
-# channels up to this many of them, a batched ``dot`` beyond (see ``StageBMaths._t``).
+# dF/dT when the other input has one channel (b = 1: the harmonics of a convolution) is an unrolled sum over the
+# key's channels up to this many of them, a batched ``dot`` beyond (see ``StageBMaths._t``).
 UNROLLED_MAX_CHANNELS = 16
 # ... in groups of this many channels, each read from its own slice of the cotangent (see ``StageBMaths._t_unrolled``).
 UNROLLED_GROUP_CHANNELS = 8
@@ -168,9 +168,8 @@ class StageBMaths:
         spec = "rabk,ram->rbkm" if self.layout == KEY1 else "rbak,ram->rbkm"
         return jnp.swapaxes(jnp.einsum(spec, z, key), -1, -2)
 
-
     def _t_unrolled(self, key2d, z2d):
-        """dF/dT for one channel on the summed side: ``sum_a key[a, m, None] z[a, None, k]``, flat in and out.
+        """dF/dT when the other input has one channel: ``sum_a key[a, m, None] z[a, None, k]``, flat in and out.
 
         One broadcast product per key channel, summed in one fused loop that reads the cotangent ``z`` in place,
         where the dot needs it copied into ``(r, k, a)``: 10x faster alone (4,096 rows, a = 16, m = 5, k = 9: 0.35
