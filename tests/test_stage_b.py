@@ -12,7 +12,6 @@ from e3nn_fast.xla.stage_b import (
     DOT_MIN_COMPONENTS,
     KEY1,
     KEY2,
-    KEY_DOT_MIN_COMPONENTS,
     UNROLLED_GROUP_CHANNELS,
     UNROLLED_MAX_CHANNELS,
     stage_b,
@@ -22,24 +21,24 @@ from e3nn_fast.xla.stage_b import (
 SPECS = {KEY1: "...am,...bmk->...abk", KEY2: "...am,...bmk->...bak", DIAGONAL: "...am,...amk->...ak"}
 
 # (layout, key channels a, other channels b, key components m, output components k): one channel on either side
-# (the outer-product and unrolled forms), several on both (the dot forms), and components beyond l = 3 (dots).
+# (the outer-product and unrolled forms), several on both (the dot forms), and components from l = 6 on (dots).
 CASES = [
     (KEY1, 4, 1, 3, 5),
     (KEY1, 1, 3, 5, 3),
     (KEY1, 3, 2, 3, 3),
-    (KEY1, 2, 1, 9, 7),
+    (KEY1, 2, 1, 13, 7),
     (KEY2, 4, 1, 5, 3),
     (KEY2, 1, 3, 3, 5),
     (KEY2, 2, 3, 1, 3),
     (DIAGONAL, 3, 3, 3, 5),
-    (DIAGONAL, 2, 2, 11, 9),
-    # one contraction fused, the other a dot: forward over m = 5 terms, key gradient over k = 9 (a 2e x 2e -> 4e path),
-    # and the reverse
+    (DIAGONAL, 2, 2, 13, 13),
+    # one contraction fused, the other a dot: forward over m = 5 terms, key gradient over k = 13, and the reverse
+    (KEY1, 4, 1, 5, 13),
+    (DIAGONAL, 2, 2, 3, 13),
+    (KEY2, 3, 1, 13, 5),
+    # just below the dots: l = 4 and l = 5 (a 2e x 2e -> 4e path's key gradient, a 5e x 3e -> 5e path) stay fused
     (KEY1, 4, 1, 5, 9),
-    (DIAGONAL, 2, 2, 3, 9),
-    (KEY2, 3, 1, 9, 5),
-    # the key gradient's own threshold: k = 11 is a dot, k = 9 above is not
-    (KEY1, 2, 1, 3, 11),
+    (KEY1, 3, 1, 11, 11),
     # dF/dT with one channel on the other side: unrolled up to UNROLLED_MAX_CHANNELS key channels (in groups of
     # UNROLLED_GROUP_CHANNELS, the last one short here), a dot beyond
     (KEY1, UNROLLED_MAX_CHANNELS, 1, 3, 5),
@@ -62,10 +61,10 @@ def operands(layout, a, b, m, k, lead=(6,), seed=0):
 
 def test_the_cases_reach_every_form():
     forward_dot = {m >= DOT_MIN_COMPONENTS for _, _, _, m, _ in CASES}
-    key_gradient_dot = {k >= KEY_DOT_MIN_COMPONENTS for _, _, _, _, k in CASES}
+    key_gradient_dot = {k >= DOT_MIN_COMPONENTS for _, _, _, _, k in CASES}
     assert forward_dot == key_gradient_dot == {True, False}
-    assert any((m >= DOT_MIN_COMPONENTS) != (k >= KEY_DOT_MIN_COMPONENTS) for _, _, _, m, k in CASES)
-    assert any(DOT_MIN_COMPONENTS <= k < KEY_DOT_MIN_COMPONENTS for *_, k in CASES)  # the key gradient of a 4e output
+    assert any((m >= DOT_MIN_COMPONENTS) != (k >= DOT_MIN_COMPONENTS) for _, _, _, m, k in CASES)
+    assert any(m == k == DOT_MIN_COMPONENTS - 1 for *_, m, k in CASES)  # the widest fused contractions
     t_gradient_forms = {
         "outer" if a == 1 or layout == DIAGONAL else "unrolled" if b == 1 and a <= UNROLLED_MAX_CHANNELS else "dot"
         for layout, a, b, _, _ in CASES

@@ -236,11 +236,11 @@ def test_third_derivative_matches_reference():
 
 
 def test_high_l_keys_use_the_dot_form_and_match_reference():
-    """Keys with ``l >= 4`` run stage B as a ``dot`` forward too; values and first and second derivatives agree."""
+    """Keys with ``l >= 6`` run stage B as a ``dot`` forward too; values and first and second derivatives agree."""
     from e3nn_fast.xla.stage_b import DOT_MIN_COMPONENTS as DOT_STAGE_B_MIN_COMPONENTS
 
-    description = describe_full_tensor_product(Irreps("3x4e+2x5o+2x1o"), Irreps("0e+1o+4e"), None, "component")
-    assert Irreps("4e").dim >= DOT_STAGE_B_MIN_COMPONENTS > Irreps("3o").dim
+    description = describe_full_tensor_product(Irreps("3x6e+2x5o+2x1o"), Irreps("0e+1o+4e"), None, "component")
+    assert Irreps("6e").dim >= DOT_STAGE_B_MIN_COMPONENTS > Irreps("5o").dim
     compare(description, jnp.float64, lead1=(2,), lead2=(2,))
     x1 = random_chunks(description.irreps_in1, (2,), jnp.float64, 0)
     x2 = random_chunks(description.irreps_in2, (2,), jnp.float64, 1)

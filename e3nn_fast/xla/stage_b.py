@@ -20,7 +20,7 @@ Forms, with ``U``/``V`` the key's/other's channels and ``M``/``K`` the key's/out
 
 * the output ``z``: ``M`` broadcast products (a ``dot`` for ``M >= DOT_MIN_COMPONENTS``, where the unrolled sum loses);
 * ``dF/dkey``: for one channel on the summed side (the spherical harmonics of a convolution), ``K`` broadcast
-  products of ``(a, M)`` planes (a ``dot`` for ``K >= KEY_DOT_MIN_COMPONENTS``); otherwise a ``dot`` over the summed
+  products of ``(a, M)`` planes (a ``dot`` for ``K >= DOT_MIN_COMPONENTS``); otherwise a ``dot`` over the summed
   channel (a real matrix product);
 * ``dF/dT``: an outer product when the summed channel has one element (every ``diagonal`` path); with one channel on
   the other side and at most ``UNROLLED_MAX_CHANNELS`` key channels, a broadcast product per key channel; otherwise a
@@ -37,14 +37,17 @@ import jax.numpy as jnp
 KEY1, KEY2, DIAGONAL = "key1", "key2", "diagonal"
 KEY, T, Z = 0, 1, 2
 
-# From this many summed components on (l >= 4), the forward is a ``dot``: 2l+1 fused broadcast products per output
-# lose to a small matmul there (CPU, high-l7 forward 0.72x -> 1.30x of e3nn-jax; at l = 3 the fused form is 1.5x faster).
-DOT_MIN_COMPONENTS = 9
-# The key's gradient sums over the output's components and stays unrolled one order further (l = 4, k = 9): the dot
-# needs the cotangent copied into its layout, and a ``2e x 2e -> 4e`` path's copy cost more than the nine fused terms
-# (tp-16 fwd+bwd 36.8 -> 34.5 ms, forces 23.2 -> 19.3 ms, medians of 9, sh-tp unchanged; 2 cores, 2026-12-06).  The
-# high-l paths (k = 11, 15) keep their dot.
-KEY_DOT_MIN_COMPONENTS = 11
+# From this many summed components on (l >= 6), a contraction is a ``dot``; below it, one fused broadcast product per
+# component.  The forward (over ``m``) and the key's gradient (over ``k``) switch on their own counts.  Measured on 2
+# cores (jax 0.10.2, medians of 7-9 alternated runs, 2026-12-06), the fused form wins up to l = 5:
+# * high-l5 (m = k = 11) fwd+bwd 20.9 -> 15.1 ms and forces 18.4 -> 14.1 ms against the dots from l = 4 on (its
+#   forward within noise); sh-tp's k = 11 key gradients within noise (fwd+bwd 130 -> 126 ms);
+# * tp-16's ``2e x 2e -> 4e`` key gradients (k = 9): fwd+bwd 36.8 -> 34.5 ms, forces 23.2 -> 19.3 ms (the dot needs
+#   the cotangent copied into its layout);
+# * at l = 7 (m = k = 15) the dots stay: unrolled, high-l7's forward took 5.3 instead of 4.0 ms (its fwd+bwd equal,
+#   forces 12.2 -> 9.7 ms), and 2l+1 = 15 terms is the most XLA's CPU fusion reads one operand through before it
+#   copies it instead (its code-duplication limit); the first version's dots from l = 4 came from high-l7's forward.
+DOT_MIN_COMPONENTS = 12
 # dF/dT when the other input has one channel (b = 1: the harmonics of a convolution) is an unrolled sum over the
 # key's channels up to this many of them, a batched ``dot`` beyond (see ``StageBMaths._t``).
 UNROLLED_MAX_CHANNELS = 16
@@ -79,11 +82,11 @@ class StageBMaths:
             Slot("z", True, _product(self.z_shape)),
         )
         # An unrolled sum has one term per summed component: ``m`` per output element forward, ``k`` per element of
-        # the key's gradient.  Each contraction switches to a small matmul on its own count: the forward of a
-        # ``2e x 2e -> 4e`` path (m = 5, k = 9) stays fused (sh-tp's forward 1.12x faster than one switch on
-        # max(m, k); tp-16 and high-l5 within noise, 2 cores, 2026-12-06), and so does its key gradient.
+        # the key's gradient.  Each contraction switches to a small matmul on its own count, so a path with few
+        # key components and many output ones keeps its forward fused (one switch on max(m, k), at 9 components
+        # then, made sh-tp's forward 1.12x slower; 2 cores, 2026-12-06).
         self.z_uses_dot = m >= DOT_MIN_COMPONENTS
-        self.key_uses_dot = k >= KEY_DOT_MIN_COMPONENTS
+        self.key_uses_dot = k >= DOT_MIN_COMPONENTS
         self.t_is_unrolled = layout != DIAGONAL and a > 1 and b == 1 and a <= UNROLLED_MAX_CHANNELS
 
     def has_terms(self, out_slot, require):
