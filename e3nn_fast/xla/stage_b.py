@@ -44,9 +44,11 @@ KEY, T, Z = 0, 1, 2
 #   forward within noise); sh-tp's k = 11 key gradients within noise (fwd+bwd 130 -> 126 ms);
 # * tp-16's ``2e x 2e -> 4e`` key gradients (k = 9): fwd+bwd 36.8 -> 34.5 ms, forces 23.2 -> 19.3 ms (the dot needs
 #   the cotangent copied into its layout);
-# * at l = 7 (m = k = 15) the dots stay: unrolled, high-l7's forward took 5.3 instead of 4.0 ms (its fwd+bwd equal,
-#   forces 12.2 -> 9.7 ms), and 2l+1 = 15 terms is the most XLA's CPU fusion reads one operand through before it
-#   copies it instead (its code-duplication limit); the first version's dots from l = 4 came from high-l7's forward.
+# * at l = 7 (m = k = 15) the dots stay: unrolled, high-l7's forward took 5.3 instead of 4.0 ms, and the gain of its
+#   forces pass in an alternated A/B (12.2 -> 9.7 ms) did not show in the bench harness (`python -m bench
+#   --workloads high-l7 --repeats 9`: 1.21x e3nn-jax either way, the forward 1.34x -> 1.13x).  2l+1 = 15 terms is
+#   also the most XLA's CPU fusion reads one operand through before it copies it instead (its code-duplication
+#   limit).  The first version's dots from l = 4 on came from high-l7's forward.
 DOT_MIN_COMPONENTS = 12
 # dF/dT when the other input has one channel (b = 1: the harmonics of a convolution) is an unrolled sum over the
 # key's channels up to this many of them, a batched ``dot`` beyond (see ``StageBMaths._t``).
