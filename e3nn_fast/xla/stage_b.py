@@ -98,12 +98,13 @@ class StageBMaths:
         del require, interpret
         arrays = [op for s, op in enumerate(operands) if s != out_slot]
         dtype = jnp.result_type(*arrays)
+        compute = _accumulation_dtype(dtype)
         rows = arrays[0].shape[0]
         if out_slot == T and self.t_is_unrolled:  # reads the flat operands (see _t_unrolled)
-            key2d, _, z2d = (None if op is None else op.astype(dtype) for op in operands)
-            return self._t_unrolled(key2d, z2d)
+            key2d, _, z2d = (None if op is None else op.astype(compute) for op in operands)
+            return self._t_unrolled(key2d, z2d).astype(dtype)
         shapes = ((self.a, self.m), (self.b, self.m, self.k), self.z_shape)
-        key, t, z = (None if op is None else op.astype(dtype).reshape((rows,) + shape)
+        key, t, z = (None if op is None else op.astype(compute).reshape((rows,) + shape)
                      for op, shape in zip(operands, shapes))
         if out_slot == Z:
             result = self._z(key, t)
@@ -111,7 +112,7 @@ class StageBMaths:
             result = self._key(t, z)
         else:
             result = self._t(key, z)
-        return result.reshape(rows, self.slots[out_slot].columns)
+        return result.reshape(rows, self.slots[out_slot].columns).astype(dtype)
 
     def _z(self, key, t):
         """The forward product.
@@ -198,6 +199,15 @@ class StageBMaths:
             part = _unrolled_sum(lambda a: key_group[:, a, :, None] * z_group[:, a, None, :], count)
             total = part if total is None else total + part
         return total.reshape(rows, m * k)
+
+
+def _accumulation_dtype(dtype):
+    """float32 for 16-bit floats, as the kernels accumulate: the unrolled sums (up to 16 terms) would otherwise round
+    every partial sum to 8 mantissa bits (bfloat16 gradients of tp-16: 6.5e-3 relative error against 5.0e-3 with
+    the batched ``dot``, whose accumulator is float32)."""
+    if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+        return jnp.float32
+    return dtype
 
 
 def _unrolled_sum(term, count: int):
