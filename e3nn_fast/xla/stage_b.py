@@ -166,8 +166,9 @@ class StageBMaths:
         # for (r, b, m, k) directly (4,096 rows, a = 16, m = 3, k = 5: 2.2 ms against 0.43 ms).  The dot makes XLA
         # copy each path's z into (r, k, a) first.  A dot ordered to read z in place (``ram,rak->rmk`` for b = 1)
         # was slower still: tp-16 fwd+bwd 33 -> 42 ms.  For wide keys the alternatives lost (2 cores, jax 0.10.2,
-        # 2026-12-06): the unrolled sum doubled XLA's compile time of sh-tp's backward (4.4 -> 8.4 s at a = 32)
-        # and lost at a = 128; ``sum(key * z, axis=a)`` is 3x faster than the dot alone but 3x slower in a whole
+        # 2026-12-06): the grouped unrolled sum of ``_t_unrolled`` over 32 channels ran nequip-water 13 % faster but
+        # sh-tp 7 % slower with 50 % more compile time, over 64 and 128 it took nequip-benzene's compile time from
+        # 4.4 to 14.8 s for no gain; ``sum(key * z, axis=a)`` is 3x faster than the dot alone but 3x slower in a whole
         # backward (XLA fuses the reduction into the stage-A ``dot`` after it: tp-16 fwd+bwd 37 -> 112 ms); the
         # unrolled sum over groups of 8 channels in a ``fori_loop`` gained nothing on sh-tp and lost 20-30 % on
         # nequip-benzene.
@@ -203,8 +204,8 @@ class StageBMaths:
 
 def _accumulation_dtype(dtype):
     """float32 for 16-bit floats, as the kernels accumulate: the unrolled sums (up to 16 terms) would otherwise round
-    every partial sum to 8 mantissa bits (bfloat16 gradients of tp-16: 6.5e-3 relative error against 5.0e-3 with
-    the batched ``dot``, whose accumulator is float32)."""
+    every partial sum to 8 mantissa bits (bfloat16 gradients of tp-16 w.r.t. the harmonics-side input: 6.5e-3
+    relative error, against 5.0e-3 with the batched ``dot`` and 5.0e-3 now)."""
     if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
         return jnp.float32
     return dtype
