@@ -98,7 +98,10 @@ class StageBMaths:
         del require, interpret
         arrays = [op for s, op in enumerate(operands) if s != out_slot]
         dtype = jnp.result_type(*arrays)
-        compute = _accumulation_dtype(dtype)
+        # float32 for 16-bit floats, as the kernels accumulate: the unrolled sums (up to 16 terms) would otherwise
+        # round every partial sum to 8 mantissa bits (bfloat16 gradients of tp-16 w.r.t. the harmonics-side input:
+        # 6.5e-3 relative error, against 5.0e-3 with the batched ``dot`` and 5.0e-3 now)
+        compute = _compute_dtype(dtype)
         rows = arrays[0].shape[0]
         if out_slot == T and self.t_is_unrolled:  # reads the flat operands (see _t_unrolled)
             key2d, _, z2d = (None if op is None else op.astype(compute) for op in operands)
@@ -202,15 +205,6 @@ class StageBMaths:
         return total.reshape(rows, m * k)
 
 
-def _accumulation_dtype(dtype):
-    """float32 for 16-bit floats, as the kernels accumulate: the unrolled sums (up to 16 terms) would otherwise round
-    every partial sum to 8 mantissa bits (bfloat16 gradients of tp-16 w.r.t. the harmonics-side input: 6.5e-3
-    relative error, against 5.0e-3 with the batched ``dot`` and 5.0e-3 now)."""
-    if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
-        return jnp.float32
-    return dtype
-
-
 def _unrolled_sum(term, count: int):
     """``term(0) + ... + term(count - 1)``: an unrolled sum that XLA fuses into one loop (not a reduction)."""
     total = term(0)
@@ -224,6 +218,13 @@ def _product(shape) -> int:
     for n in shape:
         out *= n
     return out
+
+
+def _compute_dtype(dtype):
+    # the kernels' rule, imported here: the multilinear primitive (and Pallas) load at the first product only
+    from e3nn_fast.kernels._aligned import compute_dtype
+
+    return compute_dtype(dtype)
 
 
 @functools.lru_cache(maxsize=None)
