@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from collections.abc import Mapping
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -629,6 +630,25 @@ def validate_inputs_for_instructions(
         )
 
 
+def optional_size(value: Any, name: str, where: str = "Linear") -> Optional[int]:
+    """``None`` or a Python int >= 1, returned as an int: a size that becomes an array dimension (``channel_out``,
+    ``num_indexed_weights``, ...), so it must be static; ``where`` names the module in the error."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{where}: {name} must be None or a positive int, got {value!r}")
+    try:
+        size = operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"{where}: {name} must be None or a positive int, got {type(value).__name__} {value!r}"
+        ) from None
+    if size < 1:
+        hint = " (the number of weight sets, e.g. of species)" if name == "num_indexed_weights" else ""
+        raise ValueError(f"{where}: {name} must be a positive int{hint}, got {size}; pass at least 1, or None")
+    return size
+
+
 @dataclasses.dataclass(frozen=True)
 class LinearOptions:
     """Settings of a ``Linear`` module, as given to its constructor (see :func:`linear_module_call`)."""
@@ -644,6 +664,10 @@ class LinearOptions:
     weights_per_channel: bool = False
     force_irreps_out: bool = False
     simplify_irreps_internally: bool = True
+
+    def __post_init__(self):
+        optional_size(self.channel_out, "channel_out")
+        optional_size(self.num_indexed_weights, "num_indexed_weights")
 
 
 def _split_arguments(weights_or_input, input_or_none) -> Tuple[Optional[jax.Array], Any]:
@@ -689,17 +713,6 @@ def _map_layout(options: LinearOptions, input: IrrepsArray) -> Tuple[IrrepsArray
     return input.axis_to_mul(), options.channel_out * irreps_out
 
 
-def _check_positive_count(value: Any, name: str) -> None:
-    """``channel_out`` / ``num_indexed_weights``: ``None`` or a Python int >= 1 (each becomes an array size)."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"Linear: {name} must be None or a positive int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        hint = " (the number of weight sets, e.g. of species)" if name == "num_indexed_weights" else ""
-        raise ValueError(f"Linear: {name} must be a positive int{hint}, got {value}; pass at least 1, or None")
-
-
 def linear_module_call(
     options: LinearOptions, get_parameter: GetParameter, weights_or_input: Any, input_or_none: Any = None
 ) -> IrrepsArray:
@@ -709,8 +722,6 @@ def linear_module_call(
     instructions, build the :class:`FunctionalLinear`, then apply it with weights obtained the way the options and
     the call say (:func:`_dispatch_weights`), and undo the channel folding.
     """
-    _check_positive_count(options.channel_out, "channel_out")
-    _check_positive_count(options.num_indexed_weights, "num_indexed_weights")
     weights, input = _split_arguments(weights_or_input, input_or_none)
     weights = None if weights is None else _scalar_weights(weights)
     input, irreps_out = _map_layout(options, _compute_input(weights, as_irreps_array(input)))

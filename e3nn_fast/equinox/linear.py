@@ -9,7 +9,6 @@ then runs the helpers shared with the haiku and flax modules, with a ``get_param
 
 from __future__ import annotations
 
-import operator
 from typing import Any, Dict, Optional, Tuple, Union
 
 import equinox as eqx
@@ -30,6 +29,7 @@ from e3nn_fast.linear import (
     linear_mixed,
     linear_mixed_per_channel,
     linear_vanilla,
+    optional_size,
     parameter_name,
     parse_gradient_normalization,
 )
@@ -37,23 +37,7 @@ from e3nn_fast.linear import (
 __all__ = ["Linear"]
 
 LINEAR_TYPES = ("vanilla", "indexed", "mixed", "mixed_per_channel")
-
-
-def _optional_size(value: Any, name: str) -> Optional[int]:
-    """``None`` or a Python int >= 1 (it becomes an array dimension, so it must be static)."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise TypeError(f"equinox.Linear: {name} must be a positive int, got {value!r}")
-    try:
-        size = operator.index(value)
-    except TypeError as error:
-        raise TypeError(
-            f"equinox.Linear: {name} must be a positive int, got {type(value).__name__} {value!r}"
-        ) from error
-    if size < 1:
-        raise ValueError(f"equinox.Linear: {name} must be a positive int, got {size}")
-    return size
+_WHERE = "equinox.Linear"  # names the module in size errors
 
 
 def _check_weight_options(
@@ -225,10 +209,10 @@ class Linear(eqx.Module):
                 "equinox.Linear: irreps_in is required (the parameters are created in the constructor, so the input "
                 "irreps must be known there); pass irreps_in=x.irreps"
             )
-        self.channel_out = _optional_size(channel_out, "channel_out")
-        self.channel_in = _optional_size(channel_in, "channel_in")
-        self.num_indexed_weights = _optional_size(num_indexed_weights, "num_indexed_weights")
-        self.weights_dim = _optional_size(weights_dim, "weights_dim")
+        self.channel_out = optional_size(channel_out, "channel_out", _WHERE)
+        self.channel_in = optional_size(channel_in, "channel_in", _WHERE)
+        self.num_indexed_weights = optional_size(num_indexed_weights, "num_indexed_weights", _WHERE)
+        self.weights_dim = optional_size(weights_dim, "weights_dim", _WHERE)
         _check_weight_options(
             linear_type, self.num_indexed_weights, self.weights_dim, self.channel_in, self.channel_out,
             weights_per_channel,
