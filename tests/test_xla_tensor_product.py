@@ -128,6 +128,40 @@ def test_every_connection_mode_matches_reference(mode, weighted):
     compare(description, jnp.float64, lead1=(2, 1), lead2=(3,), lead_w=(3,) if weighted else ())
 
 
+def _mixes_in_channel_mix(description, w, x1, x2) -> bool:
+    """Whether the jnp executor evaluates some path with the channel-mix form (e3nn_fast/xla/channel_mix.py)."""
+    jaxpr = jax.make_jaxpr(lambda *a: fast(description, *a))(w, x1, x2)
+    return any(getattr(eqn.params.get("plan"), "family", None) == "jnp-channel-mix" for eqn in jaxpr.jaxpr.eqns)
+
+
+@pytest.mark.parametrize("lead,lead_w,mixed", [((4,), (4,), True), ((), (), True), ((4,), (), False)])
+def test_uvw_weights_per_row_shared_or_by_the_reference(lead, lead_w, mixed):
+    """``uvw`` through stages A and B and the channel mix for per-row weights and for inputs without leading axes
+    (vmap's rows), through the reference einsum for a matrix shared by batched inputs; 4 output channels against
+    1, 3 and 5 components, so that a transposed ``(w, k)`` block cannot pass."""
+    description = mode_description("uvw", True, 3, 2, free_mul=4, lmax1=2)
+    x1 = random_chunks(description.irreps_in1, lead, jnp.float64, 0)
+    x2 = random_chunks(description.irreps_in2, lead, jnp.float64, 1)
+    w = random_weights(description, lead_w, jnp.float64, 2)
+    assert _mixes_in_channel_mix(description, w, x1, x2) == mixed
+    compare(description, jnp.float64, lead1=lead, lead2=lead, lead_w=lead_w)
+
+
+def test_uvw_per_sample_weights_under_vmap():
+    """DiffDock's use: ``vmap`` over edges of a product with per-edge flat weights, values and gradients."""
+    description = mode_description("uvw", True, 3, 2, free_mul=4, lmax1=2)
+    x1 = random_chunks(description.irreps_in1, (5,), jnp.float64, 0)
+    x2 = random_chunks(description.irreps_in2, (5,), jnp.float64, 1)
+    w = random_weights(description, (5,), jnp.float64, 2)
+    c = random_chunks(description.irreps_out, (5,), jnp.float64, 3)
+    mapped = lambda w, x1, x2: jax.vmap(lambda *a: fast(description, *a))(w, x1, x2)
+    assert_chunks_close(jax.jit(mapped)(w, x1, x2), reference(description, w, x1, x2), jnp.float64)
+    loss = lambda executor: lambda *a: sum(jnp.sum(g * o**2) for g, o in zip(c, executor(*a)) if o is not None)
+    ours = jax.jit(jax.grad(loss(mapped), (0, 1, 2)))(w, x1, x2)
+    theirs = jax.grad(loss(lambda *a: reference(description, *a)), (0, 1, 2))(w, x1, x2)
+    assert_trees_close(ours, theirs, 1e-12)
+
+
 @pytest.mark.parametrize("mode", ["uvu", "uvu<v"])
 def test_shared_weights_and_an_input_without_leading_axes(mode):
     compare(mode_description(mode, True, 2, 3), jnp.float32, lead1=(2,), lead2=(), lead_w=())

@@ -50,13 +50,16 @@ import numpy as np
 from e3nn_fast.irreps_array import times_scalar_block
 from e3nn_fast.path_description import Path, TensorProductDescription
 from e3nn_fast.reference.tensor_product import path_output as reference_path_output
+from e3nn_fast.xla.channel_mix import channel_mix
 from e3nn_fast.xla.stage_b import DIAGONAL, KEY1, KEY2, stage_b
 
 Chunk = Optional[jnp.ndarray]
 
 
 # Modes evaluated by stages A and B, and whether they pair equal channels; the others use the reference einsum.
-_PAIRS_EQUAL_CHANNELS = {"uvuv": False, "uvu": False, "uvv": False, "uuu": True, "uuw": True, "uvu<v": True}
+_PAIRS_EQUAL_CHANNELS = {
+    "uvuv": False, "uvu": False, "uvv": False, "uvw": False, "uuu": True, "uuw": True, "uvu<v": True,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,7 +167,23 @@ def _finish(path: Path, weight: Chunk, z: jnp.ndarray) -> jnp.ndarray:
         return z if w is None else times_scalar_block(z, w[..., None])
     if mode == "uuw":  # without weights the channels are summed into the single output channel
         return z.sum(-2, keepdims=True) if w is None else jnp.einsum("...uk,...uw->...wk", z, w)
+    if mode == "uvw":  # (..., u, v, k) and (..., u, v, w), flattened to the channel pairs q = (u, v)
+        pairs = path.mul1 * path.mul2
+        return channel_mix(z.reshape(z.shape[:-3] + (pairs, z.shape[-1])), w.reshape(w.shape[:-3] + (pairs, -1)))
     raise ValueError(f"Connection mode {mode!r} is not evaluated by stage B")
+
+
+def _mixes_weights_here(step: _Step, weight: Chunk, x1: jnp.ndarray, x2: jnp.ndarray) -> bool:
+    """Whether stages A and B then :func:`~e3nn_fast.xla.channel_mix.channel_mix` evaluate the path, rather than
+    the reference ``einsum``.  True for every stage-B mode, and for ``uvw`` when its weights are one matrix per row
+    (the same leading axes as the inputs) or the inputs have no leading axes (the rows are ``vmap``'s, which folds a
+    mapped weight into per-row weights).  A matrix shared by explicitly batched inputs, or weights broadcast over
+    some of the leading axes, stay with the ``einsum``, which contracts them in one matrix product without
+    repeating them per row."""
+    if step.path.mode != "uvw":
+        return True
+    lead = jnp.broadcast_shapes(x1.shape[:-2], x2.shape[:-2])
+    return tuple(weight.shape[:-3]) == tuple(lead)
 
 
 def _path_output(step: _Step, weight: Chunk, x1: jnp.ndarray, x2: jnp.ndarray) -> jnp.ndarray:
@@ -209,7 +228,10 @@ def tensor_product(
         if isinstance(step, _Step):
             path = step.path
             x1, x2 = chunks1[path.in1].astype(dtype), chunks2[path.in2].astype(dtype)
-            contribution = _path_output(step, weights[step.index], x1, x2)
+            if _mixes_weights_here(step, weights[step.index], x1, x2):
+                contribution = _path_output(step, weights[step.index], x1, x2)
+            else:
+                contribution = reference_path_output(path, weights[step.index], chunks1[path.in1], chunks2[path.in2])
         else:
             path = description.paths[step]
             contribution = reference_path_output(path, weights[step], chunks1[path.in1], chunks2[path.in2])
