@@ -122,6 +122,15 @@ def test_no_rows():
     assert stage_b(KEY1, key, t).shape == (0, 3, 1, 5)
 
 
+def test_vmap_over_no_elements():
+    """``vmap`` over an empty batch (a graph without edges in a batch of graphs) gives empty results and gradients;
+    folding the mapped axis into the rows used to divide by zero."""
+    key, t = operands(KEY1, 3, 1, 3, 5, lead=(0, 2))
+    mapped = jax.vmap(lambda key, t: stage_b(KEY1, key, t))
+    assert mapped(key, t).shape == (0, 2, 3, 1, 5)
+    assert jax.grad(lambda key: jnp.sum(mapped(key, t) ** 2))(key).shape == key.shape
+
+
 def test_unknown_layout_is_an_error():
     key, t = operands(KEY1, 2, 1, 3, 3)
     with pytest.raises(ValueError, match="layout"):

@@ -203,9 +203,10 @@ def _batch(args, dims, *, plan, out_slot, require, interpret):
                 folded.append(x)
                 continue
             x = jnp.broadcast_to(x[None], (size,) + x.shape) if d is None else jnp.moveaxis(x, d, 0)
-            folded.append(x.reshape((size * x.shape[1],) + x.shape[2:]))
+            rows = x.shape[1]  # per mapped element (stated, not inferred: a -1 cannot be inferred for size 0)
+            folded.append(x.reshape((size * rows,) + x.shape[2:]))
         out = multilinear_p.bind(*folded, **params)
-        return out.reshape((size, -1) + out.shape[1:]), 0
+        return out.reshape((size, rows) + out.shape[1:]), 0
     folded = _fold_shared(args, dims, size, plan, out_slot, require, interpret)
     if folded is not None:
         return folded, 0
