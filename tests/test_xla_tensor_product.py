@@ -134,11 +134,12 @@ def _mixes_in_channel_mix(description, w, x1, x2) -> bool:
     return any(getattr(eqn.params.get("plan"), "family", None) == "jnp-channel-mix" for eqn in jaxpr.jaxpr.eqns)
 
 
-@pytest.mark.parametrize("lead,lead_w,mixed", [((4,), (4,), True), ((), (), True), ((4,), (), False)])
+@pytest.mark.parametrize("lead,lead_w,mixed", [((4,), (4,), True), ((), (), True), ((4,), (), True),
+                                               ((2, 4), (4,), False)])
 def test_uvw_weights_per_row_shared_or_by_the_reference(lead, lead_w, mixed):
-    """``uvw`` through stages A and B and the channel mix for per-row weights and for inputs without leading axes
-    (vmap's rows), through the reference einsum for a matrix shared by batched inputs; 4 output channels against
-    1, 3 and 5 components, so that a transposed ``(w, k)`` block cannot pass."""
+    """``uvw`` through stages A and B and the channel mix for per-row weights and for one shared matrix (batched
+    inputs or none), through the reference einsum for weights broadcast over some leading axes; 4 output channels
+    against 1, 3 and 5 components, so that a transposed ``(w, k)`` block cannot pass."""
     description = mode_description("uvw", True, 3, 2, free_mul=4, lmax1=2)
     x1 = random_chunks(description.irreps_in1, lead, jnp.float64, 0)
     x2 = random_chunks(description.irreps_in2, lead, jnp.float64, 1)
@@ -159,6 +160,26 @@ def test_uvw_per_sample_weights_under_vmap():
     loss = lambda executor: lambda *a: sum(jnp.sum(g * o**2) for g, o in zip(c, executor(*a)) if o is not None)
     ours = jax.jit(jax.grad(loss(mapped), (0, 1, 2)))(w, x1, x2)
     theirs = jax.grad(loss(lambda *a: reference(description, *a)), (0, 1, 2))(w, x1, x2)
+    assert_trees_close(ours, theirs, 1e-12)
+
+
+def test_uvw_weights_mapped_over_batched_inputs():
+    """``vmap`` over per-element weight matrices of products whose inputs have rows of their own, more than fold
+    into per-row weights: the channel mix's shared form is evaluated under ``vmap``; values and gradients."""
+    from e3nn_fast.kernels.multilinear import FOLD_MAX_ROWS
+
+    description = mode_description("uvw", True, 2, 2, free_mul=3, lmax1=1)
+    rows = FOLD_MAX_ROWS + 1
+    x1 = random_chunks(description.irreps_in1, (3, rows), jnp.float64, 0)
+    x2 = random_chunks(description.irreps_in2, (3, rows), jnp.float64, 1)
+    w = random_weights(description, (3,), jnp.float64, 2)
+    mapped = jax.vmap(lambda *a: fast(description, *a))
+    assert "scan" not in str(jax.make_jaxpr(mapped)(w, x1, x2))  # one batched evaluation, not a loop per element
+    per_row = [None if a is None else jnp.broadcast_to(a[:, None], (3, rows) + a.shape[1:]) for a in w]
+    assert_chunks_close(jax.jit(mapped)(w, x1, x2), reference(description, per_row, x1, x2), jnp.float64)
+    loss = lambda executor: lambda w, x1: sum(jnp.sum(o**2) for o in executor(w, x1, x2) if o is not None)
+    ours = jax.jit(jax.grad(loss(mapped), (0, 1)))(w, x1)
+    theirs = jax.grad(loss(jax.vmap(lambda *a: reference(description, *a))), (0, 1))(w, x1)
     assert_trees_close(ours, theirs, 1e-12)
 
 

@@ -19,7 +19,7 @@ multilinear, every derivative is again such a call:
 * **Batching** (``vmap``): an extra axis on batched slots is folded into the row axis (one kernel call).  A mapped
   shared slot (per-example weights, or per-example gradients of shared weights) becomes a per-row slot of one call
   when the family has a per-row variant of its plan and each element has at most ``FOLD_MAX_ROWS`` rows; anything
-  else runs one kernel call per mapped element.
+  else runs one kernel call per mapped element, or, for a plan evaluated in jnp, its evaluation under ``vmap``.
 
 So the backward pass of the tensor product is built from kernels of the same family (the gradient w.r.t. ``x1`` of a
 channelwise product is a channelwise product of the output cotangent with ``x2``; w.r.t. ``x2`` a channel-reduced
@@ -210,6 +210,13 @@ def _batch(args, dims, *, plan, out_slot, require, interpret):
     folded = _fold_shared(args, dims, size, plan, out_slot, require, interpret)
     if folded is not None:
         return folded, 0
+    if not plan.uses_pallas:
+        # a jnp plan's evaluation vectorises as written (its products gain a batch axis): one batched evaluation
+        # rather than one call per element, at the price of autodiff for derivatives taken outside this vmap
+        def evaluate(*xs):
+            return plan.evaluate(out_slot, require, _full_operands(xs, out_slot), interpret)
+
+        return jax.vmap(evaluate, in_axes=tuple(dims))(*args), 0
     mapped = [jnp.moveaxis(x, d, 0) if d is not None else None for x, d in zip(args, dims)]
 
     def one(xs):

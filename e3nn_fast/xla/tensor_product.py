@@ -15,9 +15,10 @@ the *key* (its ``2l+1`` components are summed last) and the other is contracted 
    tiny matrices and writes an intermediate.  Its derivatives are stage B's other two contractions, written by hand
    in the forms XLA runs fastest instead of autodiff's reductions over short axes.
 3. **Mode**: ``z`` becomes the path's output according to its connection mode (a reshape for ``uvuv``, a plain or
-   weighted sum over one channel for ``uvu``/``uvv``/``uuw``, a scaling by the weights for ``uuu``/``uvu<v``).
+   weighted sum over one channel for ``uvu``/``uvv``/``uuw``, a scaling by the weights for ``uuu``/``uvu<v``, the
+   channel mix of :mod:`e3nn_fast.xla.channel_mix` for ``uvw``: every pair ``(u, v)`` into every output channel).
 
-Stage A and the mode's reduction are plain differentiable JAX, so the executor is differentiable to any order, forward
+Stage A and the other modes' reductions are plain differentiable JAX, so the executor is differentiable to any order, forward
 and reverse mode.
 
 Measured on CPU (``bench/tp_vs_e3nn_jax.py``) and kept that way on purpose:
@@ -28,8 +29,8 @@ Measured on CPU (``bench/tp_vs_e3nn_jax.py``) and kept that way on purpose:
   group, and its derivatives (a forces step got 2-20x slower; one shared stage-A matmul made ``tp-16``'s forces
   pass 1.4x slower).
 * ``uuu``/``uuw`` pair channel ``u`` with channel ``u`` (only ``z[..., u, k]`` is formed); ``uvu<v`` gathers the
-  pairs ``u < v`` of both inputs first and is then computed like ``uuu``.  The modes whose weights mix channels
-  into new ones (``uvw``, ``u<vw``) use the reference's per-path einsum, which contracts the weights in a good order.
+  pairs ``u < v`` of both inputs first and is then computed like ``uuu``.  ``uvw`` with weights broadcast over
+  only some leading axes, and ``u<vw``, use the reference's per-path einsum (see :func:`_mixes_weights_here`).
 * Which input is the key is decided per path by a flop count (with spherical harmonics as input 2, input 1 is the
   key: its many channels never meet the CG block).
 
@@ -175,15 +176,13 @@ def _finish(path: Path, weight: Chunk, z: jnp.ndarray) -> jnp.ndarray:
 
 def _mixes_weights_here(step: _Step, weight: Chunk, x1: jnp.ndarray, x2: jnp.ndarray) -> bool:
     """Whether stages A and B then :func:`~e3nn_fast.xla.channel_mix.channel_mix` evaluate the path, rather than
-    the reference ``einsum``.  True for every stage-B mode, and for ``uvw`` when its weights are one matrix per row
-    (the same leading axes as the inputs) or the inputs have no leading axes (the rows are ``vmap``'s, which folds a
-    mapped weight into per-row weights).  A matrix shared by explicitly batched inputs, or weights broadcast over
-    some of the leading axes, stay with the ``einsum``, which contracts them in one matrix product without
-    repeating them per row."""
+    the reference ``einsum``.  True for every stage-B mode, and for ``uvw`` when its weights are one matrix shared
+    by every row or one matrix per row (the same leading axes as the inputs).  Weights broadcast over only some of
+    the leading axes stay with the ``einsum``, which contracts them without repeating them per row."""
     if step.path.mode != "uvw":
         return True
     lead = jnp.broadcast_shapes(x1.shape[:-2], x2.shape[:-2])
-    return tuple(weight.shape[:-3]) == tuple(lead)
+    return tuple(weight.shape[:-3]) in ((), tuple(lead))
 
 
 def _path_output(step: _Step, weight: Chunk, x1: jnp.ndarray, x2: jnp.ndarray) -> jnp.ndarray:
