@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from bilinear_derivatives import assert_derivatives_match
 
 from e3nn_fast.xla.channel_mix import UNROLLED_MAX_PAIRS, channel_mix
 from e3nn_fast.xla.stage_b import DOT_MIN_COMPONENTS
@@ -46,23 +47,7 @@ def test_forward_first_and_second_derivatives(case):
     np.testing.assert_allclose(jax.jit(channel_mix)(z, weight), reference(z, weight), rtol=1e-12, atol=1e-12)
 
     cotangent = jnp.asarray(np.random.default_rng(1).standard_normal(reference(z, weight).shape))
-
-    def loss(f):
-        return lambda z, weight: jnp.sum(f(z, weight) * cotangent) ** 2  # not linear: second order is non-zero
-
-    for argnum in (0, 1):
-        got = jax.jit(jax.grad(loss(channel_mix), argnums=argnum))(z, weight)
-        want = jax.grad(loss(reference), argnums=argnum)(z, weight)
-        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
-    # forward over reverse (jax.hessian) and reverse over reverse (what force training does)
-    direction = (jnp.ones_like(z), jnp.full_like(weight, 0.5))
-    got = jax.jit(lambda *a: jax.jvp(jax.grad(loss(channel_mix), argnums=(0, 1)), a, direction)[1])(z, weight)
-    want = jax.jvp(jax.grad(loss(reference), argnums=(0, 1)), (z, weight), direction)[1]
-    for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10)
-    got = jax.jit(jax.grad(lambda z, w: jnp.sum(jax.grad(loss(channel_mix))(z, w) ** 2), argnums=1))(z, weight)
-    want = jax.grad(lambda z, w: jnp.sum(jax.grad(loss(reference))(z, w) ** 2), argnums=1)(z, weight)
-    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    assert_derivatives_match(channel_mix, reference, z, weight, cotangent)
 
 
 @pytest.mark.parametrize("mapped_weights", [True, False])
