@@ -14,7 +14,8 @@ of one op and pass sit in one table.  The ops and the passes reuse the harness's
 :mod:`bench.fused`) and passes (:mod:`bench.passes`), at the small sizes of :data:`OPS`:
 
 * ops: ``tp_sh`` (``tensor_product`` of features with the spherical harmonics of edge vectors, per-edge weights;
-  harmonics computed inside, so ``forces`` differentiates through both), ``message_passing``,
+  harmonics computed inside, so ``forces`` differentiates through both), ``tp_fc_edge`` (a fully connected
+  ``uvw`` product with per-edge flat weights under ``vmap``, DiffDock's convolution), ``message_passing``,
   ``symmetric_contraction``, ``linear`` (haiku ``Linear``) and ``sh`` (``spherical_harmonics``, l <= 3);
 * passes: ``fwd``, ``fwd+bwd`` and ``forces`` (the double backward of force training); ``linear`` has no ``forces``
   (a linear map's gradient in its input does not depend on the input: the double backward is zero);
@@ -43,6 +44,7 @@ from bench.workloads import E3NN_API, WORKLOADS
 # op -> (harness workload, size, e3nn_fast dispatch op whose executors are benchmarked, API of e3nn_fast's builder)
 OPS = {
     "tp_sh": ("sh-tp", 256, "tensor_product", E3NN_API),
+    "tp_fc_edge": ("diffdock", 64, "tensor_product", E3NN_API),
     "message_passing": ("mp-mace-medium", 352, "message_passing", FUSED_API),
     "symmetric_contraction": ("sc-mace", 32, "symmetric_contraction", FUSED_API),
     "linear": ("linear-128", 256, "linear", E3NN_API),
