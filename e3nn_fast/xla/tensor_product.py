@@ -27,7 +27,13 @@ Measured on CPU (``bench/tp_vs_e3nn_jax.py``) and kept that way on purpose:
   per group of paths, was no faster forward (XLA splits the fused product per output anyway) and defeats dead-code
   elimination: when only some outputs are used (e.g. the scalars feeding an energy), XLA must still compute the whole
   group, and its derivatives (a forces step got 2-20x slower; one shared stage-A matmul made ``tp-16``'s forces
-  pass 1.4x slower).
+  pass 1.4x slower).  Measured again with the hand-written stage B (2 cores, 2026-12-07, medians of 7-11 alternated
+  rounds): one stage A and B per pair of input segments, split along ``k`` into the paths (a ``split``, so that the
+  backward joins the paths' cotangents with one ``concatenate``), ran the convolutions' backward faster
+  (``nequip-benzene`` forces 8.5 -> 7.1 ms, ``sevennet-l3i5`` 6.2 -> 5.2 ms, ``mace-large`` 14.1 -> 11.5 ms; compile
+  10-27 % shorter) but the NequIP training step's energy + forces 2.65 -> 3.96 ms and forces 6.2 -> 9.2 ms (its
+  readout uses a few of the last layer's outputs), ``tp-16`` fwd+bwd 20 -> 33 ms and ``sh-tp``'s 143 -> 182 ms
+  (wider ``k`` sends the key gradient to its ``dot``).
 * ``uuu``/``uuw`` pair channel ``u`` with channel ``u`` (only ``z[..., u, k]`` is formed); ``uvu<v`` gathers the
   pairs ``u < v`` of both inputs first and is then computed like ``uuu``.  ``uvw`` with weights broadcast over
   only some leading axes, and ``u<vw``, use the reference's per-path einsum (see :func:`_mixes_weights_here`).
