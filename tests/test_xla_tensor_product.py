@@ -4,6 +4,7 @@ Forward values, zero chunks, broadcasting, per-sample weights, every connection 
 derivatives (reverse-over-reverse and forward-over-reverse) must match the reference executor.
 """
 
+import functools
 import itertools
 
 import e3nn_jax
@@ -288,6 +289,53 @@ def test_third_derivative_matches_reference():
     ours = jax.jit(jax.grad(jax.grad(jax.grad(scalar(fast)))))(1.3)
     theirs = jax.jit(jax.grad(jax.grad(jax.grad(scalar(reference)))))(1.3)
     np.testing.assert_allclose(ours, theirs, rtol=1e-10)
+
+
+def _stage_b_calls(description, w, x1, x2, **options) -> int:
+    jaxpr = jax.make_jaxpr(lambda *a: fast(description, *a, **options))(w, x1, x2)
+    return sum(getattr(eqn.params.get("plan"), "family", None) == "jnp-stage-b" for eqn in jaxpr.jaxpr.eqns)
+
+
+@pytest.mark.parametrize("mode,weighted", [("uvu", True), ("uvuv", False), ("uuu", True)])
+def test_grouped_input_pairs_match_reference(mode, weighted):
+    """``group_input_pairs``: one stage A and B per pair of input segments (fewer calls than paths), with values and
+    first and second derivatives equal to the reference's."""
+    description = mode_description(mode, weighted, 2, 1)
+    x1 = random_chunks(description.irreps_in1, (3,), jnp.float64, 0)
+    x2 = random_chunks(description.irreps_in2, (3,), jnp.float64, 1)
+    w = random_weights(description, (3,), jnp.float64, 2)
+    c = random_chunks(description.irreps_out, (3,), jnp.float64, 3)
+    grouped = functools.partial(fast, group_input_pairs=True)
+    assert _stage_b_calls(description, w, x1, x2, group_input_pairs=True) < _stage_b_calls(description, w, x1, x2)
+    assert_chunks_close(jax.jit(grouped, static_argnums=0)(description, w, x1, x2),
+                        reference(description, w, x1, x2), jnp.float64)
+    ours = jax.jit(jax.grad(_quadratic_loss(grouped, description, c), (0, 1, 2)))(w, x1, x2)
+    theirs = jax.grad(_quadratic_loss(reference, description, c), (0, 1, 2))(w, x1, x2)
+    assert_trees_close(ours, theirs, 1e-12)
+
+    def forces(executor):  # reverse over reverse
+        grad_x2 = jax.grad(_quadratic_loss(executor, description, c), 2)
+        return jax.grad(lambda *a: sum(jnp.sum(g**2) for g in grad_x2(*a)), (0, 1))(w, x1, x2)
+
+    assert_trees_close(jax.jit(lambda: forces(grouped))(), forces(reference), 1e-11)
+
+
+def test_grouped_mixed_description_matches_reference():
+    """Every mode in one description, grouped: ``uvw`` and ``uvu<v`` stay single, and a second ``uuu`` path of an
+    input pair that already has one (``1o x 1o -> 0e`` beside ``-> 2e``) joins it."""
+    mixed = mixed_description()
+    extra = make_path(mixed.irreps_in1, mixed.irreps_in2, mixed.irreps_out, 1, 1, 2, "uuu", 0.9, False)
+    description = TensorProductDescription(mixed.irreps_in1, mixed.irreps_in2, mixed.irreps_out,
+                                           mixed.paths + (extra,))
+    _, _, x1, x2, c = _derivative_case()
+    w = random_weights(description, (2,), jnp.float64, 2)
+    grouped = functools.partial(fast, group_input_pairs=True)
+    assert _stage_b_calls(description, w, x1, x2, group_input_pairs=True) == _stage_b_calls(description, w, x1, x2) - 1
+    assert_chunks_close(jax.jit(grouped, static_argnums=0)(description, w, x1, x2),
+                        reference(description, w, x1, x2), jnp.float64)
+    ours = jax.jit(jax.grad(_quadratic_loss(grouped, description, c), (0, 1, 2)))(w, x1, x2)
+    theirs = jax.grad(_quadratic_loss(reference, description, c), (0, 1, 2))(w, x1, x2)
+    assert_trees_close(ours, theirs, 1e-12)
 
 
 def test_high_l_keys_use_the_dot_form_and_match_reference():

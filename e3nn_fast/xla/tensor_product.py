@@ -23,17 +23,18 @@ and reverse mode.
 
 Measured on CPU (``bench/tp_vs_e3nn_jax.py``) and kept that way on purpose:
 
-* Everything is per path.  Stacking the CG blocks of several paths into one stage-A matrix, or one stage-B product
-  per group of paths, was no faster forward (XLA splits the fused product per output anyway) and defeats dead-code
-  elimination: when only some outputs are used (e.g. the scalars feeding an energy), XLA must still compute the whole
-  group, and its derivatives (a forces step got 2-20x slower; one shared stage-A matmul made ``tp-16``'s forces
-  pass 1.4x slower).  Measured again with the hand-written stage B (2 cores, 2026-12-07, medians of 7-11 alternated
-  rounds): one stage A and B per pair of input segments, split along ``k`` into the paths (a ``split``, so that the
-  backward joins the paths' cotangents with one ``concatenate``), ran the convolutions' backward faster
-  (``nequip-benzene`` forces 8.5 -> 7.1 ms, ``sevennet-l3i5`` 6.2 -> 5.2 ms, ``mace-large`` 14.1 -> 11.5 ms; compile
-  10-27 % shorter) but the NequIP training step's energy + forces 2.65 -> 3.96 ms and forces 6.2 -> 9.2 ms (its
-  readout uses a few of the last layer's outputs), ``tp-16`` fwd+bwd 20 -> 33 ms and ``sh-tp``'s 143 -> 182 ms
-  (wider ``k`` sends the key gradient to its ``dot``).
+* Everything is per path by default.  Stacking the CG blocks of several paths into one stage-A matrix, or one
+  stage-B product per group of paths, was no faster forward (XLA splits the fused product per output anyway) and
+  defeats dead-code elimination: when only some outputs are used (e.g. the scalars feeding an energy), XLA must
+  still compute the whole group, and its derivatives (a forces step got 2-20x slower; one shared stage-A matmul
+  made ``tp-16``'s forces pass 1.4x slower).  Measured again with the hand-written stage B (2 cores, 2026-12-07,
+  medians of 7-11 alternated rounds): one stage A and B per pair of input segments, split along ``k`` into the
+  paths (``group_input_pairs``), ran the convolutions' backward faster (``nequip-benzene`` forces 8.5 -> 7.1 ms,
+  ``sevennet-l3i5`` 6.2 -> 5.2 ms, ``mace-large`` 14.1 -> 11.5 ms; compile 10-27 % shorter) but the NequIP training
+  step's energy + forces 2.65 -> 3.96 ms and forces 6.2 -> 9.2 ms (its readout uses a few of the last layer's
+  outputs), ``tp-16`` fwd+bwd 20 -> 33 ms and ``sh-tp``'s 143 -> 182 ms (a wider ``k`` sends the key gradient to
+  its ``dot``).  So only callers that use every output group: the fused message passing, whose messages all go
+  into its sum (:mod:`e3nn_fast.xla.message_passing`).
 * ``uuu``/``uuw`` pair channel ``u`` with channel ``u`` (only ``z[..., u, k]`` is formed); ``uvu<v`` gathers the
   pairs ``u < v`` of both inputs first and is then computed like ``uuu``.  ``uvw`` with weights broadcast over
   only some leading axes, and ``u<vw``, use the reference's per-path einsum (see :func:`_mixes_weights_here`).
@@ -139,6 +140,50 @@ def _unfoldable(matrix: np.ndarray, dtype) -> jnp.ndarray:
     return jnp.matmul(jnp.eye(matrix.shape[0], dtype=dtype), jnp.asarray(matrix, dtype=dtype))
 
 
+# Modes whose paths :func:`_grouped_plan` may join (``uvu<v`` gathers its channel pairs per path, ``uvw`` chooses its
+# weight contraction per call).
+_GROUPABLE = frozenset({"uvuv", "uvu", "uvv", "uuu", "uuw"})
+
+
+@dataclasses.dataclass(frozen=True)
+class _PairGroup:
+    """Paths that share both input segments, the mode, the key and the layout, evaluated by one stage A and one
+    stage B whose output components are the paths' side by side (``matrix``: their stage-A matrices joined along
+    ``k``), then split along ``k`` at ``splits`` into the paths."""
+
+    steps: tuple
+    splits: tuple
+    matrix: np.ndarray = dataclasses.field(compare=False, hash=False)
+
+
+@functools.lru_cache(maxsize=512)
+def _grouped_plan(description: TensorProductDescription, present1: tuple[bool, ...], present2: tuple[bool, ...]):
+    """:func:`_plan` with the steps of each input pair joined into a :class:`_PairGroup` (in the order of their
+    first path; single steps and reference paths as they are)."""
+    members: dict = {}
+    order = []
+    for step in _plan(description, present1, present2):
+        if isinstance(step, _Step) and step.path.mode in _GROUPABLE:
+            path = step.path
+            key = (path.in1, path.in2, path.mode, step.key_is_1, step.layout)
+            if key not in members:
+                members[key] = []
+                order.append(members[key])
+            members[key].append(step)
+        else:
+            order.append(step)
+    plan = []
+    for item in order:
+        if not isinstance(item, list):
+            plan.append(item)
+        elif len(item) == 1:
+            plan.append(item[0])
+        else:
+            splits = tuple(int(n) for n in np.cumsum([s.matrix.shape[-1] for s in item])[:-1])
+            plan.append(_PairGroup(tuple(item), splits, np.concatenate([s.matrix for s in item], axis=-1)))
+    return tuple(plan)
+
+
 def _pairs(mul: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices ``u < v`` in ``itertools.combinations`` order (the ``q`` index of the triangular modes)."""
     pairs = list(itertools.combinations(range(mul), 2))
@@ -200,11 +245,26 @@ def _path_output(step: _Step, weight: Chunk, x1: jnp.ndarray, x2: jnp.ndarray) -
     return _finish(step.path, weight, stage_b(step.layout, key, _stage_a(other, step.matrix)))
 
 
+def _group_outputs(group: _PairGroup, weights: Sequence[Chunk], x1: jnp.ndarray, x2: jnp.ndarray) -> list:
+    """Stages A and B once for the group, then each path's share of ``k`` through its mode's reduction.
+
+    Split with one ``split`` (its transpose is one ``concatenate`` of the paths' cotangents; slices would each
+    transpose into a zero-padded copy to be summed)."""
+    first = group.steps[0]
+    key, other = (x1, x2) if first.key_is_1 else (x2, x1)
+    z = stage_b(first.layout, key, _stage_a(other, group.matrix))
+    pieces = jnp.split(z, group.splits, axis=-1)
+    return [(step.index, step.path, _finish(step.path, weights[step.index], piece))
+            for step, piece in zip(group.steps, pieces)]
+
+
 def tensor_product(
     description: TensorProductDescription,
     weights: Sequence[Chunk],
     chunks1: Sequence[Chunk],
     chunks2: Sequence[Chunk],
+    *,
+    group_input_pairs: bool = False,
 ) -> list[Chunk]:
     """Evaluate every path of ``description`` and sum them per output segment (same contract as the reference).
 
@@ -212,6 +272,10 @@ def tensor_product(
         description: the paths.
         weights: one entry per path: ``(..., *path.weight_shape)`` for a weighted path, ``None`` otherwise.
         chunks1, chunks2: the inputs' chunks ``(..., mul, 2l+1)``, one per segment, ``None`` for known zeros.
+        group_input_pairs: evaluate the paths that share both input segments (and mode) by one stage A and B
+            (:class:`_PairGroup`): fewer, larger contractions, which compile faster, but every path of a group is
+            computed whenever one of them is used, so XLA can no longer drop unused outputs (see the module
+            docstring).  For callers whose every output is used, such as the fused message passing.
 
     Returns:
         One chunk per output segment; ``None`` where no path with non-zero inputs writes.
@@ -228,17 +292,26 @@ def tensor_product(
     arrays = [c for c in list(chunks1) + list(chunks2) if c is not None]
     dtype = jnp.result_type(*arrays) if arrays else None
 
-    outputs: list[Chunk] = [None] * len(description.irreps_out)
-    for step in _plan(description, present1, present2):  # in path order, summed as the reference sums
-        if isinstance(step, _Step):
+    plan = (_grouped_plan if group_input_pairs else _plan)(description, present1, present2)
+    contributions = []  # (path index, path, contribution)
+    for step in plan:
+        if isinstance(step, _PairGroup):
+            path = step.steps[0].path
+            x1, x2 = chunks1[path.in1].astype(dtype), chunks2[path.in2].astype(dtype)
+            contributions.extend(_group_outputs(step, weights, x1, x2))
+        elif isinstance(step, _Step):
             path = step.path
             x1, x2 = chunks1[path.in1].astype(dtype), chunks2[path.in2].astype(dtype)
             if _mixes_weights_here(step, weights[step.index], x1, x2):
                 contribution = _path_output(step, weights[step.index], x1, x2)
             else:
                 contribution = reference_path_output(path, weights[step.index], chunks1[path.in1], chunks2[path.in2])
+            contributions.append((step.index, path, contribution))
         else:
             path = description.paths[step]
-            contribution = reference_path_output(path, weights[step], chunks1[path.in1], chunks2[path.in2])
+            contributions.append((step, path, reference_path_output(path, weights[step], chunks1[path.in1],
+                                                                    chunks2[path.in2])))
+    outputs: list[Chunk] = [None] * len(description.irreps_out)
+    for _, path, contribution in sorted(contributions, key=lambda item: item[0]):  # summed as the reference sums
         outputs[path.out] = contribution if outputs[path.out] is None else outputs[path.out] + contribution
     return outputs
