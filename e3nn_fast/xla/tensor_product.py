@@ -18,8 +18,8 @@ the *key* (its ``2l+1`` components are summed last) and the other is contracted 
    weighted sum over one channel for ``uvu``/``uvv``/``uuw``, a scaling by the weights for ``uuu``/``uvu<v``, the
    channel mix of :mod:`e3nn_fast.xla.channel_mix` for ``uvw``: every pair ``(u, v)`` into every output channel).
 
-Stage A and the other modes' reductions are plain differentiable JAX, so the executor is differentiable to any order, forward
-and reverse mode.
+Stage A and the other modes' reductions are plain differentiable JAX, so the executor is differentiable to any
+order, forward and reverse mode.
 
 Measured on CPU (``bench/tp_vs_e3nn_jax.py``) and kept that way on purpose:
 
@@ -37,7 +37,7 @@ Measured on CPU (``bench/tp_vs_e3nn_jax.py``) and kept that way on purpose:
   into its sum (:mod:`e3nn_fast.xla.message_passing`).
 * ``uuu``/``uuw`` pair channel ``u`` with channel ``u`` (only ``z[..., u, k]`` is formed); ``uvu<v`` gathers the
   pairs ``u < v`` of both inputs first and is then computed like ``uuu``.  ``uvw`` with weights broadcast over
-  only some leading axes, and ``u<vw``, use the reference's per-path einsum (see :func:`_mixes_weights_here`).
+  only some leading axes, and ``u<vw``, use the reference's per-path einsum (see :func:`_stages_apply`).
 * Which input is the key is decided per path by a flop count (with spherical harmonics as input 2, input 1 is the
   key: its many channels never meet the CG block).
 
@@ -225,10 +225,10 @@ def _finish(path: Path, weight: Chunk, z: jnp.ndarray) -> jnp.ndarray:
     raise ValueError(f"Connection mode {mode!r} is not evaluated by stage B")
 
 
-def _mixes_weights_here(step: _Step, weight: Chunk, x1: jnp.ndarray, x2: jnp.ndarray) -> bool:
-    """Whether stages A and B then :func:`~e3nn_fast.xla.channel_mix.channel_mix` evaluate the path, rather than
-    the reference ``einsum``.  True for every stage-B mode, and for ``uvw`` when its weights are one matrix shared
-    by every row or one matrix per row (the same leading axes as the inputs).  Weights broadcast over only some of
+def _stages_apply(step: _Step, weight: Chunk, x1: jnp.ndarray, x2: jnp.ndarray) -> bool:
+    """Whether stages A and B (for ``uvw`` then :func:`~e3nn_fast.xla.channel_mix.channel_mix`) evaluate the path,
+    rather than the reference ``einsum``.  True for every other mode of a step, and for ``uvw`` when its weights are
+    one matrix shared by every row or one matrix per row (the same leading axes as the inputs).  Weights broadcast over only some of
     the leading axes stay with the ``einsum``, which contracts them without repeating them per row."""
     if step.path.mode != "uvw":
         return True
@@ -302,7 +302,7 @@ def tensor_product(
         elif isinstance(step, _Step):
             path = step.path
             x1, x2 = chunks1[path.in1].astype(dtype), chunks2[path.in2].astype(dtype)
-            if _mixes_weights_here(step, weights[step.index], x1, x2):
+            if _stages_apply(step, weights[step.index], x1, x2):
                 contribution = _path_output(step, weights[step.index], x1, x2)
             else:
                 contribution = reference_path_output(path, weights[step.index], chunks1[path.in1], chunks2[path.in2])
