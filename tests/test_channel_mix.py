@@ -66,6 +66,15 @@ def test_vmap_folds_into_rows(mapped_weights):
         np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10)
 
 
+def test_per_element_gradients_of_shared_weights():
+    """``vmap`` of the gradient w.r.t. one shared matrix (per-example gradients): each element's gradient is its
+    rows' sum, folded into one call of the per-row form and summed per element."""
+    z, weight = operands(4, 3, 5, False, lead=(6, 2))
+    per_element = jax.vmap(jax.grad(lambda z, w: jnp.sum(channel_mix(z, w) ** 2), argnums=1), in_axes=(0, None))
+    want = jax.vmap(jax.grad(lambda z, w: jnp.sum(reference(z, w) ** 2), argnums=1), in_axes=(0, None))(z, weight)
+    np.testing.assert_allclose(jax.jit(per_element)(z, weight), want, rtol=1e-10, atol=1e-10)
+
+
 def test_mismatched_shapes_are_errors():
     z, weight = operands(3, 5, 4, True)
     with pytest.raises(ValueError, match="channel pairs"):
