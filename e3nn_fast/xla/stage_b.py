@@ -101,7 +101,7 @@ class StageBMaths:
         # float32 for 16-bit floats, as the kernels accumulate: the unrolled sums (up to 16 terms) would otherwise
         # round every partial sum to 8 mantissa bits (bfloat16 gradients of tp-16 w.r.t. the harmonics-side input:
         # 6.5e-3 relative error, against 5.0e-3 with the batched ``dot`` and 5.0e-3 now)
-        compute = _compute_dtype(dtype)
+        compute = accumulation_dtype(dtype)
         rows = arrays[0].shape[0]
         if out_slot == T and self.t_is_unrolled:  # reads the flat operands (see _t_unrolled)
             key2d, _, z2d = (None if op is None else op.astype(compute) for op in operands)
@@ -220,8 +220,9 @@ def _product(shape) -> int:
     return out
 
 
-def _compute_dtype(dtype):
-    # the kernels' rule, imported here: the multilinear primitive (and Pallas) load at the first product only
+def accumulation_dtype(dtype):
+    """The dtype the jnp forms compute in: float32 for 16-bit floats, as the kernels accumulate (the kernels' rule,
+    imported here only when called: the multilinear primitive, and Pallas with it, load at the first product)."""
     from e3nn_fast.kernels._aligned import compute_dtype
 
     return compute_dtype(dtype)
