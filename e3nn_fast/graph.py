@@ -19,7 +19,6 @@ concrete (outside ``jit``); under ``jit`` the JAX scatter ``mode`` decides what 
 
 from __future__ import annotations
 
-import operator
 import warnings
 from typing import Any, Callable, NamedTuple, Optional, Tuple
 
@@ -27,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from e3nn_fast._static_int import static_int
 from e3nn_fast.errors import InvalidValueError
 
 __all__ = [
@@ -121,19 +121,17 @@ def _index_array(x: Any, name: str) -> jax.Array:
     return x
 
 
-def _static_size(x: Any, name: str) -> int:
-    """A Python int >= 0 for an output length (it becomes an array shape, so it must be static)."""
-    if isinstance(x, bool):
-        raise TypeError(f"{name} must be an int, got {x!r}")
-    try:
-        x = operator.index(x)
-    except TypeError:
-        raise TypeError(
-            f"{name} must be a static Python int, got {type(x).__name__} {x!r}"
-        ) from None
-    if x < 0:
-        raise ValueError(f"{name} must be >= 0, got {x}")
-    return x
+def static_size(x: Any, name: str) -> int:
+    """A Python int >= 0 for an output length (it becomes an array shape, so it must be static); ``name``
+    prefixes the error (e.g. ``"scatter_sum: output_size"``)."""
+    size = static_int(x)
+    if size is None:
+        if isinstance(x, bool):
+            raise TypeError(f"{name} must be an int, got {x!r}")
+        raise TypeError(f"{name} must be a static Python int, got {type(x).__name__} {x!r}")
+    if size < 0:
+        raise ValueError(f"{name} must be >= 0, got {size}")
+    return size
 
 
 def _check_mode(mode: Any) -> None:
@@ -245,7 +243,7 @@ def _plan_from_dst(op, dst, data_shape, output_size, map_back, mode) -> _Plan:
             f"scatter_{op}: scattering by dst needs the number of output rows: pass output_size=... "
             "(or map_back=True to get one result per input element)"
         )
-    output_size = _static_size(output_size, f"scatter_{op}: output_size")
+    output_size = static_size(output_size, f"scatter_{op}: output_size")
     if _promises_in_bounds(mode):
         _check_dst_values(dst, output_size, op)
     return _Plan(dst, output_size, False, None)
@@ -523,7 +521,7 @@ def radius_graph(
     if pos.ndim != 2 or pos.shape[1] != 3:
         raise ValueError(f"radius_graph: pos must have shape (n, 3), got {pos.shape}")
     if size is not None:
-        size = _static_size(size, "radius_graph: size")
+        size = static_size(size, "radius_graph: size")
     if batch is not None:
         batch = jnp.asarray(batch)
         if batch.shape != pos.shape[:1]:

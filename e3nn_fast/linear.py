@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import operator
 from collections.abc import Mapping
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -31,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from e3nn_fast import dispatch
+from e3nn_fast._static_int import static_int
 from e3nn_fast.configuration import config
 from e3nn_fast.errors import InvalidValueError
 from e3nn_fast.graph import check_indices_in_range
@@ -635,14 +635,10 @@ def optional_size(value: Any, name: str, where: str = "Linear") -> Optional[int]
     ``num_indexed_weights``, ...), so it must be static; ``where`` names the module in the error."""
     if value is None:
         return None
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{where}: {name} must be None or a positive int, got {value!r}")
-    try:
-        size = operator.index(value)
-    except TypeError:
-        raise TypeError(
-            f"{where}: {name} must be None or a positive int, got {type(value).__name__} {value!r}"
-        ) from None
+    size = static_int(value)
+    if size is None:
+        got = repr(value) if isinstance(value, (bool, np.bool_)) else f"{type(value).__name__} {value!r}"
+        raise TypeError(f"{where}: {name} must be None or a positive int, got {got}")
     if size < 1:
         hint = " (the number of weight sets, e.g. of species)" if name == "num_indexed_weights" else ""
         raise ValueError(f"{where}: {name} must be a positive int{hint}, got {size}; pass at least 1, or None")

@@ -24,7 +24,6 @@ nearest row, as ``node_feats[senders]`` does there.
 
 from __future__ import annotations
 
-import operator
 from typing import Optional
 
 import jax
@@ -32,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from e3nn_fast import dispatch
-from e3nn_fast.graph import check_indices_in_range, clamp_indices_to_int32
+from e3nn_fast._static_int import static_int
+from e3nn_fast.graph import check_indices_in_range, clamp_indices_to_int32, static_size
 from e3nn_fast.irreps import Irreps
 from e3nn_fast.irreps_array import IrrepsArray
 from e3nn_fast.reference import message_passing as reference
@@ -91,18 +91,17 @@ def _edge_chunk_size(value) -> Optional[int]:
     """``None`` or a positive Python int."""
     if value is None:
         return None
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"message_passing: edge_chunk_size must be a positive int or None, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
+    size = static_int(value)
+    if size is None:
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"message_passing: edge_chunk_size must be a positive int or None, got {value!r}")
         raise TypeError(
             f"message_passing: edge_chunk_size must be a positive int or None (a whole number of edges per step), "
             f"got {value!r} of type {type(value).__name__}; round it, e.g. edge_chunk_size=int(...)"
-        ) from None
-    if value < 1:
-        raise ValueError(f"message_passing: edge_chunk_size must be a positive int or None, got {value}")
-    return value
+        )
+    if size < 1:
+        raise ValueError(f"message_passing: edge_chunk_size must be a positive int or None, got {size}")
+    return size
 
 
 def _weights(value, num_edges: int, irreps_out: Irreps) -> Optional[jnp.ndarray]:
@@ -127,15 +126,7 @@ def _weights(value, num_edges: int, irreps_out: Irreps) -> Optional[jnp.ndarray]
 def _num_nodes(value, default: int) -> int:
     if value is None:
         return default
-    if isinstance(value, bool):
-        raise TypeError(f"message_passing: num_nodes must be an int, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"message_passing: num_nodes must be a static Python int, got {type(value).__name__}") from None
-    if value < 0:
-        raise ValueError(f"message_passing: num_nodes must be >= 0, got {value}")
-    return value
+    return static_size(value, "message_passing: num_nodes")
 
 
 def _receiver_mode(value) -> str:

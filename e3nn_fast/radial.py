@@ -16,7 +16,6 @@ not selected never produces an ``inf``/``nan`` that could leak into the gradient
 from __future__ import annotations
 
 import math
-import operator
 from fractions import Fraction
 from functools import lru_cache
 from typing import Callable, Optional
@@ -24,6 +23,8 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from e3nn_fast._static_int import static_int
 
 __all__ = [
     "sus",
@@ -80,15 +81,13 @@ def _check_nonzero(value, name: str) -> None:
 
 def _count(value, name: str, minimum: int) -> int:
     """Validate an integer count (bool is refused: it is almost always a mistake)."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
+    size = static_int(value)
+    if size is None:
+        got = repr(value) if isinstance(value, bool) else f"{type(value).__name__} {value!r}"
+        raise TypeError(f"{name} must be an int, got {got}")
+    if size < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {size}")
+    return size
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from e3nn_fast._static_int import static_int
 from e3nn_fast.harmonics import spherical_harmonics
 from e3nn_fast.irreps import Irreps
 from e3nn_fast.irreps_array import IrrepsArray
@@ -58,24 +59,21 @@ def _check_normalization(normalization: str) -> None:
         raise ValueError(f"normalization must be 'integral', 'component' or 'norm', got {normalization!r}.")
 
 
-def _is_integer(value) -> bool:
-    """A Python or numpy integer, not a bool."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def _check_resolution(name: str, res) -> int:
-    if not _is_integer(res) or res < 1:
+    value = static_int(res)
+    if value is None or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {res!r}.")
-    return int(res)
+    return value
 
 
 def _check_lmax(lmax, function: str) -> int:
     """``lmax`` as a non-negative int; a negative or non-integer degree would give an empty or nonsensical grid."""
-    if not _is_integer(lmax):
+    value = static_int(lmax)
+    if value is None:
         raise TypeError(f"{function}: lmax must be a non-negative int, got {lmax!r} of type {type(lmax).__name__}")
-    if lmax < 0:
-        raise ValueError(f"{function}: lmax must be a non-negative int, got {lmax}")
-    return int(lmax)
+    if value < 0:
+        raise ValueError(f"{function}: lmax must be a non-negative int, got {value}")
+    return value
 
 
 def _check_parity_value(name: str, p) -> None:

@@ -57,7 +57,6 @@ Sharded with ``PartitionSpec(axis)`` (the whole partition takes one spec, a pytr
 from __future__ import annotations
 
 import dataclasses
-import operator
 from typing import Optional, Sequence
 
 import jax
@@ -66,6 +65,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from e3nn_fast import _shard_compat, dispatch
+from e3nn_fast._static_int import static_int
 from e3nn_fast.irreps_array import IrrepsArray
 from e3nn_fast.message_passing import message_passing, message_passing_irreps_out
 
@@ -255,17 +255,14 @@ jax.tree_util.register_pytree_node(GraphPartition, _flatten, _unflatten)
 
 
 def _positive_int(value, name: str, where: str, minimum: int = 1) -> int:
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{where}: {name} must be an int, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(
-            f"{where}: {name} must be a static Python int, got {type(value).__name__} ({value!r})"
-        ) from None
-    if value < minimum:
-        raise ValueError(f"{where}: {name} must be >= {minimum}, got {value}")
-    return value
+    size = static_int(value)
+    if size is None:
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{where}: {name} must be an int, got {value!r}")
+        raise TypeError(f"{where}: {name} must be a static Python int, got {type(value).__name__} ({value!r})")
+    if size < minimum:
+        raise ValueError(f"{where}: {name} must be >= {minimum}, got {size}")
+    return size
 
 
 def _host_indices(value, name: str) -> np.ndarray:

@@ -29,12 +29,13 @@ Conventions (identical to e3nn-jax 0.21, so that numbers agree to rounding):
 import functools
 import math
 import numbers
-import operator
 from typing import Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from e3nn_fast._static_int import static_int
 
 __all__ = [
     "change_basis_real_to_complex",
@@ -52,12 +53,11 @@ __all__ = [
 
 def _check_l(l, name: str = "l") -> int:
     """Return ``l`` as a Python int, or raise if it is not a non-negative integer."""
-    if isinstance(l, bool):
-        raise TypeError(f"{name} must be a non-negative integer, got the bool {l!r}")
-    try:
-        value = operator.index(l)
-    except TypeError:
-        raise TypeError(f"{name} must be a non-negative integer, got {l!r} of type {type(l).__name__}") from None
+    value = static_int(l)
+    if value is None:
+        if isinstance(l, bool):
+            raise TypeError(f"{name} must be a non-negative integer, got the bool {l!r}")
+        raise TypeError(f"{name} must be a non-negative integer, got {l!r} of type {type(l).__name__}")
     if value < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {value}")
     return value
