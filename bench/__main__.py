@@ -51,6 +51,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--min-sample-ms", type=float,
                         help="queue calls back to back until a timed sample lasts this long (default: 2 on a "
                              "GPU/TPU, 0 on a CPU)")
+    parser.add_argument("--settle-ms", type=float,
+                        help="untimed runs of a function for this long before each of its timed samples (default: "
+                             "150 on a CPU, where a run that follows another backend's overlaps the release of its "
+                             "memory; 0 on a GPU/TPU)")
     parser.add_argument("--verbose", action="store_true",
                         help="one stderr line per compile and per timed pass (where did the time go)")
     parser.add_argument("--measure-bandwidth", action="store_true",
@@ -95,6 +99,7 @@ def main(argv=None) -> int:
                                repeats=args.repeats or DEFAULT_REPEATS[args.suite], seed=args.seed,
                                passes=tuple(args.passes), progress=not args.no_progress,
                                min_sample_s=None if args.min_sample_ms is None else args.min_sample_ms / 1e3,
+                               settle_s=None if args.settle_ms is None else args.settle_ms / 1e3,
                                measure_bandwidth=args.measure_bandwidth, verbose=args.verbose)
     out = args.out
     if out is None and args.jsonl is None:

@@ -38,6 +38,7 @@ class Settings:
     progress: bool = True
     passes: tuple = PASSES
     min_sample_s: Optional[float] = None  # per timed sample; None: 0 on CPU, MIN_SAMPLE_S_ACCELERATOR on GPU/TPU
+    settle_s: Optional[float] = None  # untimed runs before each sample; None: timing.CPU_SETTLE_S on CPU, 0 on GPU/TPU
     measure_bandwidth: bool = False  # replace the datasheet bandwidth by a measured copy on an accelerator
     verbose: bool = False  # one stderr line per compile and per timed pass (to see where a time limit struck)
 
@@ -139,15 +140,13 @@ def _run_pass(workload, pass_name, forwards, inputs, args, settings, cost, peaks
         except Exception as error:  # noqa: BLE001 - a failing backend is an error row, not a crash
             compiled.pop(name, None)
             row.update(status="error", error=error_text(error))
-    min_sample_s = settings.min_sample_s
-    if min_sample_s is None:
-        min_sample_s = MIN_SAMPLE_S_ACCELERATOR if devices.is_accelerator() else 0.0
+    min_sample_s, settle_s = _sampling(settings)
     _say(settings, f"{workload.name} {pass_name}: timing {', '.join(compiled)}")
-    for name, measured in timing.time_interleaved(compiled, args, settings.repeats, min_sample_s).items():
+    for name, measured in timing.time_interleaved(compiled, args, settings.repeats, min_sample_s, settle_s).items():
         if isinstance(measured, BaseException):
             rows[name].update(status="error", error=error_text(measured))
             continue
-        rows[name].update(timing.summarize(*measured))
+        rows[name].update(timing.summarize(*measured), settle_s=settle_s)
         _rates(rows[name], cost, pass_name, peaks, settings.dtype)
         _published_floor(rows[name], workload, settings.suite, peaks)
     baseline = rows.get(backends_module.BASELINE)
@@ -167,6 +166,19 @@ def _run_pass(workload, pass_name, forwards, inputs, args, settings, cost, peaks
             row["compared_to"] = reference
             row["max_rel_diff"] = timing.max_relative_difference(outputs[name], outputs[reference])
     return list(rows.values())
+
+
+def _sampling(settings: Settings) -> tuple[float, float]:
+    """The seconds a timed sample lasts at least and the seconds of untimed runs before it: the settings, or this
+    device's defaults (an accelerator queues calls for ``MIN_SAMPLE_S_ACCELERATOR`` and needs no settling; a CPU
+    times one call after ``timing.CPU_SETTLE_S`` of untimed ones)."""
+    accelerator = devices.is_accelerator()
+    min_sample_s, settle_s = settings.min_sample_s, settings.settle_s
+    if min_sample_s is None:
+        min_sample_s = MIN_SAMPLE_S_ACCELERATOR if accelerator else 0.0
+    if settle_s is None:
+        settle_s = 0.0 if accelerator else timing.CPU_SETTLE_S
+    return min_sample_s, settle_s
 
 
 def _published_floor(row: dict, workload: Workload, suite: str, peaks) -> None:
@@ -248,6 +260,8 @@ def run_suite(workloads: list[Workload], backends: list, settings: Settings,
         raise ValueError(f"passes {list(settings.passes)} must be a non-empty subset of {PASSES}")
     if settings.repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {settings.repeats}")
+    if settings.settle_s is not None and settings.settle_s < 0:
+        raise ValueError(f"settle_s must be 0 or more seconds, got {settings.settle_s}")
     if settings.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     dtype = jnp.dtype(settings.dtype)

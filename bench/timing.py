@@ -1,9 +1,11 @@
 """Timing one compiled function: compile time, warm-up, median of repeated runs, memory of the executable.
 
 Every run ends with ``jax.block_until_ready`` so that asynchronous dispatch does not hide device time.  The runner
-times several backends of the same pass *interleaved* (one run of each in turn, :func:`time_interleaved`), so that
-load from other processes on a shared machine spreads over all backends instead of penalising whichever ran during
-a busy second.
+times several backends of the same pass *interleaved* (one sample of each in turn, :func:`time_interleaved`), so
+that load from other processes on a shared machine spreads over all backends instead of penalising whichever ran
+during a busy second.  On a CPU each sample is preceded by untimed runs of the same function for a while (see
+:data:`CPU_SETTLE_S`), so that it measures the steady state of a training loop, not a run overlapping the release
+of the previous backend's memory.
 """
 
 from __future__ import annotations
@@ -77,6 +79,16 @@ def run_once(compiled: Compiled, args: Sequence):
 
 MAX_CALLS_PER_SAMPLE = 64
 
+# Seconds of untimed runs before each sample on a CPU.  Interleaving makes every sample follow another backend's
+# run, and XLA's CPU runtime releases that run's temporaries while the next program starts (the kernel unmapping
+# them: system time on both cores), which slows the next ~100 ms of work whatever it is.  The penalty is absolute,
+# so it shrank the ratio of the faster library most.  Measured on the 2-core VM (jax 0.10.2, 2026-12-07), the fused
+# symmetric contraction on ``sc-mace`` (22 MB of temporaries) after one run of e3nn-jax's (650 MB): its 4.5 ms
+# forward took 73, 25, 9 and 6 ms on its first runs and settled within 50-130 ms; its fwd+bwd timed one run per
+# sample gave 21.7 ms alone and 34.5 ms interleaved (run to run 21-71 ms).  A training loop calls its step back to
+# back, so the steady state is what users see.
+CPU_SETTLE_S = 0.15
+
 
 def calls_per_sample(seconds_per_call: float, min_sample_s: float) -> int:
     """How many back-to-back calls one timed sample makes so that it lasts at least ``min_sample_s``.
@@ -99,11 +111,27 @@ def _timed_sample(compiled: Compiled, args: Sequence, calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def time_interleaved(functions: dict, args: Sequence, repeats: int, min_sample_s: float = 0.0) -> dict:
+def _settle(compiled: Compiled, args: Sequence, settle_s: float) -> None:
+    """Untimed runs of ``compiled`` until ``settle_s`` seconds have passed, at least one (see :data:`CPU_SETTLE_S`);
+    none when ``settle_s`` is 0."""
+    if settle_s <= 0:
+        return
+    start = time.perf_counter()
+    while True:
+        jax.block_until_ready(compiled.run(*args))
+        if time.perf_counter() - start >= settle_s:
+            return
+
+
+def time_interleaved(functions: dict, args: Sequence, repeats: int, min_sample_s: float = 0.0,
+                     settle_s: float = 0.0) -> dict:
     """Seconds per call of each compiled function, ``repeats`` samples each, samples interleaved between the
-    functions; a sample queues :func:`calls_per_sample` calls (sized by one untimed calibration call each).
+    functions; a sample queues :func:`calls_per_sample` calls (sized by one untimed calibration call each), after
+    ``settle_s`` seconds of untimed runs of the same function (:func:`_settle`).
 
     A function that raises during timing gets the exception as its value instead of a list of times."""
+    if settle_s < 0:
+        raise ValueError(f"settle_s must be 0 or more seconds, got {settle_s}")
     times: dict = {name: [] for name in functions}
     calls: dict = {}
     for name, compiled in functions.items():
@@ -117,6 +145,7 @@ def time_interleaved(functions: dict, args: Sequence, repeats: int, min_sample_s
             if not isinstance(times[name], list):
                 continue
             try:
+                _settle(compiled, args, settle_s)
                 times[name].append(_timed_sample(compiled, args, calls[name]))
             except Exception as error:  # noqa: BLE001 - reported as an error row by the runner
                 times[name] = error

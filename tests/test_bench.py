@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 import e3nn_fast
-from bench import backends, costs, devices, model, report, runner, workloads
+from bench import backends, costs, devices, model, report, runner, timing, workloads
 from bench.__main__ import main
 from bench.passes import PASSES
 
@@ -44,6 +44,7 @@ def test_cli_tiny_suite_writes_json_markdown_and_pngs(tmp_path, capsys):
         assert row["max_rel_diff"] < 1e-4  # e3nn_fast agrees with e3nn-jax on every pass
         assert row["speedup_vs_e3nn_jax"] > 0
         assert row["compile_ratio_vs_e3nn_jax"] > 0
+        assert row["settle_s"] == timing.CPU_SETTLE_S  # the CPU default: untimed runs before every sample
     baseline = [r for r in rows if r["backend"] == "e3nn-jax"]
     assert all(r["speedup_vs_e3nn_jax"] == 1.0 for r in baseline)
     text = (out / "results.md").read_text()
@@ -177,6 +178,50 @@ def test_costs_follow_the_path_description():
     assert cost.output_bytes == 10 * 4 * 128 * 11
     assert cost.for_pass("fwd+bwd")[0] == 3 * cost.flops
     assert costs.spherical_harmonics_flops(3) > costs.spherical_harmonics_flops(2)
+
+
+class _FakeClock:
+    """``time.perf_counter`` of a fake clock that only the stand-in functions below advance."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def _counting_function(clock, seconds_per_call):
+    """A compiled-function stand-in that takes ``seconds_per_call`` of ``clock`` per call and counts its calls."""
+    calls = []
+
+    def run(*args):
+        calls.append(args)
+        clock.now += seconds_per_call
+        return jnp.zeros(())
+
+    return timing.Compiled(run, 0.0, {}), calls
+
+
+def test_each_sample_follows_untimed_runs_for_the_settle_time(monkeypatch):
+    # A run after another backend's overlaps the release of its memory on XLA's CPU runtime; the settle time
+    # keeps such runs out of the samples (timing.CPU_SETTLE_S).  Durations are powers of two: exact sums.
+    clock = _FakeClock()
+    monkeypatch.setattr(timing, "time", clock)
+    fast, fast_calls = _counting_function(clock, 2.0**-9)
+    slow, slow_calls = _counting_function(clock, 2.0**-5)
+    measured = timing.time_interleaved({"fast": fast, "slow": slow}, (), repeats=3, settle_s=2.0**-4)
+    assert measured["fast"][0] == [2.0**-9] * 3 and measured["slow"][0] == [2.0**-5] * 3
+    # two calibration calls, then per sample 32 untimed runs (2**-4 s of them) and the timed one
+    assert len(fast_calls) == 2 + 3 * (32 + 1)
+    # a longer run settles in fewer: the run that reaches the settle time is still untimed
+    assert len(slow_calls) == 2 + 3 * (2 + 1)
+    plain, plain_calls = _counting_function(clock, 2.0**-9)
+    timing.time_interleaved({"plain": plain}, (), repeats=4)  # settle_s 0: no untimed runs
+    assert len(plain_calls) == 2 + 4
+    with pytest.raises(ValueError, match="settle_s must be 0 or more"):
+        timing.time_interleaved({"plain": plain}, (), repeats=1, settle_s=-1.0)
+    with pytest.raises(ValueError, match="settle_s must be 0 or more"):
+        runner.run_suite([], [], runner.Settings(settle_s=-0.1))
 
 
 def test_selection_rejects_unknown_names():
