@@ -473,6 +473,10 @@ class IrrepsArray:
         zero_flags: Optional[Sequence[bool]] = None,
         chunks: Optional[List[Chunk]] = None,
     ):
+        self._set_fields(irreps, _numbers_as_array(array), zero_flags, chunks)
+
+    def _set_fields(self, irreps, array, zero_flags, chunks) -> None:
+        """The constructor's work once the data is final (also how a pytree is rebuilt, see ``_unflatten``)."""
         irreps = Irreps(irreps)
         zero_flags = None if zero_flags is None else tuple(bool(z) for z in zero_flags)
         _validate(irreps, array, zero_flags, chunks)
@@ -1150,6 +1154,25 @@ def _reject_zero_divisor(divisor: IrrepsArray) -> None:
         )
 
 
+def _numbers_as_array(data):
+    """A plain list or tuple of numbers (``IrrepsArray("1o", [1.0, 2.0, 3.0])``) as a JAX array; anything else as is.
+
+    Stored as a list, such data had no shape to check against the irreps, and arithmetic silently did list
+    arithmetic (``x + x`` concatenated the two lists into a 6-component "1o").  Only exact lists and tuples of
+    numbers are converted: tuple subclasses (``PartitionSpec``) and sequences of placeholders (strings, ``None``)
+    are pytree prefixes that JAX and the sharding helpers pass through unchanged.
+    """
+    if type(data) not in (list, tuple):
+        return data
+    try:
+        array = jnp.asarray(data)
+    except (TypeError, ValueError):
+        return data
+    if not (jnp.issubdtype(array.dtype, jnp.number) or array.dtype == jnp.bool_):
+        return data
+    return array
+
+
 def _validate(irreps: Irreps, array, zero_flags, chunks) -> None:
     """Check that the array, zero flags and chunks agree with ``irreps``.
 
@@ -1186,7 +1209,11 @@ def _flatten(x: IrrepsArray):
 
 
 def _unflatten(irreps: Irreps, leaves) -> IrrepsArray:
-    return IrrepsArray(irreps, leaves[0])
+    # The leaf is kept exactly as JAX gives it: ``tree_map(lambda *xs: list(xs), ...)`` legitimately puts a list
+    # there, which the public constructor would turn into one stacked array.
+    x = object.__new__(IrrepsArray)
+    x._set_fields(irreps, leaves[0], None, None)
+    return x
 
 
 jax.tree_util.register_pytree_node(IrrepsArray, _flatten, _unflatten)
@@ -1412,7 +1439,17 @@ def _joined_by_runs(blocks, leading_shape):
         else:
             runs.append([block])
     joined = [run[0] if len(run) == 1 else jnp.concatenate(run, axis=-2) for run in runs]
+    if _ROWS_OF > 0 and 1 < len(joined) <= _MAX_RUN:
+        widths = [b.shape[-2] * b.shape[-1] for b in joined]
+        c = int(np.gcd.reduce(widths))
+        if c >= _ROWS_OF:
+            lead = tuple(leading_shape)
+            pieces = [b.reshape(lead + (w // c, c)) for b, w in zip(joined, widths)]
+            return jnp.concatenate(pieces, axis=-2).reshape(lead + (int(np.sum(widths)),))
     return _joined_by_blocks(joined, leading_shape, jnp)
+
+
+_ROWS_OF = 8
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))

@@ -360,3 +360,22 @@ def test_more_errors_are_assertion_errors_where_e3nn_jax_asserts():
             call()
     with pytest.raises(InvalidTypeError, match="reduce must be a string"):
         e3nn.batchnorm.check_batch_norm_options("norm", None, 1e-4)
+
+
+# --- 8. silently wrong results and AssertionError compatibility found in a later review -----------------------------
+
+
+def test_irreps_array_from_a_list_of_numbers_is_an_array():
+    """A list used to be stored as is: no shape check, and ``x + x`` concatenated the lists (6 numbers for a 1o)."""
+    x = e3nn.IrrepsArray("1o", [1.0, 2.0, 3.0])
+    assert x.shape == (3,)
+    np.testing.assert_array_equal(np.asarray((x + x).array), [2.0, 4.0, 6.0])
+    np.testing.assert_array_equal(np.asarray(e3nn.IrrepsArray("1o", (1.0, 2.0, 3.0)).array), [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match=r"array of shape \(2,\) does not fit irreps 1x1o"):
+        e3nn.IrrepsArray("1o", [1.0, 2.0])
+    # pytree leaves stay as JAX gives them: a list from tree_map, placeholders of a pytree prefix
+    pair = jax.tree_util.tree_map(lambda *leaves: list(leaves), x, x)
+    assert isinstance(pair.array, list) and len(pair.array) == 2
+    spec = jax.sharding.PartitionSpec("batch")
+    assert e3nn.IrrepsArray("1o", spec).array is spec
+    assert e3nn.IrrepsArray("1o", ("batch", None)).array == ("batch", None)
