@@ -1508,10 +1508,26 @@ def _leading_shape_tuple(leading_shape, what: str) -> Tuple[int, ...]:
         ) from None
 
 
+def _new_leading_shape(leading_shape, what: str) -> Tuple[int, ...]:
+    """The leading shape of a newly created array, with negative sizes refused here: JAX would reject them only
+    while lowering (``zeros`` with a broadcast_in_dim error, ``normal`` with an MLIR 'invalid tensor dimension')."""
+    leading_shape = _leading_shape_tuple(leading_shape, what)
+    for size in leading_shape:
+        try:
+            negative = operator.index(size) < 0
+        except TypeError:
+            continue  # not an integer: JAX's own error names the shape
+        if negative:
+            raise ValueError(
+                f"{what}: leading_shape={leading_shape} has a negative size; every axis needs a size >= 0"
+            )
+    return leading_shape
+
+
 def _filled(irreps, leading_shape: Tuple[int, ...], dtype, make, known_zero: bool) -> IrrepsArray:
     """An IrrepsArray whose data is ``make(shape, dtype=dtype)`` (``jnp.zeros`` or ``jnp.ones``)."""
     irreps = Irreps(irreps)
-    leading_shape = _leading_shape_tuple(leading_shape, f"e3nn.{make.__name__}")
+    leading_shape = _new_leading_shape(leading_shape, f"e3nn.{make.__name__}")
     data = make(leading_shape + (irreps.dim,), dtype=dtype)
     return IrrepsArray(irreps, data, zero_flags=[known_zero] * len(irreps))
 
@@ -1577,7 +1593,7 @@ def normal(
         dtype: a floating point (or complex) dtype.
     """
     irreps = Irreps(irreps)
-    leading_shape = _leading_shape_tuple(leading_shape, "e3nn.normal")
+    leading_shape = _new_leading_shape(leading_shape, "e3nn.normal")
     if dtype is not None and not jnp.issubdtype(dtype, jnp.inexact):
         raise TypeError(f"e3nn.normal: dtype must be a floating point (or complex) dtype, got {np.dtype(dtype)}")
     if normalization is None:

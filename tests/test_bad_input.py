@@ -379,3 +379,15 @@ def test_irreps_array_from_a_list_of_numbers_is_an_array():
     spec = jax.sharding.PartitionSpec("batch")
     assert e3nn.IrrepsArray("1o", spec).array is spec
     assert e3nn.IrrepsArray("1o", ("batch", None)).array == ("batch", None)
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda shape: e3nn.zeros("1o", shape), "zeros"),
+    (lambda shape: e3nn.ones("1o", shape), "ones"),
+    (lambda shape: e3nn.normal("1o", jax.random.PRNGKey(0), shape), "normal"),
+])
+def test_negative_leading_shape(make, name):
+    """Used to fail inside JAX: a broadcast_in_dim TypeError, or an MLIRError 'invalid tensor dimension size'."""
+    with pytest.raises(ValueError, match=rf"e3nn.{name}: leading_shape=\(2, -1\) has a negative size"):
+        make((2, -1))
+    assert make((2, np.int64(0))).shape == (2, 0, 3)
