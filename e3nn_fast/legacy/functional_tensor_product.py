@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from e3nn_fast.errors import InvalidValueError
 from e3nn_fast.irreps import Irreps
 from e3nn_fast.irreps_array import IrrepsArray, from_chunks, split_by_sizes, zeros
 from e3nn_fast.legacy.instruction import Instruction
@@ -84,6 +85,16 @@ def _describe(instructions: Sequence[Instruction], irreps_in1, irreps_in2, irrep
         )
         weight_index.append(weighted.index(i) if ins.has_weight else None)
     return TensorProductDescription(irreps_in1, irreps_in2, irreps_out, tuple(paths)), weight_index
+
+
+def _checked_description(instructions: Sequence[Instruction], irreps_in1, irreps_in2, irreps_out):
+    """:func:`_describe`, with a connection mode that the multiplicities of its segments cannot satisfy (or a
+    weightless ``uvw``) reported as an :class:`InvalidValueError`: e3nn-jax asserts on these (when called), so code
+    written against it may catch ``AssertionError``."""
+    try:
+        return _describe(instructions, irreps_in1, irreps_in2, irreps_out)
+    except ValueError as error:
+        raise InvalidValueError(f"FunctionalTensorProduct: {error}; fix the instruction or the irreps") from error
 
 
 def _output_mask(instructions: Sequence[Instruction], irreps_out: Irreps) -> jax.Array:
@@ -157,7 +168,7 @@ class FunctionalTensorProduct:
             normalization_exponent(path_normalization, "path_normalization"),
             normalization_exponent(gradient_normalization, "gradient_normalization"),
         )
-        self.description, self._path_weight_index = _describe(
+        self.description, self._path_weight_index = _checked_description(
             self.instructions, self.irreps_in1, self.irreps_in2, self.irreps_out
         )
         self.output_mask = _output_mask(self.instructions, self.irreps_out)
@@ -174,13 +185,13 @@ class FunctionalTensorProduct:
         expected = self.weighted_instructions
         if isinstance(weights, (list, tuple)):
             if len(weights) != len(expected):
-                raise ValueError(
+                raise InvalidValueError(
                     f"{self.__class__.__name__}: got {len(weights)} weight arrays, "
                     f"expected {len(expected)} (one per weighted instruction)"
                 )
             for k, (w, ins) in enumerate(zip(weights, expected)):
                 if tuple(jnp.shape(w)) != tuple(ins.path_shape):
-                    raise ValueError(
+                    raise InvalidValueError(
                         f"{self.__class__.__name__}: weights[{k}] has shape {tuple(jnp.shape(w))}, "
                         f"expected {ins.path_shape} for {ins}"
                     )
@@ -188,7 +199,7 @@ class FunctionalTensorProduct:
         weights = jnp.asarray(weights)
         total = sum(math.prod(ins.path_shape) for ins in expected)
         if weights.ndim != 1 or weights.size != total:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{self.__class__.__name__}: flat weights must have shape ({total},), got {weights.shape} "
                 "(use jax.vmap to map over a batch of weights)"
             )
@@ -206,7 +217,9 @@ class FunctionalTensorProduct:
                 raise ValueError(f"{self.__class__.__name__}: {name} has shape {x.shape}, expected (..., {irreps.dim})")
             return IrrepsArray(irreps, x)
         if x.irreps.simplify() != irreps.simplify():
-            raise ValueError(f"{self.__class__.__name__}: {name} has irreps {x.irreps}, expected {irreps}")
+            raise InvalidValueError(
+                f"{self.__class__.__name__}: {name} has irreps {x.irreps}, expected {irreps} (up to regrouping)"
+            )
         return x.rechunk(irreps)
 
     def _run(self, weights_list, input1: IrrepsArray, input2: IrrepsArray, dtype) -> IrrepsArray:
@@ -272,7 +285,7 @@ class FunctionalTensorProduct:
         weights_list = self.split_weights(weights)
         for name, x in (("input1", input1), ("input2", input2)):
             if x.ndim != 1:
-                raise ValueError(
+                raise InvalidValueError(
                     f"{self.__class__.__name__}.left_right: {name} has shape {x.shape}, expected a 1-D array; "
                     f"use jax.vmap to map over {name}"
                 )
@@ -301,7 +314,7 @@ class FunctionalTensorProduct:
         input2 = self._as_input(input2, self.irreps_in2, "input2")
         weights_list = self.split_weights(weights)
         if input2.ndim != 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{self.__class__.__name__}.right: input2 has shape {input2.shape}, expected a 1-D array; "
                 "use jax.vmap to map over input2"
             )

@@ -23,6 +23,7 @@ from math import sqrt
 from typing import Optional, Sequence, Union
 
 from e3nn_fast.configuration import config
+from e3nn_fast.errors import InvalidValueError
 from e3nn_fast.irreps import Irreps
 from e3nn_fast.legacy.instruction import Instruction
 from e3nn_fast.path_description import IRREP_NORMALIZATIONS
@@ -63,8 +64,10 @@ def _check_selection_rules(instruction: Instruction, irreps_in1: Irreps, irreps_
     ir2 = irreps_in2[instruction.i_in2].ir
     ir_out = irreps_out[instruction.i_out].ir
     if ir1.p * ir2.p != ir_out.p or not abs(ir1.l - ir2.l) <= ir_out.l <= ir1.l + ir2.l:
-        raise ValueError(
+        # (an AssertionError too: e3nn-jax asserts on this)
+        raise InvalidValueError(
             f"Instruction {instruction.i_in1, instruction.i_in2, instruction.i_out}: {ir_out} is not in {ir1} x {ir2}"
+            "; the output segment must be an irrep of the product of the two input segments"
         )
 
 
