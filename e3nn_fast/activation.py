@@ -300,7 +300,9 @@ def norm_activation(
     """
     input = _as_irreps_array(input, "norm_activation")
     if normalization not in _NORMS:
-        raise ValueError(f"norm_activation: normalization must be 'component' or 'norm', got {normalization!r}")
+        raise InvalidValueError(  # (e3nn-jax asserts on this)
+            f"norm_activation: normalization must be 'component' or 'norm', got {normalization!r}"
+        )
     if not isinstance(acts, (list, tuple)):
         raise TypeError(f"norm_activation: acts must be a list (one entry per block), got {acts!r}")
     for i, act in enumerate(acts):

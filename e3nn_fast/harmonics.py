@@ -69,7 +69,7 @@ def _check_algorithm(algorithm: Optional[Sequence[str]]) -> None:
         if algorithm == "automatic":
             return
     if isinstance(algorithm, str) or not all(keyword in ALGORITHM_KEYWORDS for keyword in algorithm):
-        raise ValueError(
+        raise InvalidValueError(  # (e3nn-jax asserts on this)
             f"spherical harmonics algorithm must be a tuple of keywords among {ALGORITHM_KEYWORDS}, got {algorithm!r}"
         )
 
@@ -121,13 +121,16 @@ def _resolve_irreps_out(irreps_out: IrrepsOut, vector_parity: Optional[int]) -> 
 
 
 def _check_output_parities(irreps_out: Irreps, vector_parity: Optional[int]) -> None:
-    """Even degrees are even; odd degrees share one parity, the input's when it is known."""
+    """Even degrees are even; odd degrees share one parity, the input's when it is known.
+
+    The first two rules are asserts in e3nn-jax, hence :class:`InvalidValueError`; the third is its ValueError.
+    """
     for _, ir in irreps_out:
         if ir.l % 2 == 0 and ir.p != 1:
-            raise ValueError(f"spherical harmonics of even degree are even: {ir} is not possible (irreps {irreps_out})")
+            raise InvalidValueError(f"spherical harmonics of even degree are even: {ir} is not possible (irreps {irreps_out})")
     odd_parities = {ir.p for _, ir in irreps_out if ir.l % 2 == 1}
     if len(odd_parities) > 1:
-        raise ValueError(
+        raise InvalidValueError(
             f"spherical harmonics of odd degree all have the parity of the input: irreps {irreps_out} mixes both"
         )
     if vector_parity is not None and odd_parities and odd_parities != {vector_parity}:

@@ -960,8 +960,8 @@ class IrrepsArray:
 
     def _leading_axis(self, axis: int, caller: str) -> int:
         """``axis`` made non-negative, checked to be a leading axis (not the irreps axis) of a >= 2-d array."""
-        if self.ndim < 2:
-            raise ValueError(
+        if self.ndim < 2:  # (e3nn-jax asserts on this)
+            raise InvalidValueError(
                 f"IrrepsArray.{caller}: needs a leading axis besides the irreps axis, got shape {self.shape}; "
                 "add one with x[None] or x.reshape(...)."
             )

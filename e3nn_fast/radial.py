@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from e3nn_fast._static_int import static_int
+from e3nn_fast.errors import InvalidTypeError, InvalidValueError
 
 __all__ = [
     "sus",
@@ -79,12 +80,15 @@ def _check_nonzero(value, name: str) -> None:
         raise ValueError(f"{name} must be nonzero, got {value!r}")
 
 
-def _count(value, name: str, minimum: int) -> int:
-    """Validate an integer count (bool is refused: it is almost always a mistake)."""
+def _count(value, name: str, minimum: int, type_error: type = TypeError) -> int:
+    """Validate an integer count (bool is refused: it is almost always a mistake).
+
+    ``type_error`` is the class raised for a non-integer: :class:`InvalidTypeError` where e3nn-jax asserts on it.
+    """
     size = static_int(value)
     if size is None:
         got = repr(value) if isinstance(value, bool) else f"{type(value).__name__} {value!r}"
-        raise TypeError(f"{name} must be an int, got {got}")
+        raise type_error(f"{name} must be an int, got {got}")
     if size < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {size}")
     return size
@@ -244,8 +248,8 @@ def poly_envelope(n0: int, n1: int, x_max: float = 1.0) -> Callable[[jax.Array],
 def _resolve_zero_ends(cutoff, start_zero, end_zero) -> tuple:
     """Turn ``cutoff`` (shorthand for both ends) into ``(start_zero, end_zero)`` and validate."""
     if cutoff is not None:
-        if start_zero is not None or end_zero is not None:
-            raise ValueError(
+        if start_zero is not None or end_zero is not None:  # (e3nn-jax asserts on this)
+            raise InvalidValueError(
                 "soft_one_hot_linspace: pass either cutoff or start_zero/end_zero, not both "
                 f"(got cutoff={cutoff!r}, start_zero={start_zero!r}, end_zero={end_zero!r})"
             )
@@ -383,7 +387,7 @@ def bessel(x: jax.Array, n: int, x_max: float = 1.0) -> jax.Array:
     Returns:
         Array of shape ``[..., n]``.
     """
-    n = _count(n, "bessel: n", 0)
+    n = _count(n, "bessel: n", 0, InvalidTypeError)  # e3nn-jax asserts isinstance(n, int)
     _check_nonzero(x_max, "bessel: x_max")
     x = _as_float_array(x, "bessel: x")[..., None]
     k = jnp.arange(1, n + 1, dtype=x.dtype)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from e3nn_fast._static_int import static_int
+from e3nn_fast.errors import InvalidValueError
 from e3nn_fast.harmonics import spherical_harmonics
 from e3nn_fast.irreps import Irreps
 from e3nn_fast.irreps_array import IrrepsArray
@@ -169,7 +170,10 @@ def _coefficient_parities(irreps: Irreps, p_val: Optional[int], p_arg: Optional[
 def _soft_weights(res_beta: int) -> np.ndarray:
     r"""Kostelec-Rockmore quadrature weights for ``beta_j = pi (2j + 1) / (2 res_beta)`` (sum 2)."""
     if res_beta % 2 != 0:
-        raise ValueError(f"res_beta must be even for the 'soft' quadrature, got {res_beta}.")
+        # (e3nn-jax asserts on this)
+        raise InvalidValueError(
+            f"res_beta must be even for the 'soft' quadrature, got {res_beta}; use an even res_beta."
+        )
     j = np.arange(res_beta)[:, None]
     k = np.arange(res_beta // 2)[None, :]
     series = np.sum(np.sin((2 * j + 1) * (2 * k + 1) * np.pi / (2 * res_beta)) / (2 * k + 1), axis=1)

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from e3nn_fast._static_int import static_int
+from e3nn_fast.errors import InvalidTypeError
 
 __all__ = [
     "change_basis_real_to_complex",
@@ -51,22 +52,26 @@ __all__ = [
 # input validation
 
 
-def _check_l(l, name: str = "l") -> int:
-    """Return ``l`` as a Python int, or raise if it is not a non-negative integer."""
+def _check_l(l, name: str = "l", type_error: type = TypeError) -> int:
+    """Return ``l`` as a Python int, or raise if it is not a non-negative integer.
+
+    ``type_error`` is the class raised for a non-integer: :class:`InvalidTypeError` where e3nn-jax asserts on it.
+    """
     value = static_int(l)
     if value is None:
         if isinstance(l, bool):
-            raise TypeError(f"{name} must be a non-negative integer, got the bool {l!r}")
-        raise TypeError(f"{name} must be a non-negative integer, got {l!r} of type {type(l).__name__}")
+            raise type_error(f"{name} must be a non-negative integer, got the bool {l!r}")
+        raise type_error(f"{name} must be a non-negative integer, got {l!r} of type {type(l).__name__}")
     if value < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {value}")
     return value
 
 
-def _check_j(j, name: str = "j") -> int:
-    """Return ``2 j`` as a Python int, or raise if ``j`` is not a non-negative (half-)integer."""
+def _check_j(j, name: str = "j", type_error: type = TypeError) -> int:
+    """Return ``2 j`` as a Python int, or raise if ``j`` is not a non-negative (half-)integer (``type_error`` as in
+    :func:`_check_l`)."""
     if isinstance(j, bool) or not isinstance(j, numbers.Real):
-        raise TypeError(f"{name} must be a non-negative integer or half-integer, got {j!r}")
+        raise type_error(f"{name} must be a non-negative integer or half-integer, got {j!r}")
     two_j = 2 * j
     if two_j != round(two_j):
         raise ValueError(f"{name} must be a non-negative integer or half-integer, got {j!r}")
@@ -162,7 +167,8 @@ def su2_clebsch_gordan(j1: float, j2: float, j3: float) -> np.ndarray:
         :math:`\langle j_1 m_1 j_2 m_2 | j_3 m_3 \rangle / \sqrt{2j_3+1}`; all zeros when :math:`j_3` is not in
         :math:`j_1 \otimes j_2`.
     """
-    tj1, tj2, tj3 = _check_j(j1, "j1"), _check_j(j2, "j2"), _check_j(j3, "j3")
+    # e3nn-jax asserts that each spin is an int or a float
+    tj1, tj2, tj3 = (_check_j(j, name, InvalidTypeError) for j, name in ((j1, "j1"), (j2, "j2"), (j3, "j3")))
     return _su2_clebsch_gordan_cached(tj1, tj2, tj3).copy()
 
 
@@ -254,7 +260,8 @@ def clebsch_gordan(l1: int, l2: int, l3: int) -> np.ndarray:
         :math:`\sum_{ij} D^{l_1}_{ai} D^{l_2}_{bj} C_{ijk} = \sum_c C_{abc} D^{l_3}_{ck}`; zeros when
         :math:`|l_1 - l_2| \le l_3 \le l_1 + l_2` fails. Results are cached; a fresh copy is returned.
     """
-    l1, l2, l3 = _check_l(l1, "l1"), _check_l(l2, "l2"), _check_l(l3, "l3")
+    # e3nn-jax asserts that each degree is an int or a float (it computes them as SU(2) spins)
+    l1, l2, l3 = (_check_l(l, name, InvalidTypeError) for l, name in ((l1, "l1"), (l2, "l2"), (l3, "l3")))
     return _clebsch_gordan_cached(l1, l2, l3).copy()
 
 

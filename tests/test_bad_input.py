@@ -391,3 +391,62 @@ def test_negative_leading_shape(make, name):
     with pytest.raises(ValueError, match=rf"e3nn.{name}: leading_shape=\(2, -1\) has a negative size"):
         make((2, -1))
     assert make((2, np.int64(0))).shape == (2, 0, 3)
+
+
+def _legacy_product(irreps_in1="2x1o", irreps_in2="2x1o", irreps_out="2x0e", mode="uuu", has_weight=True):
+    return e3nn.legacy.FunctionalTensorProduct(irreps_in1, irreps_in2, irreps_out, [(0, 0, 0, mode, has_weight)])
+
+
+def test_legacy_tensor_product_errors_are_assertion_errors_where_e3nn_jax_asserts():
+    """These were plain ValueErrors, which code written for e3nn-jax (that asserts on them) does not catch."""
+    import e3nn_fast.legacy  # noqa: F401  (the subpackage is not imported by e3nn_fast itself)
+
+    tp = _legacy_product()
+    x = e3nn.IrrepsArray("2x1o", jnp.ones(6))
+    cases = [
+        (lambda: tp.left_right([jnp.ones(2), jnp.ones(2)], x, x), "got 2 weight arrays, expected 1"),
+        (lambda: tp.left_right([jnp.ones(3)], x, x), r"weights\[0\] has shape \(3,\), expected \(2,\)"),
+        (lambda: tp.left_right(jnp.ones(3), x, x), r"flat weights must have shape \(2,\), got \(3,\)"),
+        (lambda: tp.left_right(jnp.ones(2), e3nn.IrrepsArray("6x0e", jnp.ones(6)), x), "input1 has irreps 6x0e"),
+        (lambda: tp.left_right(jnp.ones(2), x[None], x), r"input1 has shape \(1, 6\), expected a 1-D array"),
+        (lambda: tp.right(jnp.ones(2), x[None]), r"input2 has shape \(1, 6\), expected a 1-D array"),
+        (lambda: _legacy_product(irreps_out="2x1o"), "1o is not in 1o x 1o"),
+        (lambda: _legacy_product(irreps_in2="3x1o"), "'uuu' needs equal input multiplicities, got 2 and 3"),
+        (lambda: _legacy_product(irreps_out="3x0e", mode="uvu"), "writes 2 channels, but output segment 0 has 3"),
+        (lambda: _legacy_product(mode="uvw", has_weight=False), "'uvw' needs weights"),
+    ]
+    for call, message in cases:
+        with pytest.raises(InvalidValueError, match=message):
+            call()
+    np.testing.assert_allclose(np.asarray(tp.left_right(jnp.ones(2), x, x).array), np.asarray(tp.left_right(
+        [jnp.ones(2)], x, x).array))  # the valid forms keep working
+
+
+def test_even_more_errors_are_assertion_errors_where_e3nn_jax_asserts():
+    vectors = e3nn.IrrepsArray("1o", jnp.ones((2, 3)))
+    value_cases = [
+        (lambda: e3nn.spherical_harmonics("0o", vectors, True), "even degree are even: 0o"),
+        (lambda: e3nn.spherical_harmonics("1o+3e", jnp.ones((2, 3)), True), "mixes both"),
+        (lambda: e3nn.spherical_harmonics(2, vectors, True, algorithm=("foo",)), "algorithm must be a tuple"),
+        (lambda: e3nn.norm_activation(vectors, [None], normalization="foo"), "normalization must be 'component'"),
+        (lambda: e3nn.IrrepsArray("1o", jnp.ones(3)).axis_to_mul(), r"needs a leading axis.*shape \(3,\)"),
+        (lambda: e3nn.soft_one_hot_linspace(jnp.ones(2), start=0.0, end=1.0, number=3, basis="gaussian",
+                                            cutoff=True, start_zero=True), "either cutoff or start_zero/end_zero"),
+        (lambda: e3nn.to_s2grid(e3nn.s2_dirac(jnp.asarray([0.0, 0.0, 1.0]), 2, p_val=1, p_arg=-1), 5, 7,
+                                quadrature="soft"), "res_beta must be even"),
+    ]
+    for call, message in value_cases:
+        with pytest.raises(InvalidValueError, match=message):
+            call()
+    type_cases = [
+        (lambda: e3nn.bessel(jnp.ones(2), 2.0), "bessel: n must be an int, got float 2.0"),
+        (lambda: e3nn.clebsch_gordan("1", 1, 1), "l1 must be a non-negative integer, got '1'"),
+        (lambda: e3nn.su2_clebsch_gordan(1, "1", 1), "j2 must be a non-negative integer or half-integer"),
+    ]
+    for call, message in type_cases:
+        with pytest.raises(InvalidTypeError, match=message):
+            call()
+    # where e3nn-jax raises a plain TypeError, so does e3nn_fast
+    with pytest.raises(TypeError) as info:
+        e3nn.poly_envelope(1.5, 2)
+    assert not isinstance(info.value, AssertionError)
