@@ -127,7 +127,9 @@ def _check_output_parities(irreps_out: Irreps, vector_parity: Optional[int]) -> 
     """
     for _, ir in irreps_out:
         if ir.l % 2 == 0 and ir.p != 1:
-            raise InvalidValueError(f"spherical harmonics of even degree are even: {ir} is not possible (irreps {irreps_out})")
+            raise InvalidValueError(
+                f"spherical harmonics of even degree are even: {ir} is not possible (irreps {irreps_out})"
+            )
     odd_parities = {ir.p for _, ir in irreps_out if ir.l % 2 == 1}
     if len(odd_parities) > 1:
         raise InvalidValueError(

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import e3nn_fast as e3nn
-from e3nn_fast import dispatch
+from e3nn_fast import batchnorm, dispatch
 from e3nn_fast.errors import InvalidTypeError, InvalidValueError
 from e3nn_fast.message_passing import message_passing
 from e3nn_fast.symmetric_contraction import symmetric_contraction, symmetric_contraction_weight_shapes
@@ -352,14 +352,14 @@ def test_more_errors_are_assertion_errors_where_e3nn_jax_asserts():
         (lambda: e3nn.tensor_square(vectors, irrep_normalization="foo"), "irrep_normalization='foo'"),
         (lambda: e3nn.FunctionalLinear("2x0e+1o", "0e")([jnp.ones((2, 1))], e3nn.IrrepsArray("1o+2x0e", jnp.ones(5))),
          "incompatible with irreps_in"),
-        (lambda: e3nn.batchnorm.check_batch_norm_options("foo", "mean", 1e-4), "normalization must be"),
-        (lambda: e3nn.batchnorm.check_batch_norm_options("norm", "sum", 1e-4), "reduce must be"),
+        (lambda: batchnorm.check_batch_norm_options("foo", "mean", 1e-4), "normalization must be"),
+        (lambda: batchnorm.check_batch_norm_options("norm", "sum", 1e-4), "reduce must be"),
     ]
     for call, message in cases:
         with pytest.raises(InvalidValueError, match=message):
             call()
     with pytest.raises(InvalidTypeError, match="reduce must be a string"):
-        e3nn.batchnorm.check_batch_norm_options("norm", None, 1e-4)
+        batchnorm.check_batch_norm_options("norm", None, 1e-4)
 
 
 # --- 8. silently wrong results and AssertionError compatibility found in a later review -----------------------------
