@@ -193,6 +193,14 @@ class StageBMaths:
         That saves tp-16's backward 22 copies (its whole 21 MB cotangent once more) but no time measurably: the loop
         reading the strided cotangent takes what the copy cost (fwd+bwd 36.0 against 35.4 ms, forces 18.3 against
         17.5 ms, medians of 15 alternated runs, 2 cores, 2026-12-06).
+
+        The loop runs over the flat ``(rows, m * k)`` output, whose index XLA's CPU emitter splits per element: alone,
+        the same sum written ``(rows, m, k)`` took 0.15 against 0.82 ms, but the primitive's flat slot brings the
+        reshape back into the loop (an ``optimization_barrier`` between them is dropped by XLA).  Measured and not
+        adopted (2 cores, 2026-12-07, A/B in one process, medians of 7): one ``(rows, k)`` sum per key component
+        ``m``, concatenated (XLA's concatenation emitter loops over each piece): tp-16 fwd+bwd 20.2 -> 17.2 ms and
+        forces 13.5 -> 10.2 ms, but compile 1.9 -> 3.6 s and 1.5 -> 3.1 s; the NequIP step's energy + forces 2.01 ->
+        1.89 ms for compile 2.3 -> 2.5 s, its training step unchanged (4.6 ms) for compile 4.0 -> 4.8 s.
         """
         rows, m, k = key2d.shape[0], self.m, self.k
         total = None
