@@ -44,8 +44,11 @@ def _concatenations(fn, *args):
         for equation in jaxpr.eqns:
             if equation.primitive.name == "concatenate":
                 found.append((tuple(equation.outvars[0].aval.shape), equation.params["dimension"]))
-            for sub in jax.core.jaxprs_in_params(equation.params):
-                visit(sub)
+            for param in equation.params.values():  # nested jaxprs (custom JVP calls, pjit)
+                for value in param if isinstance(param, (tuple, list)) else (param,):
+                    inner = getattr(value, "jaxpr", value)
+                    if hasattr(inner, "eqns"):
+                        visit(inner)
 
     visit(jax.make_jaxpr(fn)(*args).jaxpr)
     return found
