@@ -1466,7 +1466,10 @@ def _joins_in_one_loop(joined, leading_shape) -> bool:
     if not 1 < len(joined) <= _MAX_RUN or jax.default_backend() != "cpu":
         return False
     widths = [b.shape[-2] * b.shape[-1] for b in joined]
-    rows = int(np.prod(tuple(leading_shape), dtype=np.int64))
+    try:
+        rows = math.prod(operator.index(size) for size in leading_shape)
+    except TypeError:  # a symbolic size (jax.export): its byte count is unknown, so the plain join
+        return False
     nbytes = rows * int(np.sum(widths)) * np.dtype(joined[0].dtype).itemsize
     return nbytes >= ONE_LOOP_JOIN_MIN_BYTES and int(np.gcd.reduce(widths)) >= ONE_LOOP_JOIN_MIN_DIVISOR
 

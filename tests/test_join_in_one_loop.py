@@ -109,3 +109,16 @@ def test_from_chunks_with_the_one_loop_join(monkeypatch, dtype):
     array = e3nn.from_chunks(irreps, chunks, (5,), dtype).array
     expected = jnp.concatenate([c.reshape(5, -1) for c in chunks], axis=-1)
     np.testing.assert_array_equal(np.asarray(array, np.float32), np.asarray(expected, np.float32))
+
+
+def test_symbolic_sizes_keep_the_plain_join():
+    # jax.export with a symbolic batch size: the byte count is unknown, so the rule must not compare it
+    from jax import export
+
+    (batch,) = export.symbolic_shape("batch")
+    irreps = e3nn.Irreps("8x0e+16x1o+8x2e")
+    join = lambda *c: e3nn.from_chunks(irreps, list(c), (c[0].shape[0],)).array  # noqa: E731
+    specs = [jax.ShapeDtypeStruct((batch, mul, ir.dim), jnp.float32) for mul, ir in irreps]
+    exported = export.export(jax.jit(join))(*specs)
+    chunks = [jnp.full((3, mul, ir.dim), float(i)) for i, (mul, ir) in enumerate(irreps)]
+    np.testing.assert_array_equal(exported.call(*chunks), join(*chunks))
