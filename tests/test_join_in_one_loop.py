@@ -120,5 +120,5 @@ def test_symbolic_sizes_keep_the_plain_join():
     join = lambda *c: e3nn.from_chunks(irreps, list(c), (c[0].shape[0],)).array  # noqa: E731
     specs = [jax.ShapeDtypeStruct((batch, mul, ir.dim), jnp.float32) for mul, ir in irreps]
     exported = export.export(jax.jit(join))(*specs)
-    chunks = [jnp.full((3, mul, ir.dim), float(i)) for i, (mul, ir) in enumerate(irreps)]
+    chunks = [jnp.full((3, mul, ir.dim), float(i), jnp.float32) for i, (mul, ir) in enumerate(irreps)]
     np.testing.assert_array_equal(exported.call(*chunks), join(*chunks))
