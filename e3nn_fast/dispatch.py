@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import operator
 import os
 import threading
 from typing import Callable, Iterator, Optional
@@ -153,6 +154,21 @@ def register(op: str, executor: str, implementation: Callable) -> Callable:
 def available(op: str) -> tuple[str, ...]:
     """The executors registered for ``op``."""
     return tuple(_EXECUTORS.get(op, {}))
+
+
+def problem_size(*factors) -> int:
+    """The product of ``factors`` (leading sizes, output widths): the ``size`` an op passes to :func:`choose`.
+
+    0 where a factor is symbolic (``jax.export`` with a symbolic batch size): no measured crossover can be compared
+    with it, so ``auto`` keeps the jnp executor, as below any crossover.
+    """
+    size = 1
+    for factor in factors:
+        try:
+            size *= operator.index(factor)
+        except TypeError:
+            return 0
+    return size
 
 
 def choose(op: str, *, size: int = 0, qualifies: bool = True, requested: Optional[str] = None) -> str:

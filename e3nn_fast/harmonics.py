@@ -169,7 +169,7 @@ def _run_per_l(ls: Tuple[int, ...], x: jax.Array, normalize: bool, normalization
 
 
 def _harmonics_per_l(ls: Tuple[int, ...], x: jax.Array, normalize: bool, normalization: str) -> List[jax.Array]:
-    executor = dispatch.choose("spherical_harmonics", size=x.size)
+    executor = dispatch.choose("spherical_harmonics", size=dispatch.problem_size(*x.shape))
     return dispatch.guard_forced_pallas("spherical_harmonics", executor, _run_per_l(ls, x, normalize, normalization,
                                                                                    executor))
 

@@ -393,6 +393,12 @@ def times_scalar_block(c1, c2):
     return c1 * c2
 
 
+def _broadcast_leading_shapes(*shapes) -> Tuple[Any, ...]:
+    """The broadcast of leading shapes, by JAX's rule: it also takes symbolic sizes (``jax.export``), which NumPy's
+    ``broadcast_shapes`` refuses."""
+    return tuple(jnp.broadcast_shapes(*(tuple(shape) for shape in shapes)))
+
+
 def _elementwise_scalar_product(x1: "IrrepsArray", x2: "IrrepsArray") -> "IrrepsArray":
     """Elementwise tensor product of two IrrepsArrays whose aligned blocks each have a scalar on one side.
 
@@ -405,7 +411,7 @@ def _elementwise_scalar_product(x1: "IrrepsArray", x2: "IrrepsArray") -> "Irreps
     if not jnp.issubdtype(dtype, jnp.inexact):
         dtype = _default_float_dtype()
     x1, x2 = x1.astype(dtype), x2.astype(dtype)
-    leading_shape = tuple(np.broadcast_shapes(x1.shape[:-1], x2.shape[:-1]))
+    leading_shape = _broadcast_leading_shapes(x1.shape[:-1], x2.shape[:-1])
     x1 = x1.broadcast_to(leading_shape + (-1,))
     x2 = x2.broadcast_to(leading_shape + (-1,))
     x1, x2 = _align_two_irreps_arrays(x1, x2)
@@ -602,7 +608,7 @@ class IrrepsArray:
             raise _equivariance_error(
                 f"{_describe(self)} == {_describe(other)}", "only arrays with identical irreps can be compared"
             )
-        leading_shape = tuple(np.broadcast_shapes(self.shape[:-1], other.shape[:-1]))
+        leading_shape = _broadcast_leading_shapes(self.shape[:-1], other.shape[:-1])
         verdicts = [
             _copies_equal(a, b, mul, leading_shape, backend)
             for (mul, _), a, b in zip(self.irreps, self.chunks, other.chunks)
@@ -1062,7 +1068,7 @@ class IrrepsArray:
             for (_, ir), c in zip(self.irreps, self.chunks)
         ]
         shapes = [D[ir].shape[:-2] for _, ir in self.irreps] + [self.shape[:-1]]
-        leading_shape = tuple(np.broadcast_shapes(*shapes))
+        leading_shape = _broadcast_leading_shapes(*shapes)
         chunks = [None if c is None else _broadcast_leading(c, leading_shape, jnp) for c in chunks]
         return from_chunks(self.irreps, chunks, leading_shape, self.dtype)
 
@@ -1787,7 +1793,7 @@ def dot(a: IrrepsArray, b: IrrepsArray, per_irrep: bool = False) -> IrrepsArray:
             f"e3nn.dot: both arguments need the same irreps (compared after simplify()), got {a.irreps} and "
             f"{b.irreps}; bring them to common irreps with .filter() or .extend_with_zeros()."
         )
-    leading_shape = tuple(np.broadcast_shapes(a.shape[:-1], b.shape[:-1]))
+    leading_shape = _broadcast_leading_shapes(a.shape[:-1], b.shape[:-1])
     # pairs with a zero block on either side contribute nothing
     pairs = [(x, y) for x, y in zip(a.chunks, b.chunks)]
     if per_irrep:
@@ -1826,7 +1832,7 @@ def cross(a: IrrepsArray, b: IrrepsArray) -> IrrepsArray:
             f"got {a.irreps.num_irreps} ({a.irreps}) and {b.irreps.num_irreps} ({b.irreps})."
         )
     a, b = _align_two_irreps_arrays(a, b)
-    leading_shape = tuple(np.broadcast_shapes(a.shape[:-1], b.shape[:-1]))
+    leading_shape = _broadcast_leading_shapes(a.shape[:-1], b.shape[:-1])
     # the cross product of two vectors is a vector whose parity is the product of theirs
     irreps_out = [(mul, (1, ir_a.p * ir_b.p)) for (mul, ir_a), (_, ir_b) in zip(a.irreps, b.irreps)]
     chunks = [

@@ -407,7 +407,7 @@ class FunctionalLinear:
 
     def _evaluate(self, ws: List[jax.Array], input: IrrepsArray, output_shape: Tuple[int, ...]) -> IrrepsArray:
         """The map, by the executor the dispatcher picks (op ``"linear"``)."""
-        size = max(1, math.prod(output_shape)) * self.irreps_out.dim
+        size = dispatch.problem_size(*output_shape, self.irreps_out.dim)
         return dispatch.executor("linear", size=size)(self, ws, input, output_shape)
 
     def description(self):

@@ -256,7 +256,8 @@ def message_passing(
     receivers = normalize_receivers(receivers, num_nodes)
 
     wanted = dispatch.current_backend()
-    name = dispatch.choose(OP, size=num_edges * spec.irreps_out.dim, qualifies=_qualifies(spec, dtype))
+    name = dispatch.choose(OP, size=dispatch.problem_size(num_edges, spec.irreps_out.dim),
+                           qualifies=_qualifies(spec, dtype))
     run = dispatch.implementation(OP, name)
     if name == "jnp":
         out = run(spec, x, sh, w, senders, receivers, num_nodes, chunk_size=edge_chunk_size)

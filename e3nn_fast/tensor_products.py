@@ -9,7 +9,7 @@ known to be zero (``None``) are skipped by every executor, and their outputs sta
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Optional, Sequence
+from typing import Optional
 
 import jax.numpy as jnp
 
@@ -34,16 +34,8 @@ dispatch.register("tensor_product", "reference", reference_tp.tensor_product)
 
 def run_paths(description: TensorProductDescription, weights, chunks1, chunks2, leading_shape) -> list:
     """Evaluate ``description`` with the executor the dispatcher picks for this size."""
-    size = max(1, _prod(leading_shape)) * description.irreps_out.dim
-    run = dispatch.executor("tensor_product", size=size)
+    run = dispatch.executor("tensor_product", size=dispatch.problem_size(*leading_shape, description.irreps_out.dim))
     return run(description, weights, chunks1, chunks2)
-
-
-def _prod(shape: Sequence[int]) -> int:
-    out = 1
-    for s in shape:
-        out *= s
-    return out
 
 
 def _prepare_inputs(input1, input2) -> tuple[IrrepsArray, IrrepsArray, tuple[int, ...]]:

@@ -1,0 +1,57 @@
+"""``jax.export`` with a symbolic batch size, as e3nn-jax supports it: the exported function runs at any batch size
+and gives the same numbers as the function itself (the dispatcher cannot compare a symbolic size with a measured
+crossover, so it keeps the jnp executor; leading shapes broadcast by JAX's rule, which takes symbolic sizes)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import export
+
+import e3nn_fast as e3nn
+from e3nn_fast import dispatch
+
+
+def _spec(*shape):
+    return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
+CASES = {
+    "tensor_product": (
+        lambda a, b: e3nn.tensor_product(e3nn.IrrepsArray("4x0e+4x1o", a), e3nn.IrrepsArray("0e+1o", b)).array,
+        (16, 4)),
+    "tensor_product_filtered": (
+        lambda a, b: e3nn.tensor_product(e3nn.IrrepsArray("4x0e+4x1o", a), e3nn.IrrepsArray("0e+1o+2e", b),
+                                         filter_ir_out=["0e", "1o"]).array,
+        (16, 9)),
+    "elementwise_tensor_product": (
+        lambda a, b: e3nn.elementwise_tensor_product(e3nn.IrrepsArray("4x0e+4x1o", a),
+                                                     e3nn.IrrepsArray("4x1o+4x0e", b)).array,
+        (16, 16)),
+    "tensor_square": (lambda a: e3nn.tensor_square(e3nn.IrrepsArray("4x0e+4x1o", a)).array, (16,)),
+    "gate": (lambda a: e3nn.gate(e3nn.IrrepsArray("8x0e+4x0e+4x1o", a)).array, (24,)),
+    "irreps_array_product": (
+        lambda a, b: (e3nn.IrrepsArray("4x0e", a) * e3nn.IrrepsArray("4x1o", b)).array, (4, 12)),
+    "dot": (lambda a, b: e3nn.dot(e3nn.IrrepsArray("4x1o", a), e3nn.IrrepsArray("4x1o", b)).array, (12, 12)),
+    "spherical_harmonics": (
+        lambda v: e3nn.spherical_harmonics([0, 1, 2, 3], e3nn.IrrepsArray("1o", v), normalize=True).array, (3,)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_export_with_a_symbolic_batch_size(name):
+    fn, widths = CASES[name]
+    (batch,) = export.symbolic_shape("batch")
+    exported = export.export(jax.jit(fn))(*[_spec(batch, width) for width in widths])
+    for rows in (1, 5):
+        keys = jax.random.split(jax.random.PRNGKey(rows), len(widths))
+        args = [jax.random.normal(key, (rows, width), jnp.float32) for key, width in zip(keys, widths)]
+        np.testing.assert_allclose(exported.call(*args), fn(*args), rtol=1e-5, atol=1e-6)
+
+
+def test_problem_size_of_symbolic_factors_is_unknown():
+    assert dispatch.problem_size(3, 4, 5) == 60
+    assert dispatch.problem_size() == 1
+    (batch,) = export.symbolic_shape("batch")
+    assert dispatch.problem_size(batch, 4) == 0  # no crossover is compared with it: auto keeps jnp
+    assert dispatch.choose("tensor_product", size=dispatch.problem_size(batch, 4)) in ("jnp", "reference")
