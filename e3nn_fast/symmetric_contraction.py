@@ -17,6 +17,7 @@ executor (the default on CPU) or the Pallas kernels (``pallas``, ``pallas-interp
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Mapping, Tuple
 
 import jax
@@ -160,14 +161,15 @@ def symmetric_contraction(
     species, arrays = _check_inputs(x, species, weights, description)
     leading = x.shape[:-2]
     num_channel = x.shape[-2]
-    nodes = int(np.prod(leading)) if leading else 1
+    nodes = math.prod(leading)  # symbolic under jax.export with a symbolic batch size
     dtype = jnp.result_type(x.dtype, *[w.dtype for w in arrays])
     array = x.array.astype(dtype).reshape(nodes, num_channel, x.irreps.dim)
     arrays = tuple(w.astype(dtype) for w in arrays)
     if not description.blocks:  # keep_irrep_out excludes every irrep the powers contain: an empty output
         return IrrepsArray(description.irreps_out, jnp.zeros(leading + (num_channel, 0), dtype))
     qualifies = max(description.orders) <= 3
-    run = dispatch.executor(OP, size=nodes * num_channel * description.irreps_out.dim, qualifies=qualifies)
+    run = dispatch.executor(OP, size=dispatch.problem_size(nodes, num_channel, description.irreps_out.dim),
+                            qualifies=qualifies)
     out = run(description, array, species.reshape(nodes), arrays)
     return IrrepsArray(description.irreps_out, out.reshape(leading + (num_channel, description.irreps_out.dim)))
 
@@ -204,7 +206,8 @@ def contract_shared_weights(
     if not description.blocks:
         return jnp.zeros((num_channel, 0), dtype)
     arrays = tuple(weights[name].astype(dtype)[None] for name in description.weight_names)
-    run = dispatch.executor(OP, size=num_channel * description.irreps_out.dim, qualifies=max(description.orders) <= 3)
+    run = dispatch.executor(OP, size=dispatch.problem_size(num_channel, description.irreps_out.dim),
+                            qualifies=max(description.orders) <= 3)
     return run(description, x.astype(dtype)[None], jnp.zeros((1,), jnp.int32), arrays)[0]
 
 

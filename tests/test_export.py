@@ -55,3 +55,24 @@ def test_problem_size_of_symbolic_factors_is_unknown():
     (batch,) = export.symbolic_shape("batch")
     assert dispatch.problem_size(batch, 4) == 0  # no crossover is compared with it: auto keeps jnp
     assert dispatch.choose("tensor_product", size=dispatch.problem_size(batch, 4)) in ("jnp", "reference")
+
+
+def test_export_of_the_symmetric_contraction_with_a_symbolic_node_count():
+    # the jnp executor's row loop needs a concrete row count; a symbolic one runs the rows in one pass
+    from e3nn_fast.symmetric_contraction import symmetric_contraction, symmetric_contraction_weight_shapes
+
+    irreps, orders, channels = "0e+1o", (1, 2, 3), 4
+    shapes = symmetric_contraction_weight_shapes(irreps, channels, 3, orders, "0e+1o")
+    rng = np.random.default_rng(0)
+    weights = {name: jnp.asarray(rng.normal(size=shape), jnp.float32) for name, shape in shapes.items()}
+
+    def contract(x, species):
+        return symmetric_contraction(e3nn.IrrepsArray(irreps, x), species, weights, orders, "0e+1o").array
+
+    (nodes,) = export.symbolic_shape("nodes")
+    exported = export.export(jax.jit(contract))(_spec(nodes, channels, 4),
+                                                jax.ShapeDtypeStruct((nodes,), jnp.int32))
+    for rows in (1, 7):
+        x = jnp.asarray(rng.normal(size=(rows, channels, 4)), jnp.float32)
+        species = jnp.asarray(rng.integers(0, 3, size=(rows,)), jnp.int32)
+        np.testing.assert_allclose(exported.call(x, species), contract(x, species), rtol=1e-5, atol=1e-6)

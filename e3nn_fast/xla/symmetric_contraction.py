@@ -24,6 +24,7 @@ against e3nn-jax's 321 / 502 / 664 ms; compile 1.13x e3nn-jax's (geometric mean 
 from __future__ import annotations
 
 import functools
+import operator
 from typing import Sequence
 
 import jax
@@ -67,6 +68,15 @@ def row_loop(rows: int, channels: int) -> tuple[int, int]:
         return 1, rows
     iterations = max(MIN_CPU_ITERATIONS if on_cpu else 1, -(-rows // per_iteration))
     return iterations, -(-rows // iterations)
+
+
+def _is_concrete(size) -> bool:
+    """Whether ``size`` is a plain integer (not a symbolic size of ``jax.export``)."""
+    try:
+        operator.index(size)
+    except TypeError:
+        return False
+    return True
 
 
 def slab_padding(lanes: int, itemsize: int) -> int:
@@ -114,8 +124,9 @@ def _form(description: SymmetricContractionDescription, channels: int):
             accumulate = compute_dtype(dtype)  # float32 for 16-bit inputs, like the kernels
             inputs = [x.astype(accumulate) for x in inputs]
             # one pass of (planes, rows, channels) slabs under explicit sharding: splitting the sharded row axis
-            # into iterations, or merging it into flat lanes, would need a stated sharding
-            if shard_compat.has_explicit_sharding(inputs[0]):
+            # into iterations, or merging it into flat lanes, would need a stated sharding; and for a symbolic row
+            # count (jax.export), which the row loop cannot divide into iterations
+            if shard_compat.has_explicit_sharding(inputs[0]) or not _is_concrete(rows):
                 shapes = [(rows, p, self.channels) for p in program.input_planes]
                 slabs = [jnp.swapaxes(x.reshape(shape), 0, 1) for x, shape in zip(inputs, shapes)]
                 out = jnp.swapaxes(run_gather_program(program, slabs), 0, 1)
