@@ -76,3 +76,17 @@ def test_export_of_the_symmetric_contraction_with_a_symbolic_node_count():
         x = jnp.asarray(rng.normal(size=(rows, channels, 4)), jnp.float32)
         species = jnp.asarray(rng.integers(0, 3, size=(rows,)), jnp.int32)
         np.testing.assert_allclose(exported.call(x, species), contract(x, species), rtol=1e-5, atol=1e-6)
+
+
+def test_export_of_the_haiku_symmetric_tensor_product():
+    import haiku as hk
+
+    module = hk.without_apply_rng(hk.transform(
+        lambda x: e3nn.haiku.SymmetricTensorProduct((1, 2, 3), keep_irrep_out="0e+1o")(
+            e3nn.IrrepsArray("0e+1o", x.reshape(x.shape[0], 4, 4))).array))
+    params = module.init(jax.random.PRNGKey(0), jnp.ones((2, 16), jnp.float32))
+    apply = lambda x: module.apply(params, x)  # noqa: E731
+    (batch,) = export.symbolic_shape("batch")
+    exported = export.export(jax.jit(apply))(_spec(batch, 16))
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, 16), jnp.float32)
+    np.testing.assert_allclose(exported.call(x), apply(x), rtol=1e-5, atol=1e-6)
