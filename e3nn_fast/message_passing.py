@@ -24,6 +24,7 @@ nearest row, as ``node_feats[senders]`` does there.
 
 from __future__ import annotations
 
+import operator
 from typing import Optional
 
 import jax
@@ -72,6 +73,21 @@ def _irreps_array(value, name: str) -> IrrepsArray:
     if value.ndim != 2:
         raise ValueError(f"message_passing: {name} must have shape (rows, irreps.dim), got shape {value.shape}")
     return value
+
+
+def _concrete_edge_count(num_edges) -> int:
+    """The number of edges, which must be a plain integer: the executors cut the edges into chunks of a fixed size.
+    A symbolic one (``jax.export`` with a symbolic edge count) gets a named error instead of an inconclusive
+    comparison from inside the chunking."""
+    try:
+        return operator.index(num_edges)
+    except TypeError:
+        raise TypeError(
+            f"message_passing: the number of edges must be concrete, got the symbolic size {num_edges!r} (jax.export "
+            "with a symbolic edge count?); the fused op cuts the edges into chunks of a fixed size. Export with a "
+            "fixed (padded) edge count, or compose e3nn.scatter_sum(e3nn.tensor_product(...) * edge_weights, ...), "
+            "which takes symbolic sizes"
+        ) from None
 
 
 def _indices(value, name: str, num_edges: int):
@@ -228,7 +244,7 @@ def message_passing(
     """
     node_feats = _irreps_array(node_feats, "node_feats")
     edge_sh = _irreps_array(edge_sh, "edge_sh")
-    num_edges = edge_sh.shape[0]
+    num_edges = _concrete_edge_count(edge_sh.shape[0])
     num_nodes = _num_nodes(num_nodes, node_feats.shape[0])
     senders = _indices(senders, "senders", num_edges)
     receivers = _indices(receivers, "receivers", num_edges)

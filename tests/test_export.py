@@ -90,3 +90,30 @@ def test_export_of_the_haiku_symmetric_tensor_product():
     exported = export.export(jax.jit(apply))(_spec(batch, 16))
     x = jax.random.normal(jax.random.PRNGKey(1), (3, 16), jnp.float32)
     np.testing.assert_allclose(exported.call(x), apply(x), rtol=1e-5, atol=1e-6)
+
+
+def test_message_passing_names_a_symbolic_edge_count_and_the_composition_exports():
+    from e3nn_fast.message_passing import message_passing, message_passing_irreps_out
+
+    irreps_in, irreps_sh = "4x0e+4x1o", "0e+1o"
+    num_weights = message_passing_irreps_out(irreps_in, irreps_sh).num_irreps
+    (edges,) = export.symbolic_shape("edges")
+    specs = (_spec(5, 16), _spec(edges, 4), _spec(edges, num_weights),
+             jax.ShapeDtypeStruct((edges,), jnp.int32), jax.ShapeDtypeStruct((edges,), jnp.int32))
+
+    def fused(x, sh, w, senders, receivers):
+        return message_passing(e3nn.IrrepsArray(irreps_in, x), e3nn.IrrepsArray(irreps_sh, sh), w, senders,
+                               receivers, num_nodes=5).array
+
+    def composed(x, sh, w, senders, receivers):
+        messages = e3nn.tensor_product(e3nn.IrrepsArray(irreps_in, x)[senders], e3nn.IrrepsArray(irreps_sh, sh))
+        return e3nn.scatter_sum(messages * w, dst=receivers, output_size=5).array
+
+    with pytest.raises(TypeError, match="number of edges must be concrete"):
+        export.export(jax.jit(fused))(*specs)
+    exported = export.export(jax.jit(composed))(*specs)
+    rng = np.random.default_rng(0)
+    args = (jnp.asarray(rng.normal(size=(5, 16)), jnp.float32), jnp.asarray(rng.normal(size=(9, 4)), jnp.float32),
+            jnp.asarray(rng.normal(size=(9, num_weights)), jnp.float32),
+            jnp.asarray(rng.integers(0, 5, 9), jnp.int32), jnp.asarray(rng.integers(0, 5, 9), jnp.int32))
+    np.testing.assert_allclose(exported.call(*args), fused(*args), rtol=1e-5, atol=1e-5)
