@@ -237,7 +237,8 @@ def message_passing(
         ``tensor_product``).
 
     Raises:
-        TypeError: non-IrrepsArray features, non-integer indices, non-int ``num_nodes`` or ``edge_chunk_size``.
+        TypeError: non-IrrepsArray features, non-integer indices, non-int ``num_nodes`` or ``edge_chunk_size``, a
+            symbolic number of edges (``jax.export``).
         ValueError: arrays that are not 2-D, edge counts that disagree, weights of the wrong shape, bad
             normalisation or filter, an unknown ``mode``, concrete senders out of range (or receivers, unless
             ``mode="drop"``), ``edge_chunk_size < 1``.
