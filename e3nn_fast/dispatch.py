@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import operator
 import os
 import threading
 from typing import Callable, Iterator, Optional
@@ -50,6 +49,7 @@ import jax
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
+from e3nn_fast._static_int import static_int
 from e3nn_fast.configuration import BACKENDS, check_backend, config, snapshot
 
 logger = logging.getLogger("e3nn_fast.dispatch")
@@ -164,10 +164,10 @@ def problem_size(*factors) -> int:
     """
     size = 1
     for factor in factors:
-        try:
-            size *= operator.index(factor)
-        except TypeError:
+        count = static_int(factor)
+        if count is None:
             return 0
+        size *= count
     return size
 
 

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from e3nn_fast._static_int import static_int
 from e3nn_fast.configuration import config
 from e3nn_fast.errors import InvalidValueError
 from e3nn_fast.irreps import Irrep, Irreps, MulIrrep
@@ -1472,10 +1473,10 @@ def _joins_in_one_loop(joined, leading_shape) -> bool:
     if not 1 < len(joined) <= _MAX_RUN or jax.default_backend() != "cpu":
         return False
     widths = [b.shape[-2] * b.shape[-1] for b in joined]
-    try:
-        rows = math.prod(operator.index(size) for size in leading_shape)
-    except TypeError:  # a symbolic size (jax.export): its byte count is unknown, so the plain join
+    sizes = [static_int(size) for size in leading_shape]
+    if None in sizes:  # a symbolic size (jax.export): its byte count is unknown, so the plain join
         return False
+    rows = math.prod(sizes)
     nbytes = rows * int(np.sum(widths)) * np.dtype(joined[0].dtype).itemsize
     return nbytes >= ONE_LOOP_JOIN_MIN_BYTES and int(np.gcd.reduce(widths)) >= ONE_LOOP_JOIN_MIN_DIVISOR
 

@@ -24,7 +24,6 @@ nearest row, as ``node_feats[senders]`` does there.
 
 from __future__ import annotations
 
-import operator
 from typing import Optional
 
 import jax
@@ -79,15 +78,15 @@ def _concrete_edge_count(num_edges) -> int:
     """The number of edges, which must be a plain integer: the executors cut the edges into chunks of a fixed size.
     A symbolic one (``jax.export`` with a symbolic edge count) gets a named error instead of an inconclusive
     comparison from inside the chunking."""
-    try:
-        return operator.index(num_edges)
-    except TypeError:
+    count = static_int(num_edges)
+    if count is None:
         raise TypeError(
             f"message_passing: the number of edges must be concrete, got the symbolic size {num_edges!r} (jax.export "
             "with a symbolic edge count?); the fused op cuts the edges into chunks of a fixed size. Export with a "
             "fixed (padded) edge count, or compose e3nn.scatter_sum(e3nn.tensor_product(...) * edge_weights, ...), "
             "which takes symbolic sizes"
-        ) from None
+        )
+    return count
 
 
 def _indices(value, name: str, num_edges: int):

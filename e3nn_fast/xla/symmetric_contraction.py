@@ -24,13 +24,13 @@ against e3nn-jax's 321 / 502 / 664 ms; compile 1.13x e3nn-jax's (geometric mean 
 from __future__ import annotations
 
 import functools
-import operator
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 
 from e3nn_fast import _shard_compat as shard_compat
+from e3nn_fast._static_int import static_int
 from e3nn_fast.reference.symmetric_contraction import gather_species
 from e3nn_fast.symmetric_tensor_product import SymmetricContractionDescription
 from e3nn_fast.xla.symmetric_contraction_gathers import gather_program, run_gather_program
@@ -68,15 +68,6 @@ def row_loop(rows: int, channels: int) -> tuple[int, int]:
         return 1, rows
     iterations = max(MIN_CPU_ITERATIONS if on_cpu else 1, -(-rows // per_iteration))
     return iterations, -(-rows // iterations)
-
-
-def _is_concrete(size) -> bool:
-    """Whether ``size`` is a plain integer (not a symbolic size of ``jax.export``)."""
-    try:
-        operator.index(size)
-    except TypeError:
-        return False
-    return True
 
 
 def slab_padding(lanes: int, itemsize: int) -> int:
@@ -126,7 +117,7 @@ def _form(description: SymmetricContractionDescription, channels: int):
             # one pass of (planes, rows, channels) slabs under explicit sharding: splitting the sharded row axis
             # into iterations, or merging it into flat lanes, would need a stated sharding; and for a symbolic row
             # count (jax.export), which the row loop cannot divide into iterations
-            if shard_compat.has_explicit_sharding(inputs[0]) or not _is_concrete(rows):
+            if shard_compat.has_explicit_sharding(inputs[0]) or static_int(rows) is None:
                 shapes = [(rows, p, self.channels) for p in program.input_planes]
                 slabs = [jnp.swapaxes(x.reshape(shape), 0, 1) for x, shape in zip(inputs, shapes)]
                 out = jnp.swapaxes(run_gather_program(program, slabs), 0, 1)
