@@ -1556,11 +1556,8 @@ def _new_leading_shape(leading_shape, what: str) -> Tuple[int, ...]:
     while lowering (``zeros`` with a broadcast_in_dim error, ``normal`` with an MLIR 'invalid tensor dimension')."""
     leading_shape = _leading_shape_tuple(leading_shape, what)
     for size in leading_shape:
-        try:
-            negative = operator.index(size) < 0
-        except TypeError:
-            continue  # not an integer: JAX's own error names the shape
-        if negative:
+        count = static_int(size)  # None for a non-integer: JAX's own error names the shape
+        if count is not None and count < 0:
             raise ValueError(
                 f"{what}: leading_shape={leading_shape} has a negative size; every axis needs a size >= 0"
             )
