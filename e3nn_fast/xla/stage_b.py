@@ -146,7 +146,9 @@ class StageBMaths:
         along the output's short minor axis ``m``; measured and not adopted there (2 cores, jax 0.10.2, 2026-12-06,
         A/B in one process): a batched ``dot`` (forces 7.1 -> 9.6 ms), the sum written channel-minor between two
         transposes (7.1 ms, unchanged: XLA's transposes cost what the loop saved), ``T`` transposed to ``(k, m)``
-        (no change beyond the noise).
+        (no change beyond the noise); on 2026-12-07, the sum written channel-minor from the ``(rows, k, a)``
+        transpose of ``z`` that ``dF/dT``'s ``dot`` also reads (one explicit transpose for both, merged by XLA's
+        CSE), then transposed back: forces 8.5 -> 10.1 ms, sevennet-l3i5 9.4 -> 14.0 ms.
         """
         if self.layout == DIAGONAL:
             if self.key_uses_dot:
