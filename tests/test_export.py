@@ -33,6 +33,8 @@ CASES = {
     "irreps_array_product": (
         lambda a, b: (e3nn.IrrepsArray("4x0e", a) * e3nn.IrrepsArray("4x1o", b)).array, (4, 12)),
     "dot": (lambda a, b: e3nn.dot(e3nn.IrrepsArray("4x1o", a), e3nn.IrrepsArray("4x1o", b)).array, (12, 12)),
+    "scalar_activation": (lambda a: e3nn.scalar_activation(e3nn.IrrepsArray("4x0e", a), [jax.nn.silu]).array, (4,)),
+    "norm_activation": (lambda a: e3nn.norm_activation(e3nn.IrrepsArray("4x1o", a), [jax.nn.silu]).array, (12,)),
     "spherical_harmonics": (
         lambda v: e3nn.spherical_harmonics([0, 1, 2, 3], e3nn.IrrepsArray("1o", v), normalize=True).array, (3,)),
 }
@@ -117,3 +119,23 @@ def test_message_passing_names_a_symbolic_edge_count_and_the_composition_exports
             jnp.asarray(rng.normal(size=(9, num_weights)), jnp.float32),
             jnp.asarray(rng.integers(0, 5, 9), jnp.int32), jnp.asarray(rng.integers(0, 5, 9), jnp.int32))
     np.testing.assert_allclose(exported.call(*args), fused(*args), rtol=1e-5, atol=1e-5)
+
+
+def test_export_of_the_haiku_and_flax_linear_layers():
+    import flax.linen as nn  # noqa: F401 - the linen module below needs flax
+    import haiku as hk
+
+    haiku_linear = hk.without_apply_rng(hk.transform(
+        lambda x: e3nn.haiku.Linear("4x0e+2x1o")(e3nn.IrrepsArray("4x0e+4x1o", x)).array))
+    haiku_params = haiku_linear.init(jax.random.PRNGKey(0), jnp.ones((2, 16), jnp.float32))
+    flax_linear = e3nn.flax.Linear("4x0e+2x1o")
+    flax_params = flax_linear.init(jax.random.PRNGKey(0), e3nn.IrrepsArray("4x0e+4x1o", jnp.ones((2, 16), jnp.float32)))
+    layers = {
+        "haiku": lambda x: haiku_linear.apply(haiku_params, x),
+        "flax": lambda x: flax_linear.apply(flax_params, e3nn.IrrepsArray("4x0e+4x1o", x)).array,
+    }
+    (batch,) = export.symbolic_shape("batch")
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, 16), jnp.float32)
+    for name, apply in layers.items():
+        exported = export.export(jax.jit(apply))(_spec(batch, 16))
+        np.testing.assert_allclose(exported.call(x), apply(x), rtol=1e-5, atol=1e-6, err_msg=name)
