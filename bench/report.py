@@ -239,6 +239,13 @@ def detail_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _settling(rows: list) -> str:
+    """``", each after N ms of untimed runs"`` when the samples followed a settle time (see ``timing.CPU_SETTLE_S``),
+    else nothing."""
+    settle_s = next((row["settle_s"] for row in rows if row.get("settle_s")), None)
+    return f", each after {settle_s * 1e3:.0f} ms of untimed runs" if settle_s else ""
+
+
 def markdown(results: dict) -> str:
     """The whole results.md."""
     env = results["environment"]
@@ -247,7 +254,8 @@ def markdown(results: dict) -> str:
     lines = [
         f"# e3nn_fast benchmark: {settings['suite']} suite, {settings['dtype']}",
         "",
-        f"- date: {env['date']}; wall time {env.get('wall_s', 0):.0f} s; median of {settings['repeats']} runs",
+        f"- date: {env['date']}; wall time {env.get('wall_s', 0):.0f} s; median of {settings['repeats']} runs"
+        + _settling(results["rows"]),
         f"- device: {device['device_kind']} ({device['platform']}, {device['device_count']} device(s)); host "
         f"{env['machine']['machine']}, {env['machine']['cpu_count']} CPU cores",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v is not None),

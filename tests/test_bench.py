@@ -49,6 +49,7 @@ def test_cli_tiny_suite_writes_json_markdown_and_pngs(tmp_path, capsys):
     assert all(r["speedup_vs_e3nn_jax"] == 1.0 for r in baseline)
     text = (out / "results.md").read_text()
     assert "| workload | size | pass | e3nn_fast:jnp | e3nn-jax |" in text
+    assert "median of 2 runs, each after 150 ms of untimed runs" in text
     assert "| high-l5 | 8 edges | forces |" in text
     assert "| workload | size | pass | e3nn_fast:jnp s | e3nn-jax s |" in text  # the compile-time table
     for name in ("speedup.png", "roofline.png"):
