@@ -9,6 +9,7 @@ import pytest
 
 import e3nn_fast as e3nn
 from e3nn_fast import irreps_array
+from jaxpr_equations import all_equations
 
 IN1, IN2 = "8x0e+8x1o+8x2e", "0e+1o+2e"  # outputs of widths 8 * (2l + 1) in 5 runs: a common divisor of 8
 
@@ -38,20 +39,8 @@ def _product(x1, x2):
 
 def _concatenations(fn, *args):
     """``(output shape, dimension)`` of every ``concatenate`` in ``fn``'s jaxpr, nested jaxprs included."""
-    found = []
-
-    def visit(jaxpr):
-        for equation in jaxpr.eqns:
-            if equation.primitive.name == "concatenate":
-                found.append((tuple(equation.outvars[0].aval.shape), equation.params["dimension"]))
-            for param in equation.params.values():  # nested jaxprs (custom JVP calls, pjit)
-                for value in param if isinstance(param, (tuple, list)) else (param,):
-                    inner = getattr(value, "jaxpr", value)
-                    if hasattr(inner, "eqns"):
-                        visit(inner)
-
-    visit(jax.make_jaxpr(fn)(*args).jaxpr)
-    return found
+    return [(tuple(equation.outvars[0].aval.shape), equation.params["dimension"])
+            for equation in all_equations(jax.make_jaxpr(fn)(*args)) if equation.primitive.name == "concatenate"]
 
 
 def test_values_and_derivatives_match_the_plain_join(monkeypatch):

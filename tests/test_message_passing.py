@@ -20,6 +20,7 @@ import e3nn_fast as e3nn
 from e3nn_fast import dispatch
 from e3nn_fast.message_passing import message_passing, message_passing_irreps_out
 from e3nn_fast.xla import message_passing as xla_mp
+from jaxpr_equations import all_equations
 
 IRREPS_IN = "2x0e+2x1o"
 IRREPS_SH = "0e+1o+2e"
@@ -228,16 +229,8 @@ def test_jvp_and_vmap():
 
 def _primitive_forms(jaxpr) -> list:
     """The forms of every graph-form contraction in ``jaxpr`` and the jaxprs nested in it."""
-    forms = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "e3nn_fast_graph_form":
-            forms.append((eqn.params["form"], eqn.params["out_slot"]))
-        for param in eqn.params.values():
-            for value in param if isinstance(param, (tuple, list)) else (param,):
-                inner = getattr(value, "jaxpr", value)
-                if hasattr(inner, "eqns"):
-                    forms.extend(_primitive_forms(inner))
-    return forms
+    return [(equation.params["form"], equation.params["out_slot"]) for equation in all_equations(jaxpr)
+            if equation.primitive.name == "e3nn_fast_graph_form"]
 
 
 def test_jnp_derivatives_are_contractions_of_the_form():

@@ -34,8 +34,8 @@ Measured on CPU (``bench/tp_vs_e3nn_jax.py``) and kept that way on purpose:
   step's energy + forces 2.65 -> 3.96 ms and forces 6.2 -> 9.2 ms (its readout uses a few of the last layer's
   outputs), ``tp-16`` fwd+bwd 20 -> 33 ms and ``sh-tp``'s 143 -> 182 ms (a wider ``k`` sends the key gradient to
   its ``dot``); groups cut before their ``k`` reaches ``DOT_MIN_COMPONENTS`` still took the training step's forces
-  from 4.95 to 5.83 ms (``nequip-benzene`` forces 7.9 -> 7.1 ms).  So only callers that use every output group: the fused message passing, whose messages all go
-  into its sum (:mod:`e3nn_fast.xla.message_passing`).
+  from 4.95 to 5.83 ms (``nequip-benzene`` forces 7.9 -> 7.1 ms).  So only callers that use every output group:
+  the fused message passing, whose messages all go into its sum (:mod:`e3nn_fast.xla.message_passing`).
 * ``uuu``/``uuw`` pair channel ``u`` with channel ``u`` (only ``z[..., u, k]`` is formed); ``uvu<v`` gathers the
   pairs ``u < v`` of both inputs first and is then computed like ``uuu``.  ``uvw`` with weights broadcast over
   only some leading axes, and ``u<vw``, use the reference's per-path einsum (see :func:`_stages_apply`).
@@ -229,8 +229,9 @@ def _finish(path: Path, weight: Chunk, z: jnp.ndarray) -> jnp.ndarray:
 def _stages_apply(step: _Step, weight: Chunk, x1: jnp.ndarray, x2: jnp.ndarray) -> bool:
     """Whether stages A and B (for ``uvw`` then :func:`~e3nn_fast.xla.channel_mix.channel_mix`) evaluate the path,
     rather than the reference ``einsum``.  True for every other mode of a step, and for ``uvw`` when its weights are
-    one matrix shared by every row or one matrix per row (the same leading axes as the inputs).  Weights broadcast over only some of
-    the leading axes stay with the ``einsum``, which contracts them without repeating them per row."""
+    one matrix shared by every row or one matrix per row (the same leading axes as the inputs).  Weights broadcast
+    over only some of the leading axes stay with the ``einsum``, which contracts them without repeating them per
+    row."""
     if step.path.mode != "uvw":
         return True
     lead = jnp.broadcast_shapes(x1.shape[:-2], x2.shape[:-2])
