@@ -31,7 +31,10 @@ from __future__ import annotations
 
 import functools
 
+import jax
 import jax.numpy as jnp
+
+from e3nn_fast._static_int import static_int
 
 
 KEY1, KEY2, DIAGONAL = "key1", "key2", "diagonal"
@@ -50,6 +53,15 @@ KEY, T, Z = 0, 1, 2
 #   also the most XLA's CPU fusion reads one operand through before it copies it instead (its code-duplication
 #   limit).  The first version's dots from l = 4 on came from high-l7's forward.
 DOT_MIN_COMPONENTS = 12
+# On a CPU, those dots give way to the unrolled sums again once the contraction's output reaches this many bytes,
+# computed in ``ROW_BLOCKS`` blocks of rows joined by one concatenation (see ``_in_row_blocks``).  Measured on 2 cores
+# (jax 0.10.2, 2026-12-07, A/B in one process, medians of 9), high-l7 (``128x7e x 1x7e -> 128x7e``, m = k = 15) at
+# 1,024 edges: fwd 4.0 -> 1.6 ms, fwd+bwd 13.8 -> 10.5 ms, forces 12.3 -> 10.0 ms, for compile times of 0.06 -> 0.37,
+# 0.12 -> 0.69 and 0.14 -> 0.68 s (nine loops where there was one library call).  At 64 edges (0.5 MB) the blocks
+# still ran 2.4x faster forward but added 0.4 s of compilation, hence the threshold.
+ROW_BLOCKS_MIN_BYTES = 2**20
+# More operands than XLA's CPU fusion takes into one concatenation (it fuses at most 8; see ``_in_row_blocks``).
+ROW_BLOCKS = 9
 # dF/dT when the other input has one channel (b = 1: the harmonics of a convolution) is an unrolled sum over the
 # key's channels up to this many of them, a batched ``dot`` beyond (see ``StageBMaths._t``).
 UNROLLED_MAX_CHANNELS = 16
@@ -109,23 +121,48 @@ class StageBMaths:
         shapes = ((self.a, self.m), (self.b, self.m, self.k), self.z_shape)
         key, t, z = (None if op is None else op.astype(compute).reshape((rows,) + shape)
                      for op, shape in zip(operands, shapes))
+        blocks = self._row_blocks(out_slot, rows, jnp.dtype(compute).itemsize)
         if out_slot == Z:
-            result = self._z(key, t)
+            result = self._z(key, t, blocks)
         elif out_slot == KEY:
-            result = self._key(t, z)
+            result = self._key(t, z, blocks)
         else:
             result = self._t(key, z)
         return result.reshape(rows, self.slots[out_slot].columns).astype(dtype)
 
-    def _z(self, key, t):
+    def _row_blocks(self, out_slot, rows, itemsize):
+        """The row slices for :func:`_in_row_blocks`, or ``None`` where the contraction is computed whole: off a CPU,
+        for a contraction that is no dot of tiny matrices, or for an output below ``ROW_BLOCKS_MIN_BYTES`` (or of a
+        symbolic size, under ``jax.export``)."""
+        if out_slot == Z:
+            tiny_dots = self.z_uses_dot
+        elif out_slot == KEY:
+            tiny_dots = self.key_uses_dot and self._key_is_unrollable
+        else:
+            tiny_dots = False
+        if not tiny_dots or jax.default_backend() != "cpu":
+            return None
+        rows = static_int(rows)
+        if rows is None or rows < ROW_BLOCKS or rows * self.slots[out_slot].columns * itemsize < ROW_BLOCKS_MIN_BYTES:
+            return None
+        edges = [rows * i // ROW_BLOCKS for i in range(ROW_BLOCKS + 1)]
+        return [slice(start, stop) for start, stop in zip(edges, edges[1:])]
+
+    def _z(self, key, t, blocks=None):
         """The forward product.
 
         Unrolled over ``m`` on purpose: one broadcast product summed over the ``m`` axis (a single multiply and
         reduce, 4x fewer StableHLO ops) compiles 15-30 % faster but runs 25-50x slower on XLA's CPU backend (tp-16,
         nequip-benzene and mace-medium forward, 2026-12-06)."""
+        if blocks is not None:
+            return _in_row_blocks(lambda rows: self._z_unrolled(key[rows], t[rows]), blocks)
         if self.z_uses_dot:
             spec = {KEY1: "ram,rbmk->rabk", KEY2: "ram,rbmk->rbak", DIAGONAL: "ram,ramk->rak"}[self.layout]
             return jnp.einsum(spec, key, t)
+        return self._z_unrolled(key, t)
+
+    def _z_unrolled(self, key, t):
+        """``m`` broadcast products summed in one fused loop."""
         total = None
         for m in range(self.m):
             if self.layout == DIAGONAL:
@@ -137,7 +174,7 @@ class StageBMaths:
             total = term if total is None else total + term
         return total
 
-    def _key(self, t, z):
+    def _key(self, t, z, blocks=None):
         """``dF/dkey[a, m] = sum_{b, k} z[.., a, .., k] T[b, m, k]`` (over ``k`` only for diagonal).
 
         With nothing or one channel summed, ``k`` broadcast products of ``(a, m)`` planes: one fused loop, and ``k``
@@ -150,15 +187,26 @@ class StageBMaths:
         transpose of ``z`` that ``dF/dT``'s ``dot`` also reads (one explicit transpose for both, merged by XLA's
         CSE), then transposed back: forces 8.5 -> 10.1 ms, sevennet-l3i5 9.4 -> 14.0 ms.
         """
-        if self.layout == DIAGONAL:
-            if self.key_uses_dot:
+        if self._key_is_unrollable:
+            zb = z if self.layout == DIAGONAL else z[:, :, 0, :] if self.layout == KEY1 else z[:, 0, :, :]  # (r, a, k)
+            if blocks is not None:
+                return _in_row_blocks(lambda rows: self._key_unrolled(zb[rows], t[rows]), blocks)
+            if not self.key_uses_dot:
+                return self._key_unrolled(zb, t)
+            if self.layout == DIAGONAL:
                 return jnp.einsum("rak,ramk->ram", z, t)
-            return _unrolled_sum(lambda k: z[:, :, None, k] * t[:, :, :, k], self.k)
-        if self.b == 1 and not self.key_uses_dot:
-            zb = z[:, :, 0, :] if self.layout == KEY1 else z[:, 0, :, :]  # (rows, a, k)
-            return _unrolled_sum(lambda k: zb[:, :, None, k] * t[:, 0, None, :, k], self.k)
         spec = "rabk,rbmk->ram" if self.layout == KEY1 else "rbak,rbmk->ram"
         return jnp.einsum(spec, z, t)
+
+    @property
+    def _key_is_unrollable(self):
+        """Whether ``dF/dkey`` sums over ``k`` alone (no channel summed), so that it has an unrolled form."""
+        return self.layout == DIAGONAL or self.b == 1
+
+    def _key_unrolled(self, z, t):
+        """``sum_k z[r, a, k] T[r, a or 1, m, k]`` (one channel of ``T`` serves every ``a``): ``k`` broadcast
+        products of ``(a, m)`` planes, one fused loop."""
+        return _unrolled_sum(lambda k: z[:, :, None, k] * t[:, :, :, k], self.k)
 
     def _t(self, key, z):
         """``dF/dT[b, m, k] = sum_a z[.., a, .., k] key[a, m]`` (no sum for diagonal)."""
@@ -213,6 +261,21 @@ class StageBMaths:
             part = _unrolled_sum(lambda a: key_group[:, a, :, None] * z_group[:, a, None, :], count)
             total = part if total is None else total + part
         return total.reshape(rows, m * k)
+
+
+def _in_row_blocks(contraction, blocks):
+    """``contraction(rows)`` for each slice of ``blocks``, concatenated along the rows.
+
+    Why in blocks: XLA's CPU fusion puts the reshape to the primitive's flat ``(rows, columns)`` slot, and whatever
+    consumes it, into the loop that computes the sum, and that loop runs over the flat index: its innermost axis is
+    no longer the short component axis, so it is not vectorised (the unrolled 15-term sum of high-l7's forward, 1,024
+    rows: 0.5-0.8 ms writing ``(rows, a, k)``, 4.8-6.6 ms writing ``(rows, a * k)``).  A concatenation of more than 8
+    operands is the one boundary that fusion never crosses (in either direction), so each block's loop writes its
+    natural shape and the concatenation is a copy.  Measured and not adopted (same day, same shapes): an
+    ``optimization_barrier`` between the sum and the reshape (dropped by XLA), a ``while`` loop around the sum (XLA
+    hoists the sum out of it and copies its result in), one ``dynamic_update_slice`` of a recomputed last row (fused
+    again as soon as the result has a consumer), zeros concatenated after the sum (simplified to a fusible ``pad``)."""
+    return jnp.concatenate([contraction(rows) for rows in blocks], axis=0)
 
 
 def _unrolled_sum(term, count: int):
