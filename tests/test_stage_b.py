@@ -14,7 +14,6 @@ from e3nn_fast.xla.stage_b import (
     DOT_MIN_COMPONENTS,
     KEY1,
     KEY2,
-    ROW_BLOCKS,
     UNROLLED_GROUP_CHANNELS,
     UNROLLED_MAX_CHANNELS,
     stage_b,
@@ -152,52 +151,52 @@ def test_16_bit_inputs_accumulate_in_float32(case):
         assert np.mean(g == w) > 0.97, np.mean(g == w)
 
 
-# the cases whose forward or key gradient is a dot of tiny matrices, which a large output computes in row blocks
+
+# the cases whose forward or key gradient is a dot of tiny matrices, which a large output computes apart instead
 WIDE_CASES = [case for case in CASES if case[3] >= DOT_MIN_COMPONENTS
               or (case[4] >= DOT_MIN_COMPONENTS and (case[0] == DIAGONAL or case[2] == 1))]
 
 
-def _row_block_concatenations(fn, *args):
-    """How many ``ROW_BLOCKS``-operand concatenations the lowered program of ``jax.jit(fn)`` has."""
+def _conditionals(fn, *args):
+    """How many conditionals (what ``computed_apart`` inserts) the lowered program of ``jax.jit(fn)`` has."""
     jax.clear_caches()  # the primitive's lowering is cached per shape: trace it again under the current threshold
-    return _count_row_block_concatenations(jax.jit(fn).lower(*args).as_text())
+    return _count_conditionals(jax.jit(fn).lower(*args).as_text())
 
 
-def _count_row_block_concatenations(text):
-    return sum(1 for line in text.splitlines()  # "%r = stablehlo.concatenate %1, ..., %9, dim = 0"
-               if "stablehlo.concatenate" in line and line.count("%") == ROW_BLOCKS + 1)
+def _count_conditionals(text):
+    return text.count("stablehlo.case") + text.count("stablehlo.if")
 
 
-@pytest.mark.parametrize("case", WIDE_CASES, ids=str)
-def test_row_blocks_give_the_same_contractions_and_derivatives(case, monkeypatch):
-    """Above ``ROW_BLOCKS_MIN_BYTES`` (lowered to nothing here), the tiny dots become unrolled sums over row blocks:
-    the same values and derivatives of every order, rows not divisible by the block count included."""
-    monkeypatch.setattr(stage_b_module, "ROW_BLOCKS_MIN_BYTES", 0)
+@pytest.mark.parametrize(("case", "apart"), [(case, False) for case in WIDE_CASES]
+                         + [(case, True) for case in WIDE_CASES + [CASES[0], CASES[4], CASES[7]]], ids=str)
+def test_contractions_computed_apart_give_the_same_values_and_derivatives(case, apart, monkeypatch):
+    """Above ``APART_MIN_BYTES`` (lowered to nothing here), the tiny dots, and an ``apart`` form's forward, become
+    unrolled sums in a conditional: the same values and derivatives of every order."""
+    monkeypatch.setattr(stage_b_module, "APART_MIN_BYTES", 0)
     layout = case[0]
-    key, t = operands(*case, lead=(2 * ROW_BLOCKS + 5,), seed=4)
-    forward = lambda key, t: stage_b(layout, key, t)  # noqa: E731
+    key, t = operands(*case, lead=(7,), seed=4)
+    forward = lambda key, t: stage_b(layout, key, t, apart=apart)  # noqa: E731
     cotangent = jnp.asarray(np.random.default_rng(5).standard_normal(reference(layout, key, t).shape))
     pullback = lambda key, t: jax.vjp(forward, key, t)[1](cotangent)  # noqa: E731
-    blocked = _row_block_concatenations(forward, key, t) + _row_block_concatenations(pullback, key, t)
-    assert blocked >= 1  # the forward's or the key gradient's contraction went through the blocks
+    assert _conditionals(forward, key, t) + _conditionals(pullback, key, t) >= 1
     np.testing.assert_allclose(jax.jit(forward)(key, t), reference(layout, key, t), rtol=1e-12, atol=1e-12)
     assert_derivatives_match(forward, lambda key, t: reference(layout, key, t), key, t, cotangent)
 
 
-def test_row_blocks_only_for_large_concrete_outputs(monkeypatch):
-    """Below the threshold, and for a symbolic row count (``jax.export``), the contraction stays whole."""
-    case = (KEY1, 2, 1, 13, 13)
-    key, t = operands(*case, lead=(2 * ROW_BLOCKS,))
+def test_apart_only_for_large_concrete_outputs(monkeypatch):
+    """Below the threshold, for no rows, and for a symbolic row count (``jax.export``), the contraction stays
+    inline."""
+    key, t = operands(KEY1, 2, 1, 13, 13, lead=(6,))
     forward = lambda key, t: stage_b(KEY1, key, t)  # noqa: E731
-    assert _row_block_concatenations(forward, key, t) == 0  # 18 rows of 26 columns: far below a MiB
-    monkeypatch.setattr(stage_b_module, "ROW_BLOCKS_MIN_BYTES", 0)
-    assert _row_block_concatenations(forward, key, t) == 1
-    few_key, few_t = operands(*case, lead=(ROW_BLOCKS - 1,))
-    assert _row_block_concatenations(forward, few_key, few_t) == 0  # fewer rows than blocks
+    assert _conditionals(forward, key, t) == 0  # 6 rows of 26 columns: far below the threshold
+    monkeypatch.setattr(stage_b_module, "APART_MIN_BYTES", 0)
+    assert _conditionals(forward, key, t) == 1
+    none_key, none_t = operands(KEY1, 2, 1, 13, 13, lead=(0,))
+    assert _conditionals(forward, none_key, none_t) == 0
     from jax import export
 
     (rows,) = export.symbolic_shape("rows")
     specs = [jax.ShapeDtypeStruct((rows,) + x.shape[1:], x.dtype) for x in (key, t)]
     exported = export.export(jax.jit(forward))(*specs)
-    assert _count_row_block_concatenations(exported.mlir_module()) == 0
+    assert _count_conditionals(exported.mlir_module()) == 0
     np.testing.assert_allclose(exported.call(key, t), reference(KEY1, key, t), rtol=1e-12, atol=1e-12)

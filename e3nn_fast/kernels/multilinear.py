@@ -75,6 +75,11 @@ class MultilinearPlan:
         """Run the kernels for ``dF/d(out_slot)``; ``operands`` has ``None`` at ``out_slot``."""
         raise NotImplementedError
 
+    def differentiated(self) -> "MultilinearPlan":
+        """The plan that evaluates this form where it is differentiated (its JVP's primal and tangents, and so their
+        transposes): this one, unless a plan tunes its evaluation for an undifferentiated forward."""
+        return self
+
     def slot_index(self, name: str) -> int:
         for index, slot in enumerate(self.slots):
             if slot.name == name:
@@ -154,6 +159,7 @@ def _impl(*inputs, plan, out_slot, require, interpret):
 
 
 def _jvp(primals, tangents, *, plan, out_slot, require, interpret):
+    plan = plan.differentiated()
     out = multilinear_p.bind(*primals, plan=plan, out_slot=out_slot, require=require, interpret=interpret)
     operands = _full_operands(primals, out_slot)
     tangent_out = None

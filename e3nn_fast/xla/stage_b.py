@@ -25,6 +25,10 @@ Forms, with ``U``/``V`` the key's/other's channels and ``M``/``K`` the key's/out
 * ``dF/dT``: an outer product when the summed channel has one element (every ``diagonal`` path); with one channel on
   the other side and at most ``UNROLLED_MAX_CHANNELS`` key channels, a broadcast product per key channel; otherwise a
   ``dot`` over the summed channel.
+
+On a CPU, from ``APART_MIN_BYTES`` of output on, the dots of tiny matrices above become the unrolled sums again,
+computed apart from their consumers (:mod:`e3nn_fast.xla.fusion_barrier`), and so does the undifferentiated ``z`` of
+a path that is a whole product (``stage_b(apart=True)``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from e3nn_fast._static_int import static_int
+from e3nn_fast.xla.fusion_barrier import computed_apart
 
 
 KEY1, KEY2, DIAGONAL = "key1", "key2", "diagonal"
@@ -47,21 +52,20 @@ KEY, T, Z = 0, 1, 2
 #   forward within noise); sh-tp's k = 11 key gradients within noise (fwd+bwd 130 -> 126 ms);
 # * tp-16's ``2e x 2e -> 4e`` key gradients (k = 9): fwd+bwd 36.8 -> 34.5 ms, forces 23.2 -> 19.3 ms (the dot needs
 #   the cotangent copied into its layout);
-# * at l = 7 (m = k = 15) the dots stay: unrolled, high-l7's forward took 5.3 instead of 4.0 ms, and the gain of its
-#   forces pass in an alternated A/B (12.2 -> 9.7 ms) did not show in the bench harness (`python -m bench
+# * at l = 7 (m = k = 15) the dots stay inline: unrolled, high-l7's forward took 5.3 instead of 4.0 ms, and the gain
+#   of its forces pass in an alternated A/B (12.2 -> 9.7 ms) did not show in the bench harness (`python -m bench
 #   --workloads high-l7 --repeats 9`: 1.21x e3nn-jax either way, the forward 1.34x -> 1.13x).  2l+1 = 15 terms is
 #   also the most XLA's CPU fusion reads one operand through before it copies it instead (its code-duplication
-#   limit).  The first version's dots from l = 4 on came from high-l7's forward.
+#   limit).  The first version's dots from l = 4 on came from high-l7's forward.  (The unrolled sum lost because
+#   XLA fused it into its consumer's loop over the flat layout; computed apart, it wins: ``APART_MIN_BYTES``.)
 DOT_MIN_COMPONENTS = 12
 # On a CPU, those dots give way to the unrolled sums again once the contraction's output reaches this many bytes,
-# computed in ``ROW_BLOCKS`` blocks of rows joined by one concatenation (see ``_in_row_blocks``).  Measured on 2 cores
-# (jax 0.10.2, 2026-12-07, A/B in one process, medians of 9), high-l7 (``128x7e x 1x7e -> 128x7e``, m = k = 15) at
-# 1,024 edges: fwd 4.0 -> 1.6 ms, fwd+bwd 13.8 -> 10.5 ms, forces 12.3 -> 10.0 ms, for compile times of 0.06 -> 0.37,
-# 0.12 -> 0.69 and 0.14 -> 0.68 s (nine loops where there was one library call).  At 64 edges (0.5 MB) the blocks
-# still ran 2.4x faster forward but added 0.4 s of compilation, hence the threshold.
-ROW_BLOCKS_MIN_BYTES = 2**20
-# More operands than XLA's CPU fusion takes into one concatenation (it fuses at most 8; see ``_in_row_blocks``).
-ROW_BLOCKS = 9
+# computed apart from their consumers (:func:`~e3nn_fast.xla.fusion_barrier.computed_apart`), so that, like the dot,
+# each writes its own buffer in its natural shape.  Measured on 2 cores (jax 0.10.2, 2026-12-07, A/B in one process,
+# medians of 7-9), high-l7 (``128x7e x 1x7e -> 128x7e``, m = k = 15): at 1,024 edges fwd 4.2 -> 1.2 ms, fwd+bwd 13.6
+# -> 10.9 ms, forces 11.5 -> 8.4 ms; at 32 edges 0.18 / 0.50 / 0.40 -> 0.09 / 0.37 / 0.33 ms, but compile 0.07 /
+# 0.14 / 0.17 -> 0.12 / 0.31 / 0.23 s, hence a threshold for outputs too small for run time to matter.
+APART_MIN_BYTES = 2**18
 # dF/dT when the other input has one channel (b = 1: the harmonics of a convolution) is an unrolled sum over the
 # key's channels up to this many of them, a batched ``dot`` beyond (see ``StageBMaths._t``).
 UNROLLED_MAX_CHANNELS = 16
@@ -83,10 +87,10 @@ class StageBMaths:
     family = "jnp-stage-b"
     uses_pallas = False
 
-    def __init__(self, layout: str, a: int, b: int, m: int, k: int):
+    def __init__(self, layout: str, a: int, b: int, m: int, k: int, apart: bool = False):
         if layout not in (KEY1, KEY2, DIAGONAL):
             raise ValueError(f"unknown stage-B layout {layout!r}; expected {KEY1!r}, {KEY2!r} or {DIAGONAL!r}")
-        self.layout, self.a, self.b, self.m, self.k = layout, a, b, m, k
+        self.layout, self.a, self.b, self.m, self.k, self.apart = layout, a, b, m, k, apart
         self.z_shape = {KEY1: (a, b, k), KEY2: (b, a, k), DIAGONAL: (a, k)}[layout]
         from e3nn_fast.kernels.multilinear import Slot
 
@@ -106,6 +110,12 @@ class StageBMaths:
     def has_terms(self, out_slot, require):
         return True  # every term involves all three slots
 
+    def differentiated(self):
+        """Without ``apart``: a differentiated forward's ``z`` also feeds the backward, which reads it in its natural
+        shape, so XLA keeps it in a buffer of that shape anyway, and a conditional around it only adds one (high-l5,
+        2,048 edges: fwd+bwd 12.6 -> 14.0 ms and forces 10.8 -> 11.4 ms with it, 2 cores, 2026-12-07)."""
+        return _form(self.layout, self.a, self.b, self.m, self.k, False) if self.apart else self
+
     def evaluate(self, out_slot, require, operands, interpret):
         del require, interpret
         arrays = [op for s, op in enumerate(operands) if s != out_slot]
@@ -121,42 +131,55 @@ class StageBMaths:
         shapes = ((self.a, self.m), (self.b, self.m, self.k), self.z_shape)
         key, t, z = (None if op is None else op.astype(compute).reshape((rows,) + shape)
                      for op, shape in zip(operands, shapes))
-        blocks = self._row_blocks(out_slot, rows, jnp.dtype(compute).itemsize)
-        if out_slot == Z:
-            result = self._z(key, t, blocks)
-        elif out_slot == KEY:
-            result = self._key(t, z, blocks)
+        if self._computed_apart(out_slot, rows, jnp.dtype(compute).itemsize):
+            # the unrolled sum, kept apart from its consumers as the dot's library call was
+            natural = self.z_shape if out_slot == Z else (self.a, self.m)
+            probe = key if key is not None else t
+            result = computed_apart(lambda: self._contraction(out_slot, key, t, z, False), probe, (rows,) + natural,
+                                    compute)
         else:
-            result = self._t(key, z)
+            result = self._contraction(out_slot, key, t, z, None)
         return result.reshape(rows, self.slots[out_slot].columns).astype(dtype)
 
-    def _row_blocks(self, out_slot, rows, itemsize):
-        """The row slices for :func:`_in_row_blocks`, or ``None`` where the contraction is computed whole: off a CPU,
-        for a contraction that is no dot of tiny matrices, or for an output below ``ROW_BLOCKS_MIN_BYTES`` (or of a
-        symbolic size, under ``jax.export``)."""
-        if out_slot == Z:
-            tiny_dots = self.z_uses_dot
-        elif out_slot == KEY:
-            tiny_dots = self.key_uses_dot and self._key_is_unrollable
-        else:
-            tiny_dots = False
-        if not tiny_dots or jax.default_backend() != "cpu":
-            return None
-        rows = static_int(rows)
-        if rows is None or rows < ROW_BLOCKS or rows * self.slots[out_slot].columns * itemsize < ROW_BLOCKS_MIN_BYTES:
-            return None
-        edges = [rows * i // ROW_BLOCKS for i in range(ROW_BLOCKS + 1)]
-        return [slice(start, stop) for start, stop in zip(edges, edges[1:])]
+    def _computed_apart(self, out_slot, rows, itemsize) -> bool:
+        """Whether the contraction into ``out_slot`` is an unrolled sum computed apart from its consumers
+        (:func:`~e3nn_fast.xla.fusion_barrier.computed_apart`): on a CPU, for an output of at least
+        ``APART_MIN_BYTES`` (of a concrete size), where it would otherwise be a dot of tiny matrices
+        (``DOT_MIN_COMPONENTS`` or more summed components, no channel summed), and for ``z`` in a form made
+        ``apart`` (:func:`stage_b`'s argument).
 
-    def _z(self, key, t, blocks=None):
+        Not ``dF/dkey`` of an ``apart`` form: high-l5's fwd+bwd (2,048 edges) then keeps both ``z`` and the key's
+        gradient in buffers of their own, 34 instead of 24 MiB of temporaries, past the 32 MiB from which glibc's
+        ``malloc`` maps every allocation afresh, and it took 13.7 -> 26.7 ms for the page faults (13.1 -> 13.6 ms
+        with ``MALLOC_MMAP_THRESHOLD_`` raised); ``z`` alone: fwd 7.7 -> 2.0 ms, forces 14.5 -> 12.8 ms, fwd+bwd
+        16.5 -> 17.8 ms (2 cores, 2026-12-07, medians of 11 alternated rounds).
+        """
+        if out_slot == Z:
+            wanted = self.apart or self.z_uses_dot
+        elif out_slot == KEY:
+            wanted = self.key_uses_dot and self._key_is_unrollable
+        else:
+            wanted = False
+        if not wanted or jax.default_backend() != "cpu":
+            return False
+        rows = static_int(rows)
+        return rows is not None and rows * self.slots[out_slot].columns * itemsize >= APART_MIN_BYTES
+
+    def _contraction(self, out_slot, key, t, z, use_dot):
+        """The contraction into ``out_slot``; ``use_dot=None`` lets the form choose (see ``DOT_MIN_COMPONENTS``)."""
+        if out_slot == Z:
+            return self._z(key, t, self.z_uses_dot if use_dot is None else use_dot)
+        if out_slot == KEY:
+            return self._key(t, z, self.key_uses_dot if use_dot is None else use_dot)
+        return self._t(key, z)
+
+    def _z(self, key, t, use_dot):
         """The forward product.
 
         Unrolled over ``m`` on purpose: one broadcast product summed over the ``m`` axis (a single multiply and
         reduce, 4x fewer StableHLO ops) compiles 15-30 % faster but runs 25-50x slower on XLA's CPU backend (tp-16,
         nequip-benzene and mace-medium forward, 2026-12-06)."""
-        if blocks is not None:
-            return _in_row_blocks(lambda rows: self._z_unrolled(key[rows], t[rows]), blocks)
-        if self.z_uses_dot:
+        if use_dot:
             spec = {KEY1: "ram,rbmk->rabk", KEY2: "ram,rbmk->rbak", DIAGONAL: "ram,ramk->rak"}[self.layout]
             return jnp.einsum(spec, key, t)
         return self._z_unrolled(key, t)
@@ -174,7 +197,7 @@ class StageBMaths:
             total = term if total is None else total + term
         return total
 
-    def _key(self, t, z, blocks=None):
+    def _key(self, t, z, use_dot):
         """``dF/dkey[a, m] = sum_{b, k} z[.., a, .., k] T[b, m, k]`` (over ``k`` only for diagonal).
 
         With nothing or one channel summed, ``k`` broadcast products of ``(a, m)`` planes: one fused loop, and ``k``
@@ -189,9 +212,7 @@ class StageBMaths:
         """
         if self._key_is_unrollable:
             zb = z if self.layout == DIAGONAL else z[:, :, 0, :] if self.layout == KEY1 else z[:, 0, :, :]  # (r, a, k)
-            if blocks is not None:
-                return _in_row_blocks(lambda rows: self._key_unrolled(zb[rows], t[rows]), blocks)
-            if not self.key_uses_dot:
+            if not use_dot:
                 return self._key_unrolled(zb, t)
             if self.layout == DIAGONAL:
                 return jnp.einsum("rak,ramk->ram", z, t)
@@ -263,21 +284,6 @@ class StageBMaths:
         return total.reshape(rows, m * k)
 
 
-def _in_row_blocks(contraction, blocks):
-    """``contraction(rows)`` for each slice of ``blocks``, concatenated along the rows.
-
-    Why in blocks: XLA's CPU fusion puts the reshape to the primitive's flat ``(rows, columns)`` slot, and whatever
-    consumes it, into the loop that computes the sum, and that loop runs over the flat index: its innermost axis is
-    no longer the short component axis, so it is not vectorised (the unrolled 15-term sum of high-l7's forward, 1,024
-    rows: 0.5-0.8 ms writing ``(rows, a, k)``, 4.8-6.6 ms writing ``(rows, a * k)``).  A concatenation of more than 8
-    operands is the one boundary that fusion never crosses (in either direction), so each block's loop writes its
-    natural shape and the concatenation is a copy.  Measured and not adopted (same day, same shapes): an
-    ``optimization_barrier`` between the sum and the reshape (dropped by XLA), a ``while`` loop around the sum (XLA
-    hoists the sum out of it and copies its result in), one ``dynamic_update_slice`` of a recomputed last row (fused
-    again as soon as the result has a consumer), zeros concatenated after the sum (simplified to a fusible ``pad``)."""
-    return jnp.concatenate([contraction(rows) for rows in blocks], axis=0)
-
-
 def _unrolled_sum(term, count: int):
     """``term(0) + ... + term(count - 1)``: an unrolled sum that XLA fuses into one loop (not a reduction)."""
     total = term(0)
@@ -309,21 +315,23 @@ def _form_class() -> type:
 
 
 @functools.lru_cache(maxsize=1024)
-def _form(layout: str, a: int, b: int, m: int, k: int):
+def _form(layout: str, a: int, b: int, m: int, k: int, apart: bool):
     # cached: the multilinear primitive compares plans by identity
-    return _form_class()(layout, a, b, m, k)
+    return _form_class()(layout, a, b, m, k, apart)
 
 
-def stage_b(layout: str, key: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:
+def stage_b(layout: str, key: jnp.ndarray, t: jnp.ndarray, apart: bool = False) -> jnp.ndarray:
     """Stage B of one path: ``key (..., a, m)`` and ``T (..., b, m, k)`` to ``z`` (see the module docstring).
 
-    Leading axes are broadcast together and flattened into the primitive's rows.
+    Leading axes are broadcast together and flattened into the primitive's rows.  ``apart``: on a CPU, compute ``z``
+    apart from its consumers, for a path that is a whole tensor product, whose output no other path's joins (see
+    ``StageBMaths._computed_apart``).
     """
     a, m = key.shape[-2:]
     b, _, k = t.shape[-3:]
     lead = tuple(jnp.broadcast_shapes(key.shape[:-2], t.shape[:-3]))
     rows = _product(lead)
-    form = _form(layout, a, b, m, k)
+    form = _form(layout, a, b, m, k, bool(apart))
     from e3nn_fast.kernels.multilinear import contract
 
     key2d = jnp.broadcast_to(key, lead + (a, m)).reshape(rows, a * m)

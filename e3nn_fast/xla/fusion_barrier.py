@@ -1,0 +1,59 @@
+"""Computing a result apart from its consumers on XLA's CPU backend: ``computed_apart``.
+
+XLA's CPU fusion pulls a computation into whatever consumes it, reshapes included.  For the jnp executor that is
+often a loss: a contraction written ``(rows, a, k)`` is reshaped to the flat ``(rows, a * k)`` layout of an
+``IrrepsArray``, and the fused loop then runs over the flat index.  Its innermost axis is no longer the short
+component axis ``k``, every operand is read through a division and a remainder, and LLVM leaves the loop scalar:
+the 15-term sum of high-l7's forward (1,024 rows, 128 channels) took 0.5-0.8 ms writing ``(rows, a, k)`` and 4.8-6.6
+ms writing ``(rows, a * k)`` (2 cores, jax 0.10.2, 2026-12-07).
+
+The boundaries XLA's CPU fusion never crosses are library calls (its ``dot`` fusions), concatenations of more than 8
+operands, and the results of control flow.  ``computed_apart`` uses the last: the computation becomes the taken
+branch of a conditional whose predicate, ``isnan(v) | ~isnan(v)`` for one input element ``v``, is true for every
+value but is not folded by XLA.  The branch's loop writes the result in its natural shape; consumers read that
+buffer, and the reshape to the flat layout is free.  The other branch (zeros, never taken) costs nothing at run time.
+
+Measured and not adopted as the boundary (same day, same shapes): an ``optimization_barrier`` (removed by XLA before
+fusion), a ``while`` loop around the computation (XLA hoists the loop-invariant computation out and copies it in),
+a ``dynamic_update_slice`` or one-element scatter on the result (fused again as soon as the result has a consumer),
+zeros concatenated to it (simplified to a fusible ``pad``), and nine blocks of rows joined by one concatenation
+(works, but compiles nine loops and copies the result once more: high-l7's forward 1.6 against 1.1 ms, compile 0.37
+against 0.15 s).
+
+Only on a CPU (other backends fuse differently and keep the computation inline), and only for concrete, non-empty
+operands (a symbolic size under ``jax.export`` has no element to read before run time).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from e3nn_fast._static_int import static_int
+
+
+def separates_on_this_backend(probe: jnp.ndarray) -> bool:
+    """Whether :func:`computed_apart` inserts its boundary for an operand like ``probe``: on a CPU, for a concrete,
+    non-empty array."""
+    if jax.default_backend() != "cpu":
+        return False
+    sizes = [static_int(n) for n in probe.shape]
+    return None not in sizes and all(n > 0 for n in sizes)
+
+
+def computed_apart(compute: Callable[[], jnp.ndarray], probe: jnp.ndarray, shape, dtype) -> jnp.ndarray:
+    """``compute()`` (an array of ``shape`` and ``dtype``), as the taken branch of a conditional that XLA cannot fold
+    (see the module docstring).
+
+    ``probe`` is any operand of the computation: one of its elements feeds the predicate, so the conditional is
+    evaluated once per call after that operand is ready.  Where :func:`separates_on_this_backend` is false, simply
+    ``compute()``.
+    """
+    if not separates_on_this_backend(probe):
+        return compute()
+    element = probe.reshape(-1)[0]
+    always = jnp.isnan(element) | ~jnp.isnan(element)
+    return lax.cond(always, compute, lambda: jnp.zeros(shape, dtype))

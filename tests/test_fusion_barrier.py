@@ -1,0 +1,111 @@
+"""Computing apart from consumers on XLA's CPU backend (e3nn_fast/xla/fusion_barrier.py), and where the jnp tensor
+product uses it: the values are unchanged, and XLA keeps the conditional (were it folded, the flat-layout loops it
+exists to avoid would come back without any test failing on values)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from e3nn_fast.irreps import Irreps
+from e3nn_fast.path_description import describe_full_tensor_product
+from e3nn_fast.xla import stage_b
+from e3nn_fast.xla.fusion_barrier import computed_apart, separates_on_this_backend
+from e3nn_fast.xla.tensor_product import tensor_product
+
+
+def _sum_of_products(x, y):
+    return jnp.sum(x[:, :, :, None] * y[:, None, :, :], axis=2)
+
+
+def _operands(rows):
+    rng = np.random.default_rng(0)
+    return jnp.asarray(rng.standard_normal((rows, 6, 5))), jnp.asarray(rng.standard_normal((rows, 5, 3)))
+
+
+def _apart_then_flat(x, y):
+    together = computed_apart(lambda: _sum_of_products(x, y), x, (x.shape[0], 6, 3), x.dtype)
+    return together.reshape(x.shape[0], 18) * 2.0
+
+
+def test_the_compiled_program_keeps_the_conditional():
+    """XLA's simplifier does not fold ``isnan(v) | ~isnan(v)``: the sum stays in its own branch, its loop writing
+    ``(rows, 6, 3)``, and the consumer outside reads it (on jax 0.10.2's CPU backend)."""
+    x, y = _operands(4)
+    compiled = jax.jit(_apart_then_flat).lower(x, y).compile().as_text()
+    assert "conditional(" in compiled
+    np.testing.assert_allclose(jax.jit(_apart_then_flat)(x, y), 2.0 * _sum_of_products(x, y).reshape(4, 18),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -0.0, 1.0])
+def test_every_probe_value_takes_the_computed_branch(value):
+    """The predicate is true whatever the probed element holds: NaN and infinities included."""
+    x, y = _operands(3)
+    x = x.at[0, 0, 0].set(value)
+    got = jax.jit(_apart_then_flat)(x, y)
+    want = 2.0 * _sum_of_products(x, y).reshape(3, 18)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got[~np.isnan(want)], want[~np.isnan(want)], rtol=1e-12, atol=1e-12)
+
+
+def test_no_conditional_for_empty_or_symbolic_operands():
+    x, y = _operands(0)
+    assert not separates_on_this_backend(x)
+    assert _apart_then_flat(x, y).shape == (0, 18)
+    from jax import export
+
+    (rows,) = export.symbolic_shape("rows")
+    assert not separates_on_this_backend(jax.ShapeDtypeStruct((rows, 6, 5), jnp.float32))
+    specs = [jax.ShapeDtypeStruct((rows,) + a.shape[1:], a.dtype) for a in _operands(1)]
+    exported = export.export(jax.jit(_apart_then_flat))(*specs)
+    assert "stablehlo.case" not in exported.mlir_module()
+    x, y = _operands(5)
+    np.testing.assert_allclose(exported.call(x, y), _apart_then_flat(x, y), rtol=1e-12, atol=1e-12)
+
+
+def test_under_vmap_and_grad():
+    """Mapped (the predicate becomes a batched select: still the computed values) and differentiated."""
+    x, y = _operands(4)
+    stacked_x, stacked_y = jnp.stack([x, 2 * x]), jnp.stack([y, y])
+    got = jax.jit(jax.vmap(_apart_then_flat))(stacked_x, stacked_y)
+    np.testing.assert_allclose(got[1], 2.0 * _sum_of_products(2 * x, y).reshape(4, 18), rtol=1e-12, atol=1e-12)
+    grad = jax.jit(jax.grad(lambda x: jnp.sum(_apart_then_flat(x, y) ** 2)))(x)
+    want = jax.grad(lambda x: jnp.sum((2.0 * _sum_of_products(x, y)) ** 2))(x)
+    np.testing.assert_allclose(grad, want, rtol=1e-12, atol=1e-12)
+
+
+def _conditionals_in_product(irreps1, irreps2, rows, differentiated=False):
+    """Conditionals in the lowered forward of the jnp product (or of its value and gradient)."""
+    description = describe_full_tensor_product(Irreps(irreps1), Irreps(irreps2), None, "component")
+    rng = np.random.default_rng(1)
+    chunks = [[jnp.asarray(rng.standard_normal((rows, mul, ir.dim))) for mul, ir in Irreps(irreps)]
+              for irreps in (irreps1, irreps2)]
+    weights = [None] * len(description.paths)
+
+    def forward(chunks1, chunks2):
+        return tensor_product(description, weights, chunks1, chunks2)
+
+    def energy(chunks1, chunks2):
+        return sum(jnp.sum(jnp.sin(c)) for c in forward(chunks1, chunks2) if c is not None)
+
+    fn = jax.value_and_grad(energy, argnums=(0, 1)) if differentiated else forward
+    jax.clear_caches()
+    text = jax.jit(fn).lower(*chunks).as_text()
+    return text.count("stablehlo.case") + text.count("stablehlo.if")
+
+
+def test_a_single_path_product_computes_its_forward_apart(monkeypatch):
+    """The product's only path has no output join to fuse into: its stage B is computed apart; with several paths
+    (joined per output), none is."""
+    monkeypatch.setattr(stage_b, "APART_MIN_BYTES", 0)
+    assert _conditionals_in_product("4x2e", "1x1o", 5) == 0  # 2e x 1o: three paths (1o, 2o, 3o)
+    assert _conditionals_in_product("4x0e", "1x1o", 5) == 1  # one path
+    monkeypatch.setattr(stage_b, "APART_MIN_BYTES", 2**30)
+    assert _conditionals_in_product("4x0e", "1x1o", 5) == 0  # too small to matter
+
+
+def test_a_differentiated_single_path_product_stays_inline(monkeypatch):
+    """Where the forward is differentiated its ``z`` also feeds the backward: no conditional there."""
+    monkeypatch.setattr(stage_b, "APART_MIN_BYTES", 0)
+    assert _conditionals_in_product("4x0e", "1x1o", 5, differentiated=True) == 0
