@@ -148,11 +148,11 @@ class StageBMaths:
         (``DOT_MIN_COMPONENTS`` or more summed components, no channel summed), and for ``z`` in a form made
         ``apart`` (:func:`stage_b`'s argument).
 
-        Not ``dF/dkey`` of an ``apart`` form: high-l5's fwd+bwd (2,048 edges) then keeps both ``z`` and the key's
-        gradient in buffers of their own, 34 instead of 24 MiB of temporaries, past the 32 MiB from which glibc's
-        ``malloc`` maps every allocation afresh, and it took 13.7 -> 26.7 ms for the page faults (13.1 -> 13.6 ms
-        with ``MALLOC_MMAP_THRESHOLD_`` raised); ``z`` alone: fwd 7.7 -> 2.0 ms, forces 14.5 -> 12.8 ms, fwd+bwd
-        16.5 -> 17.8 ms (2 cores, 2026-12-07, medians of 11 alternated rounds).
+        An ``apart`` form only ever evaluates ``z`` (differentiated, it is swapped for the inline one, see
+        :meth:`differentiated`).  Computing both ``z`` and the key's gradient apart in high-l5's fwd+bwd (2,048 edges)
+        took its temporaries from 24 to 34 MiB, past the 32 MiB from which glibc's ``malloc`` maps every allocation
+        afresh, and the pass from 13.7 to 26.7 ms in page faults (13.1 -> 13.6 ms with ``MALLOC_MMAP_THRESHOLD_``
+        raised; 2 cores, 2026-12-07, medians of 11 alternated rounds).
         """
         if out_slot == Z:
             wanted = self.apart or self.z_uses_dot
