@@ -109,3 +109,15 @@ def test_a_differentiated_single_path_product_stays_inline(monkeypatch):
     """Where the forward is differentiated its ``z`` also feeds the backward: no conditional there."""
     monkeypatch.setattr(stage_b, "APART_MIN_BYTES", 0)
     assert _conditionals_in_product("4x0e", "1x1o", 5, differentiated=True) == 0
+
+
+def test_no_conditional_with_several_devices(monkeypatch):
+    """With several devices the probed element could sit on one of them only: no boundary then."""
+    from e3nn_fast.xla import fusion_barrier
+
+    x, y = _operands(4)
+    assert separates_on_this_backend(x)
+    monkeypatch.setattr(fusion_barrier.jax, "device_count", lambda *args: 8)
+    assert not separates_on_this_backend(x)
+    jax.clear_caches()
+    assert "stablehlo.case" not in jax.jit(_apart_then_flat).lower(x, y).as_text()

@@ -20,8 +20,8 @@ zeros concatenated to it (simplified to a fusible ``pad``), and nine blocks of r
 (works, but compiles nine loops and copies the result once more: high-l7's forward 1.6 against 1.1 ms, compile 0.37
 against 0.15 s).
 
-Only on a CPU (other backends fuse differently and keep the computation inline), and only for concrete, non-empty
-operands (a symbolic size under ``jax.export`` has no element to read before run time).
+Only on a CPU with one device (other backends fuse differently and keep the computation inline), and only for
+concrete, non-empty operands (a symbolic size under ``jax.export`` has no element to read before run time).
 """
 
 from __future__ import annotations
@@ -35,10 +35,17 @@ from jax import lax
 from e3nn_fast._static_int import static_int
 
 
+def backend_separates() -> bool:
+    """Whether the default backend is one where :func:`computed_apart` inserts its boundary: a CPU with one device.
+    (With several devices the probed element of a sharded operand lives on one of them, and every other device's
+    program would wait for it.)"""
+    return jax.default_backend() == "cpu" and jax.device_count() == 1
+
+
 def separates_on_this_backend(probe: jnp.ndarray) -> bool:
-    """Whether :func:`computed_apart` inserts its boundary for an operand like ``probe``: on a CPU, for a concrete,
-    non-empty array."""
-    if jax.default_backend() != "cpu":
+    """Whether :func:`computed_apart` inserts its boundary for an operand like ``probe``: where
+    :func:`backend_separates`, for a concrete, non-empty array."""
+    if not backend_separates():
         return False
     sizes = [static_int(n) for n in probe.shape]
     return None not in sizes and all(n > 0 for n in sizes)

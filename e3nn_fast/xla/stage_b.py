@@ -35,11 +35,10 @@ from __future__ import annotations
 
 import functools
 
-import jax
 import jax.numpy as jnp
 
 from e3nn_fast._static_int import static_int
-from e3nn_fast.xla.fusion_barrier import computed_apart
+from e3nn_fast.xla.fusion_barrier import backend_separates, computed_apart
 
 
 KEY1, KEY2, DIAGONAL = "key1", "key2", "diagonal"
@@ -143,7 +142,7 @@ class StageBMaths:
 
     def _computed_apart(self, out_slot, rows, itemsize) -> bool:
         """Whether the contraction into ``out_slot`` is an unrolled sum computed apart from its consumers
-        (:func:`~e3nn_fast.xla.fusion_barrier.computed_apart`): on a CPU, for an output of at least
+        (:func:`~e3nn_fast.xla.fusion_barrier.computed_apart`): on a CPU with one device, for an output of at least
         ``APART_MIN_BYTES`` (of a concrete size), where it would otherwise be a dot of tiny matrices
         (``DOT_MIN_COMPONENTS`` or more summed components, no channel summed), and for ``z`` in a form made
         ``apart`` (:func:`stage_b`'s argument).
@@ -160,7 +159,7 @@ class StageBMaths:
             wanted = self.key_uses_dot and self._key_is_unrollable
         else:
             wanted = False
-        if not wanted or jax.default_backend() != "cpu":
+        if not wanted or not backend_separates():
             return False
         rows = static_int(rows)
         return rows is not None and rows * self.slots[out_slot].columns * itemsize >= APART_MIN_BYTES
