@@ -299,7 +299,7 @@ def tensor_product(
     # A product of one path (a high-l convolution filtered to one output) has no output join for its stage B to fuse
     # into, only the caller's consumers, which XLA's CPU loops would run over the flat layout: its stage B is then
     # computed apart from them (``stage_b(apart=True)``; high-l5, ``128x5e x 1x3e -> 128x5e`` at 2,048 edges, 2 cores,
-    # 2026-12-07: fwd 7.7 -> 2.0 ms, forces 14.5 -> 12.8 ms, fwd+bwd 16.5 -> 17.8 ms).
+    # 2026-12-07: fwd 5.8 -> 1.5 ms).  Differentiated, it stays inline (``StageBMaths.differentiated``).
     alone = len(plan) == 1
     contributions = []  # (path index, path, contribution)
     for step in plan:
