@@ -121,3 +121,34 @@ def test_no_conditional_with_several_devices(monkeypatch):
     assert not separates_on_this_backend(x)
     jax.clear_caches()
     assert "stablehlo.case" not in jax.jit(_apart_then_flat).lower(x, y).as_text()
+
+
+def test_single_path_message_passing_with_its_forward_apart(monkeypatch):
+    """The fused message passing's scan body runs the jnp product: a single-path convolution's forward goes through
+    the conditional there too, with the same values and gradient as the composition it fuses (on the reference
+    executor)."""
+    import e3nn_fast as e3nn
+    from e3nn_fast.message_passing import message_passing
+
+    monkeypatch.setattr(stage_b, "APART_MIN_BYTES", 0)
+    rng = np.random.default_rng(3)
+    senders = jnp.asarray(rng.integers(0, 5, 13), jnp.int32)
+    receivers = jnp.asarray(rng.integers(0, 5, 13), jnp.int32)
+    x = e3nn.IrrepsArray("3x1o", jnp.asarray(rng.standard_normal((5, 9))))
+    sh = e3nn.IrrepsArray("1x1o", jnp.asarray(rng.standard_normal((13, 3))))
+    w = jnp.asarray(rng.standard_normal((13, 3)))
+
+    def fused(x):
+        return message_passing(e3nn.IrrepsArray("3x1o", x), sh, w, senders, receivers, 5, filter_ir_out=["1e"],
+                               edge_chunk_size=4).array
+
+    def composed(x):  # on the reference executor: no conditional on this side
+        with e3nn.backend("reference"):
+            messages = e3nn.tensor_product(e3nn.IrrepsArray("3x1o", x)[senders], sh, filter_ir_out=["1e"]) * w
+        return e3nn.scatter_sum(messages, dst=receivers, output_size=5).array
+
+    jax.clear_caches()
+    assert "stablehlo.case" in jax.jit(fused).lower(x.array).as_text()
+    np.testing.assert_allclose(jax.jit(fused)(x.array), composed(x.array), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(fused(x)))))(x.array),
+                               jax.grad(lambda x: jnp.sum(jnp.sin(composed(x))))(x.array), rtol=1e-12, atol=1e-12)
