@@ -134,10 +134,19 @@ class StageBMaths:
             # the unrolled sum, kept apart from its consumers as the dot's library call was
             natural = self.z_shape if out_slot == Z else (self.a, self.m)
             probe = key if key is not None else t
-            result = computed_apart(lambda: self._contraction(out_slot, key, t, z, False), probe, (rows,) + natural,
-                                    compute)
+            if out_slot == KEY:
+                # T with its components swapped, (r, ., k, m), as an operand of the conditional: XLA writes it out
+                # before the branch, so that each of the sum's terms reads a contiguous (., m) plane of it, where
+                # T's own layout is read with a stride of k (inline, XLA would fuse the swap into the sum and
+                # read T with that stride again).  high-l7 (m = k = 15), 1,024 edges: fwd+bwd 11.3 -> 8.5 ms,
+                # forces 9.5 -> 6.8 ms (2 cores, 2026-12-07, medians of 9 alternated rounds).
+                t_km = jnp.swapaxes(t, -1, -2)
+                contraction = lambda: self._key_unrolled(self._key_operand(z), t_km, swapped=True)  # noqa: E731
+            else:
+                contraction = lambda: self._z(key, t, use_dot=False)  # noqa: E731
+            result = computed_apart(contraction, probe, (rows,) + natural, compute)
         else:
-            result = self._contraction(out_slot, key, t, z, None)
+            result = self._contraction(out_slot, key, t, z)
         return result.reshape(rows, self.slots[out_slot].columns).astype(dtype)
 
     def _computed_apart(self, out_slot, rows, itemsize) -> bool:
@@ -164,12 +173,12 @@ class StageBMaths:
         rows = static_int(rows)
         return rows is not None and rows * self.slots[out_slot].columns * itemsize >= APART_MIN_BYTES
 
-    def _contraction(self, out_slot, key, t, z, use_dot):
-        """The contraction into ``out_slot``; ``use_dot=None`` lets the form choose (see ``DOT_MIN_COMPONENTS``)."""
+    def _contraction(self, out_slot, key, t, z):
+        """The contraction into ``out_slot``, inline, in the form's choice of form (see ``DOT_MIN_COMPONENTS``)."""
         if out_slot == Z:
-            return self._z(key, t, self.z_uses_dot if use_dot is None else use_dot)
+            return self._z(key, t, self.z_uses_dot)
         if out_slot == KEY:
-            return self._key(t, z, self.key_uses_dot if use_dot is None else use_dot)
+            return self._key(t, z, self.key_uses_dot)
         return self._t(key, z)
 
     def _z(self, key, t, use_dot):
@@ -210,9 +219,8 @@ class StageBMaths:
         CSE), then transposed back: forces 8.5 -> 10.1 ms, sevennet-l3i5 9.4 -> 14.0 ms.
         """
         if self._key_is_unrollable:
-            zb = z if self.layout == DIAGONAL else z[:, :, 0, :] if self.layout == KEY1 else z[:, 0, :, :]  # (r, a, k)
             if not use_dot:
-                return self._key_unrolled(zb, t)
+                return self._key_unrolled(self._key_operand(z), t)
             if self.layout == DIAGONAL:
                 return jnp.einsum("rak,ramk->ram", z, t)
         spec = "rabk,rbmk->ram" if self.layout == KEY1 else "rbak,rbmk->ram"
@@ -223,10 +231,16 @@ class StageBMaths:
         """Whether ``dF/dkey`` sums over ``k`` alone (no channel summed), so that it has an unrolled form."""
         return self.layout == DIAGONAL or self.b == 1
 
-    def _key_unrolled(self, z, t):
+    def _key_operand(self, z):
+        """``z`` as ``(rows, a, k)`` where ``dF/dkey`` sums over ``k`` alone (diagonal, or one channel summed)."""
+        return z if self.layout == DIAGONAL else z[:, :, 0, :] if self.layout == KEY1 else z[:, 0, :, :]
+
+    def _key_unrolled(self, z, t, swapped: bool = False):
         """``sum_k z[r, a, k] T[r, a or 1, m, k]`` (one channel of ``T`` serves every ``a``): ``k`` broadcast
-        products of ``(a, m)`` planes, one fused loop."""
-        return _unrolled_sum(lambda k: z[:, :, None, k] * t[:, :, :, k], self.k)
+        products of ``(a, m)`` planes, one fused loop.  ``swapped``: ``t`` is ``T`` with its last two axes swapped,
+        ``(rows, a or 1, k, m)``."""
+        plane = (lambda k: t[:, :, k, :]) if swapped else (lambda k: t[:, :, :, k])
+        return _unrolled_sum(lambda k: z[:, :, None, k] * plane(k), self.k)
 
     def _t(self, key, z):
         """``dF/dT[b, m, k] = sum_a z[.., a, .., k] key[a, m]`` (no sum for diagonal)."""
