@@ -75,8 +75,9 @@ def test_under_vmap_and_grad():
     np.testing.assert_allclose(grad, want, rtol=1e-12, atol=1e-12)
 
 
-def _conditionals_in_product(irreps1, irreps2, rows, differentiated=False):
-    """Conditionals in the lowered forward of the jnp product (or of its value and gradient)."""
+def _conditionals_in_product(irreps1, irreps2, rows, argnums=None):
+    """Conditionals in the lowered forward of the jnp product, or of its value and gradient with respect to the
+    inputs in ``argnums``."""
     description = describe_full_tensor_product(Irreps(irreps1), Irreps(irreps2), None, "component")
     rng = np.random.default_rng(1)
     chunks = [[jnp.asarray(rng.standard_normal((rows, mul, ir.dim))) for mul, ir in Irreps(irreps)]
@@ -89,7 +90,7 @@ def _conditionals_in_product(irreps1, irreps2, rows, differentiated=False):
     def energy(chunks1, chunks2):
         return sum(jnp.sum(jnp.sin(c)) for c in forward(chunks1, chunks2) if c is not None)
 
-    fn = jax.value_and_grad(energy, argnums=(0, 1)) if differentiated else forward
+    fn = forward if argnums is None else jax.value_and_grad(energy, argnums=argnums)
     jax.clear_caches()
     text = jax.jit(fn).lower(*chunks).as_text()
     return text.count("stablehlo.case") + text.count("stablehlo.if")
@@ -105,10 +106,13 @@ def test_a_single_path_product_computes_its_forward_apart(monkeypatch):
     assert _conditionals_in_product("4x0e", "1x1o", 5) == 0  # too small to matter
 
 
-def test_a_differentiated_single_path_product_stays_inline(monkeypatch):
-    """Where the forward is differentiated its ``z`` also feeds the backward: no conditional there."""
+def test_a_differentiated_single_path_product_computes_its_key_gradient_apart(monkeypatch):
+    """Differentiated, the forward's ``z`` also feeds the backward and stays inline; the gradient of the key (here
+    input 1, ``4x0e``: its channels never meet the CG block) is computed apart, nothing else adding to it."""
     monkeypatch.setattr(stage_b, "APART_MIN_BYTES", 0)
-    assert _conditionals_in_product("4x0e", "1x1o", 5, differentiated=True) == 0
+    assert _conditionals_in_product("4x0e", "1x1o", 5, argnums=1) == 0  # z inline, no key gradient
+    assert _conditionals_in_product("4x0e", "1x1o", 5, argnums=0) == 1  # the key's gradient
+    assert _conditionals_in_product("4x0e", "1x1o", 5, argnums=(0, 1)) == 1
 
 
 def test_no_conditional_with_several_devices(monkeypatch):

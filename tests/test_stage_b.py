@@ -175,7 +175,7 @@ def test_contractions_computed_apart_give_the_same_values_and_derivatives(case, 
     monkeypatch.setattr(stage_b_module, "APART_MIN_BYTES", 0)
     layout = case[0]
     key, t = operands(*case, lead=(7,), seed=4)
-    forward = lambda key, t: stage_b(layout, key, t, apart=apart)  # noqa: E731
+    forward = lambda key, t: stage_b(layout, key, t, whole_product=apart)  # noqa: E731
     cotangent = jnp.asarray(np.random.default_rng(5).standard_normal(reference(layout, key, t).shape))
     pullback = lambda key, t: jax.vjp(forward, key, t)[1](cotangent)  # noqa: E731
     assert _conditionals(forward, key, t) + _conditionals(pullback, key, t) >= 1

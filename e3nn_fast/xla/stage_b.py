@@ -27,8 +27,8 @@ Forms, with ``U``/``V`` the key's/other's channels and ``M``/``K`` the key's/out
   ``dot`` over the summed channel.
 
 On a CPU, from ``APART_MIN_BYTES`` of output on, the dots of tiny matrices above become the unrolled sums again,
-computed apart from their consumers (:mod:`e3nn_fast.xla.fusion_barrier`), and so does the undifferentiated ``z`` of
-a path that is a whole product (``stage_b(apart=True)``).
+computed apart from their consumers (:mod:`e3nn_fast.xla.fusion_barrier`), and so are, for a path that is a whole
+product (``stage_b(whole_product=True)``), its undifferentiated ``z`` and its ``dF/dkey``.
 """
 
 from __future__ import annotations
@@ -86,10 +86,11 @@ class StageBMaths:
     family = "jnp-stage-b"
     uses_pallas = False
 
-    def __init__(self, layout: str, a: int, b: int, m: int, k: int, apart: bool = False):
+    def __init__(self, layout: str, a: int, b: int, m: int, k: int, apart: tuple = ()):
         if layout not in (KEY1, KEY2, DIAGONAL):
             raise ValueError(f"unknown stage-B layout {layout!r}; expected {KEY1!r}, {KEY2!r} or {DIAGONAL!r}")
-        self.layout, self.a, self.b, self.m, self.k, self.apart = layout, a, b, m, k, apart
+        self.layout, self.a, self.b, self.m, self.k = layout, a, b, m, k
+        self.apart = apart  # the slots whose contraction is computed apart whatever its form (see _computed_apart)
         self.z_shape = {KEY1: (a, b, k), KEY2: (b, a, k), DIAGONAL: (a, k)}[layout]
         from e3nn_fast.kernels.multilinear import Slot
 
@@ -110,10 +111,15 @@ class StageBMaths:
         return True  # every term involves all three slots
 
     def differentiated(self):
-        """Without ``apart``: a differentiated forward's ``z`` also feeds the backward, which reads it in its natural
-        shape, so XLA keeps it in a buffer of that shape anyway, and a conditional around it only adds one (high-l5,
-        2,048 edges: fwd+bwd 12.6 -> 14.0 ms and forces 10.8 -> 11.4 ms with it, 2 cores, 2026-12-07)."""
-        return _form(self.layout, self.a, self.b, self.m, self.k, False) if self.apart else self
+        """A whole product's form, differentiated: ``dF/dkey`` computed apart instead of ``z``.
+
+        A differentiated forward's ``z`` also feeds the backward, which reads it in its natural shape, so XLA keeps it
+        in a buffer of that shape anyway, and a conditional around it only adds one (high-l5, 2,048 edges: fwd+bwd
+        12.6 -> 14.0 ms and forces 10.8 -> 11.4 ms with it).  The key's gradient, apart, reads ``T`` with its axes
+        swapped (see :meth:`evaluate`): high-l5 fwd+bwd 14.6 -> 12.5 ms, forces 11.7 -> 8.5 ms (2 cores, 2026-12-07,
+        medians of 11 alternated rounds).  Both apart took the fwd+bwd's temporaries past glibc's 32 MiB mmap
+        threshold (see :meth:`_computed_apart`)."""
+        return _form(self.layout, self.a, self.b, self.m, self.k, (KEY,)) if self.apart == (Z,) else self
 
     def evaluate(self, out_slot, require, operands, interpret):
         del require, interpret
@@ -153,19 +159,18 @@ class StageBMaths:
         """Whether the contraction into ``out_slot`` is an unrolled sum computed apart from its consumers
         (:func:`~e3nn_fast.xla.fusion_barrier.computed_apart`): on a CPU with one device, for an output of at least
         ``APART_MIN_BYTES`` (of a concrete size), where it would otherwise be a dot of tiny matrices
-        (``DOT_MIN_COMPONENTS`` or more summed components, no channel summed), and for ``z`` in a form made
-        ``apart`` (:func:`stage_b`'s argument).
+        (``DOT_MIN_COMPONENTS`` or more summed components, no channel summed), and for the slots in ``apart`` (a
+        whole product's ``z``, or differentiated its ``dF/dkey``: :func:`stage_b`, :meth:`differentiated`).
 
-        An ``apart`` form only ever evaluates ``z`` (differentiated, it is swapped for the inline one, see
-        :meth:`differentiated`).  Computing both ``z`` and the key's gradient apart in high-l5's fwd+bwd (2,048 edges)
+        Computing both ``z`` and the key's gradient apart in high-l5's fwd+bwd (2,048 edges)
         took its temporaries from 24 to 34 MiB, past the 32 MiB from which glibc's ``malloc`` maps every allocation
         afresh, and the pass from 13.7 to 26.7 ms in page faults (13.1 -> 13.6 ms with ``MALLOC_MMAP_THRESHOLD_``
         raised; 2 cores, 2026-12-07, medians of 11 alternated rounds).
         """
         if out_slot == Z:
-            wanted = self.apart or self.z_uses_dot
+            wanted = Z in self.apart or self.z_uses_dot
         elif out_slot == KEY:
-            wanted = self.key_uses_dot and self._key_is_unrollable
+            wanted = (KEY in self.apart or self.key_uses_dot) and self._key_is_unrollable
         else:
             wanted = False
         if not wanted or not backend_separates():
@@ -328,23 +333,24 @@ def _form_class() -> type:
 
 
 @functools.lru_cache(maxsize=1024)
-def _form(layout: str, a: int, b: int, m: int, k: int, apart: bool):
+def _form(layout: str, a: int, b: int, m: int, k: int, apart: tuple):
     # cached: the multilinear primitive compares plans by identity
     return _form_class()(layout, a, b, m, k, apart)
 
 
-def stage_b(layout: str, key: jnp.ndarray, t: jnp.ndarray, apart: bool = False) -> jnp.ndarray:
+def stage_b(layout: str, key: jnp.ndarray, t: jnp.ndarray, whole_product: bool = False) -> jnp.ndarray:
     """Stage B of one path: ``key (..., a, m)`` and ``T (..., b, m, k)`` to ``z`` (see the module docstring).
 
-    Leading axes are broadcast together and flattened into the primitive's rows.  ``apart``: on a CPU, compute ``z``
-    apart from its consumers, for a path that is a whole tensor product, whose output no other path's joins (see
+    Leading axes are broadcast together and flattened into the primitive's rows.  ``whole_product``: the path is a
+    whole tensor product, whose output no other path's joins and whose key no other path's gradient adds to; on a
+    CPU its ``z`` (undifferentiated) and ``dF/dkey`` are then computed apart from their consumers (see
     ``StageBMaths._computed_apart``).
     """
     a, m = key.shape[-2:]
     b, _, k = t.shape[-3:]
     lead = tuple(jnp.broadcast_shapes(key.shape[:-2], t.shape[:-3]))
     rows = _product(lead)
-    form = _form(layout, a, b, m, k, bool(apart))
+    form = _form(layout, a, b, m, k, (Z,) if whole_product else ())
     from e3nn_fast.kernels.multilinear import contract
 
     key2d = jnp.broadcast_to(key, lead + (a, m)).reshape(rows, a * m)

@@ -245,7 +245,7 @@ def _path_output(step: _Step, weight: Chunk, x1: jnp.ndarray, x2: jnp.ndarray, a
         u, v = _pairs(step.path.mul1)
         x1, x2 = x1[..., u, :], x2[..., v, :]
     key, other = (x1, x2) if step.key_is_1 else (x2, x1)
-    return _finish(step.path, weight, stage_b(step.layout, key, _stage_a(other, step.matrix), apart=alone))
+    return _finish(step.path, weight, stage_b(step.layout, key, _stage_a(other, step.matrix), whole_product=alone))
 
 
 def _group_outputs(group: _PairGroup, weights: Sequence[Chunk], x1: jnp.ndarray, x2: jnp.ndarray) -> list:
@@ -298,8 +298,9 @@ def tensor_product(
     plan = (_grouped_plan if group_input_pairs else _plan)(description, present1, present2)
     # A product of one path (a high-l convolution filtered to one output) has no output join for its stage B to fuse
     # into, only the caller's consumers, which XLA's CPU loops would run over the flat layout: its stage B is then
-    # computed apart from them (``stage_b(apart=True)``; high-l5, ``128x5e x 1x3e -> 128x5e`` at 2,048 edges, 2 cores,
-    # 2026-12-07: fwd 5.8 -> 1.5 ms).  Differentiated, it stays inline (``StageBMaths.differentiated``).
+    # computed apart from them (``stage_b(whole_product=True)``; high-l5, ``128x5e x 1x3e -> 128x5e`` at 2,048 edges,
+    # 2 cores, 2026-12-07: fwd 5.8 -> 1.5 ms).  Differentiated, its key's gradient is computed apart instead
+    # (``StageBMaths.differentiated``): nothing else adds to it.
     alone = len(plan) == 1
     contributions = []  # (path index, path, contribution)
     for step in plan:
