@@ -116,9 +116,9 @@ class StageBMaths:
         A differentiated forward's ``z`` also feeds the backward, which reads it in its natural shape, so XLA keeps it
         in a buffer of that shape anyway, and a conditional around it only adds one (high-l5, 2,048 edges: fwd+bwd
         12.6 -> 14.0 ms and forces 10.8 -> 11.4 ms with it).  The key's gradient, apart, reads ``T`` with its axes
-        swapped (see :meth:`evaluate`): high-l5 fwd+bwd 14.6 -> 12.5 ms, forces 11.7 -> 8.5 ms (2 cores, 2026-12-07,
-        medians of 11 alternated rounds).  Both apart took the fwd+bwd's temporaries past glibc's 32 MiB mmap
-        threshold (see :meth:`_computed_apart`)."""
+        swapped (see :meth:`_contraction_apart`): high-l5 fwd+bwd 14.6 -> 12.5 ms, forces 11.7 -> 8.5 ms (2 cores,
+        2026-12-07, medians of 11 alternated rounds).  Both apart took the fwd+bwd's temporaries past glibc's 32 MiB
+        mmap threshold (see :meth:`_computed_apart`)."""
         return _form(self.layout, self.a, self.b, self.m, self.k, (KEY,)) if self.apart == (Z,) else self
 
     def evaluate(self, out_slot, require, operands, interpret):
@@ -137,20 +137,7 @@ class StageBMaths:
         key, t, z = (None if op is None else op.astype(compute).reshape((rows,) + shape)
                      for op, shape in zip(operands, shapes))
         if self._computed_apart(out_slot, rows, jnp.dtype(compute).itemsize):
-            # the unrolled sum, kept apart from its consumers as the dot's library call was
-            natural = self.z_shape if out_slot == Z else (self.a, self.m)
-            probe = key if key is not None else t
-            if out_slot == KEY:
-                # T with its components swapped, (r, ., k, m), as an operand of the conditional: XLA writes it out
-                # before the branch, so that each of the sum's terms reads a contiguous (., m) plane of it, where
-                # T's own layout is read with a stride of k (inline, XLA would fuse the swap into the sum and
-                # read T with that stride again).  high-l7 (m = k = 15), 1,024 edges: fwd+bwd 11.3 -> 8.5 ms,
-                # forces 9.5 -> 6.8 ms (2 cores, 2026-12-07, medians of 9 alternated rounds).
-                t_km = jnp.swapaxes(t, -1, -2)
-                contraction = lambda: self._key_unrolled(self._key_operand(z), t_km, swapped=True)  # noqa: E731
-            else:
-                contraction = lambda: self._z(key, t, use_dot=False)  # noqa: E731
-            result = computed_apart(contraction, probe, (rows,) + natural, compute)
+            result = self._contraction_apart(out_slot, key, t, z, rows, compute)
         else:
             result = self._contraction(out_slot, key, t, z)
         return result.reshape(rows, self.slots[out_slot].columns).astype(dtype)
@@ -162,10 +149,10 @@ class StageBMaths:
         (``DOT_MIN_COMPONENTS`` or more summed components, no channel summed), and for the slots in ``apart`` (a
         whole product's ``z``, or differentiated its ``dF/dkey``: :func:`stage_b`, :meth:`differentiated`).
 
-        Computing both ``z`` and the key's gradient apart in high-l5's fwd+bwd (2,048 edges)
-        took its temporaries from 24 to 34 MiB, past the 32 MiB from which glibc's ``malloc`` maps every allocation
-        afresh, and the pass from 13.7 to 26.7 ms in page faults (13.1 -> 13.6 ms with ``MALLOC_MMAP_THRESHOLD_``
-        raised; 2 cores, 2026-12-07, medians of 11 alternated rounds).
+        Computing both ``z`` and the key's gradient apart in high-l5's fwd+bwd (2,048 edges) took its temporaries
+        from 24 to 34 MiB, past the 32 MiB from which glibc's ``malloc`` maps every allocation afresh, and the pass
+        from 13.7 to 26.7 ms in page faults (13.1 -> 13.6 ms with ``MALLOC_MMAP_THRESHOLD_`` raised; 2 cores,
+        2026-12-07, medians of 11 alternated rounds); hence ``z`` inline where the key's gradient is apart.
         """
         if out_slot == Z:
             wanted = Z in self.apart or self.z_uses_dot
@@ -177,6 +164,22 @@ class StageBMaths:
             return False
         rows = static_int(rows)
         return rows is not None and rows * self.slots[out_slot].columns * itemsize >= APART_MIN_BYTES
+
+    def _contraction_apart(self, out_slot, key, t, z, rows, compute):
+        """The unrolled sum into ``out_slot`` (``z`` or ``dF/dkey``) as the taken branch of a conditional, kept apart
+        from its consumers as a dot's library call would be (see :meth:`_computed_apart`).
+
+        ``dF/dkey`` reads ``T`` with its component axes swapped, ``(rows, ., k, m)``, passed in as an operand of the
+        conditional: XLA writes it out before the branch, so that each term of the sum reads a contiguous ``(., m)``
+        plane where ``T``'s own layout is read with a stride of ``k`` (swapped inside the branch, the swap is fused
+        into the sum and ``T`` read with that stride again).  high-l7 (m = k = 15), 1,024 edges: fwd+bwd 11.3 -> 8.5
+        ms, forces 9.5 -> 6.8 ms (2 cores, 2026-12-07, medians of 9 alternated rounds).
+        """
+        if out_slot == KEY:
+            t_km = jnp.swapaxes(t, -1, -2)
+            return computed_apart(lambda: self._key_unrolled(self._key_operand(z), t_km, swapped=True), t,
+                                  (rows, self.a, self.m), compute)
+        return computed_apart(lambda: self._z(key, t, use_dot=False), key, (rows,) + self.z_shape, compute)
 
     def _contraction(self, out_slot, key, t, z):
         """The contraction into ``out_slot``, inline, in the form's choice of form (see ``DOT_MIN_COMPONENTS``)."""
