@@ -10,6 +10,7 @@ from bilinear_derivatives import assert_derivatives_match
 
 from e3nn_fast.xla import stage_b as stage_b_module
 from e3nn_fast.xla.stage_b import (
+    APART_MIN_MULTIPLY_ADDS,
     DIAGONAL,
     DOT_MIN_COMPONENTS,
     KEY1,
@@ -46,6 +47,7 @@ CASES = [
     (KEY1, UNROLLED_MAX_CHANNELS, 1, 3, 5),
     (KEY2, UNROLLED_GROUP_CHANNELS + 3, 1, 3, 7),
     (KEY2, UNROLLED_MAX_CHANNELS + 1, 1, 5, 3),
+    (KEY1, 2 * UNROLLED_MAX_CHANNELS + 3, 1, 3, 5),  # wide: several groups when computed apart, the last one short
 ]
 
 
@@ -152,9 +154,11 @@ def test_16_bit_inputs_accumulate_in_float32(case):
 
 
 
-# the cases whose forward or key gradient is a dot of tiny matrices, which a large output computes apart instead
+# the cases with a dot of tiny matrices that a large contraction computes apart instead: the forward or the key
+# gradient over 12 or more components, dF/dT over a wide key with one channel on the other side
 WIDE_CASES = [case for case in CASES if case[3] >= DOT_MIN_COMPONENTS
-              or (case[4] >= DOT_MIN_COMPONENTS and (case[0] == DIAGONAL or case[2] == 1))]
+              or (case[4] >= DOT_MIN_COMPONENTS and (case[0] == DIAGONAL or case[2] == 1))
+              or (case[0] != DIAGONAL and case[2] == 1 and case[1] > UNROLLED_MAX_CHANNELS)]
 
 
 def _conditionals(fn, *args):
@@ -170,9 +174,10 @@ def _count_conditionals(text):
 @pytest.mark.parametrize(("case", "apart"), [(case, False) for case in WIDE_CASES]
                          + [(case, True) for case in WIDE_CASES + [CASES[0], CASES[4], CASES[7]]], ids=str)
 def test_contractions_computed_apart_give_the_same_values_and_derivatives(case, apart, monkeypatch):
-    """Above ``APART_MIN_BYTES`` (lowered to nothing here), the tiny dots, and an ``apart`` form's forward, become
-    unrolled sums in a conditional: the same values and derivatives of every order."""
+    """Above ``APART_MIN_BYTES`` and ``APART_MIN_MULTIPLY_ADDS`` (lowered to nothing here), the tiny dots, and an
+    ``apart`` form's forward, become unrolled sums in a conditional: the same values and derivatives of every order."""
     monkeypatch.setattr(stage_b_module, "APART_MIN_BYTES", 0)
+    monkeypatch.setattr(stage_b_module, "APART_MIN_MULTIPLY_ADDS", 0)
     layout = case[0]
     key, t = operands(*case, lead=(7,), seed=4)
     forward = lambda key, t: stage_b(layout, key, t, whole_product=apart)  # noqa: E731
@@ -200,3 +205,18 @@ def test_apart_only_for_large_concrete_outputs(monkeypatch):
     exported = export.export(jax.jit(forward))(*specs)
     assert _count_conditionals(exported.mlir_module()) == 0
     np.testing.assert_allclose(exported.call(key, t), reference(KEY1, key, t), rtol=1e-12, atol=1e-12)
+
+
+def test_wide_key_t_gradient_apart_only_from_enough_work(monkeypatch):
+    """dF/dT over a wide key (one channel on the other side) leaves its dot for the conditional from
+    ``APART_MIN_MULTIPLY_ADDS`` multiply-adds (rows * a * m * k) on: the same gradient either way."""
+    layout, a, b, m, k = KEY1, 2 * UNROLLED_MAX_CHANNELS + 3, 1, 3, 5
+    rows = -(-APART_MIN_MULTIPLY_ADDS // (a * m * k))  # just enough rows
+    key, t = operands(layout, a, b, m, k, lead=(rows,), seed=6)
+    cotangent = jnp.asarray(np.random.default_rng(7).standard_normal(reference(layout, key, t).shape))
+    t_gradient = lambda key, t, z: jax.vjp(lambda t: stage_b(layout, key, t), t)[1](z)[0]  # noqa: E731
+    assert _conditionals(t_gradient, key, t, cotangent) == 1
+    np.testing.assert_allclose(jax.jit(t_gradient)(key, t, cotangent),
+                               jax.vjp(lambda t: reference(layout, key, t), t)[1](cotangent)[0],
+                               rtol=1e-10, atol=1e-10)
+    assert _conditionals(t_gradient, key[:-1], t[:-1], cotangent[:-1]) == 0  # one row short of the threshold

@@ -28,7 +28,9 @@ Forms, with ``U``/``V`` the key's/other's channels and ``M``/``K`` the key's/out
 
 On a CPU, from ``APART_MIN_BYTES`` of output on, the dots of tiny matrices above become the unrolled sums again,
 computed apart from their consumers (:mod:`e3nn_fast.xla.fusion_barrier`), and so are, for a path that is a whole
-product (``stage_b(whole_product=True)``), its undifferentiated ``z`` and its ``dF/dkey``.
+product (``stage_b(whole_product=True)``), its undifferentiated ``z`` and its ``dF/dkey``.  So is, from
+``APART_MIN_MULTIPLY_ADDS`` on, ``dF/dT`` over a wide key with one channel on the other side (a convolution's
+gradient with respect to its harmonics side: the contraction at the heart of force training).
 """
 
 from __future__ import annotations
@@ -70,6 +72,22 @@ APART_MIN_BYTES = 2**18
 UNROLLED_MAX_CHANNELS = 16
 # ... in groups of this many channels, each read from its own slice of the cotangent (see ``StageBMaths._t_unrolled``).
 UNROLLED_GROUP_CHANNELS = 8
+# On a CPU, dF/dT over more key channels than that (one channel on the other side) is the same grouped sum, computed
+# apart from its consumers, once it has this many multiply-adds (rows * a * m * k); the batched ``dot`` below it.  The
+# dot of tiny matrices slows down per row as the rows grow, the unrolled sum speeds up (2 cores, jax 0.10.2,
+# 2026-12-07, medians of 7, the contraction and the stage-A product that consumes it): (rows, a, m, k) = (128, 64, 7,
+# 7) 0.19 -> 0.07 ms, (1,024, 128, 15, 15) 3.6 -> 1.5 ms, (4,096, 64, 7, 7) 4.7 -> 0.49 ms, (4,096, 32, 3, 5) 3.0 ->
+# 0.22 ms.  Inline, XLA fused the sum into the stage-A ``dot`` that reads it (5.1 ms at 1,024 x 128 x 15 x 15); summed
+# as one chain of ``a`` terms instead of groups of 8, it ran 1.5-2.5x slower.  In whole passes (A/B in one process,
+# medians of 7): high-l7 (1,024 x 128 x 15 x 15) fwd+bwd 7.6 -> 5.6 ms, forces 6.0 -> 3.7 ms; high-l5 fwd+bwd 11.4 ->
+# 9.1 ms, forces 8.9 -> 4.9 ms.  Each such sum costs XLA 0.1-0.3 s of compile time, hence a threshold, set where the
+# quick suite's medium convolutions stay as they were:
+# * nequip-benzene at 128 edges (at most 128 x 64 x 7 x 7 = 0.4 M multiply-adds), every such sum apart: forces 7.5 ->
+#   6.6 ms, compile 4.1 -> 11.3 s;
+# * from 2**20 on: mace-medium at 1,024 edges fwd+bwd 13.4 -> 10.4 ms and forces 9.7 -> 7.0 ms (compile 0.6 -> 1.1 s),
+#   but mace-large at 384 edges fwd+bwd 14.2 -> 24.6 ms: the conditionals' operands took its temporaries from 28.0 to
+#   34.9 MiB, past the 32 MiB from which glibc maps each allocation afresh, and every call paid 8,900 page faults.
+APART_MIN_MULTIPLY_ADDS = 2**22
 
 
 class StageBMaths:
@@ -106,6 +124,7 @@ class StageBMaths:
         self.z_uses_dot = m >= DOT_MIN_COMPONENTS
         self.key_uses_dot = k >= DOT_MIN_COMPONENTS
         self.t_is_unrolled = layout != DIAGONAL and a > 1 and b == 1 and a <= UNROLLED_MAX_CHANNELS
+        self.t_has_wide_key = layout != DIAGONAL and b == 1 and a > UNROLLED_MAX_CHANNELS
 
     def has_terms(self, out_slot, require):
         return True  # every term involves all three slots
@@ -159,11 +178,15 @@ class StageBMaths:
         elif out_slot == KEY:
             wanted = (KEY in self.apart or self.key_uses_dot) and self._key_is_unrollable
         else:
-            wanted = False
+            wanted = self.t_has_wide_key
         if not wanted or not backend_separates():
             return False
         rows = static_int(rows)
-        return rows is not None and rows * self.slots[out_slot].columns * itemsize >= APART_MIN_BYTES
+        if rows is None:
+            return False
+        if out_slot == T:  # a small output, a long sum: the threshold counts the work (see APART_MIN_MULTIPLY_ADDS)
+            return rows * self.a * self.m * self.k >= APART_MIN_MULTIPLY_ADDS
+        return rows * self.slots[out_slot].columns * itemsize >= APART_MIN_BYTES
 
     def _contraction_apart(self, out_slot, key, t, z, rows, compute):
         """The unrolled sum into ``out_slot`` (``z`` or ``dF/dkey``) as the taken branch of a conditional, kept apart
@@ -177,8 +200,13 @@ class StageBMaths:
         """
         if out_slot == KEY:
             t_km = jnp.swapaxes(t, -1, -2)
-            return computed_apart(lambda: self._key_unrolled(self._key_operand(z), t_km, swapped=True), t,
+            return computed_apart(lambda: self._key_unrolled(self._z_per_key_channel(z), t_km, swapped=True), t,
                                   (rows, self.a, self.m), compute)
+        if out_slot == T:
+            return computed_apart(lambda: self._t_grouped_sum(
+                lambda start, count: key[:, start:start + count],
+                lambda start, count: self._z_per_key_channel(z)[:, start:start + count])[:, None],
+                key, (rows, 1, self.m, self.k), compute)
         return computed_apart(lambda: self._z(key, t, use_dot=False), key, (rows,) + self.z_shape, compute)
 
     def _contraction(self, out_slot, key, t, z):
@@ -228,7 +256,7 @@ class StageBMaths:
         """
         if self._key_is_unrollable:
             if not use_dot:
-                return self._key_unrolled(self._key_operand(z), t)
+                return self._key_unrolled(self._z_per_key_channel(z), t)
             if self.layout == DIAGONAL:
                 return jnp.einsum("rak,ramk->ram", z, t)
         spec = "rabk,rbmk->ram" if self.layout == KEY1 else "rbak,rbmk->ram"
@@ -239,8 +267,9 @@ class StageBMaths:
         """Whether ``dF/dkey`` sums over ``k`` alone (no channel summed), so that it has an unrolled form."""
         return self.layout == DIAGONAL or self.b == 1
 
-    def _key_operand(self, z):
-        """``z`` as ``(rows, a, k)`` where ``dF/dkey`` sums over ``k`` alone (diagonal, or one channel summed)."""
+    def _z_per_key_channel(self, z):
+        """``z`` as ``(rows, a, k)`` where the other side has one channel (or, diagonal, pairs its channels with the
+        key's): what ``dF/dkey`` sums over ``k`` alone and ``dF/dT`` over the key's channels."""
         return z if self.layout == DIAGONAL else z[:, :, 0, :] if self.layout == KEY1 else z[:, 0, :, :]
 
     def _key_unrolled(self, z, t, swapped: bool = False):
@@ -266,7 +295,8 @@ class StageBMaths:
         # 4.4 to 14.8 s for no gain; ``sum(key * z, axis=a)`` is 3x faster than the dot alone but 3x slower in a whole
         # backward (XLA fuses the reduction into the stage-A ``dot`` after it: tp-16 fwd+bwd 37 -> 112 ms); the
         # unrolled sum over groups of 8 channels in a ``fori_loop`` gained nothing on sh-tp and lost 20-30 % on
-        # nequip-benzene.
+        # nequip-benzene.  The unrolled sum lost inline because XLA fused it into that ``dot``; computed apart, it
+        # wins for large enough contractions (``APART_MIN_MULTIPLY_ADDS``).
         spec = "rabk,ram->rbkm" if self.layout == KEY1 else "rbak,ram->rbkm"
         return jnp.swapaxes(jnp.einsum(spec, z, key), -1, -2)
 
@@ -295,14 +325,23 @@ class StageBMaths:
         1.89 ms for compile 2.3 -> 2.5 s, its training step unchanged (4.6 ms) for compile 4.0 -> 4.8 s.
         """
         rows, m, k = key2d.shape[0], self.m, self.k
+        total = self._t_grouped_sum(
+            lambda start, count: key2d[:, start * m:(start + count) * m].reshape(rows, count, m),
+            lambda start, count: z2d[:, start * k:(start + count) * k].reshape(rows, count, k))
+        return total.reshape(rows, m * k)
+
+    def _t_grouped_sum(self, key_group, z_group):
+        """``sum_a key[r, a, m] z[r, a, k]``, ``(rows, m, k)``: one broadcast product per key channel, summed in groups
+        of ``UNROLLED_GROUP_CHANNELS`` (``key_group(start, count)``, ``z_group(start, count)``: the group's
+        ``(rows, count, m)`` and ``(rows, count, k)`` operands).  The groups' partial sums are then added: one chain
+        over 64-256 channels ran 1.5-2.5x slower (see ``APART_MIN_MULTIPLY_ADDS``)."""
         total = None
         for start in range(0, self.a, UNROLLED_GROUP_CHANNELS):
             count = min(UNROLLED_GROUP_CHANNELS, self.a - start)
-            key_group = key2d[:, start * m:(start + count) * m].reshape(rows, count, m)
-            z_group = z2d[:, start * k:(start + count) * k].reshape(rows, count, k)
-            part = _unrolled_sum(lambda a: key_group[:, a, :, None] * z_group[:, a, None, :], count)
+            keys, zs = key_group(start, count), z_group(start, count)
+            part = _unrolled_sum(lambda a: keys[:, a, :, None] * zs[:, a, None, :], count)
             total = part if total is None else total + part
-        return total.reshape(rows, m * k)
+        return total
 
 
 def _unrolled_sum(term, count: int):
