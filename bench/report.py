@@ -171,15 +171,23 @@ def _mib(value) -> str:
     return f"{value / 2**20:.3g}" if value < 100 * 2**20 else f"{value / 2**20:.0f}"
 
 
+# Minor page faults per call from which the time/memory table shows them: a call that maps a large allocation afresh
+# faults once per 4 KiB page of it (thousands), where a steady-state call faults a handful of times or none.
+PAGE_FAULTS_SHOWN = 100
+
+
 def time_memory_table(results: dict) -> str:
-    """Workload x pass rows, one column per backend: ``median ms / temp MiB`` (compiled ``memory_analysis``), and
-    ``/ peak MiB`` where the device allocator reports one (a process-wide high-water mark: an upper bound)."""
+    """Workload x pass rows, one column per backend: ``median ms / temp MiB`` (compiled ``memory_analysis``),
+    ``/ peak MiB`` where the device allocator reports one (a process-wide high-water mark: an upper bound), and
+    ``/ N faults`` where a call faulted in ``PAGE_FAULTS_SHOWN`` or more fresh pages (see ``bench.timing``)."""
 
     def cell(row: dict) -> str:
         temp = (row.get("memory") or {}).get("temp_bytes")
         text = _ms(row["median_ms"]) + " / " + (_mib(temp) if temp is not None else "?")
         if row.get("peak_memory_bytes") is not None:
             text += f" / peak {_mib(row['peak_memory_bytes'])}"
+        if (row.get("page_faults_per_call") or 0) >= PAGE_FAULTS_SHOWN:
+            text += f" / {row['page_faults_per_call']:.0f} faults"
         return text
 
     return _backend_table(results, lambda name: f"{name} ms / temp MiB", cell)
@@ -215,12 +223,12 @@ def floor_lines(results: dict) -> list[str]:
 def detail_table(results: dict) -> str:
     """One line per workload x pass x backend with every headline figure."""
     lines = ["| workload | pass | backend | median ms | × e3nn-jax | compile s | compile / e3nn-jax | temp MiB "
-             "| peak MiB | GFLOP/s | GB/s | % peak FLOP/s | % peak BW | max rel diff |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| peak MiB | faults / call | GFLOP/s | GB/s | % peak FLOP/s | % peak BW | max rel diff |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in results["rows"]:
         head = f"| {row['workload']} | {row['pass']} | {row['backend']} |"
         if row["status"] != "ok":
-            lines.append(head + f" error: {row.get('error', '')[:120].replace('|', '/')} |" + " |" * 10)
+            lines.append(head + f" error: {row.get('error', '')[:120].replace('|', '/')} |" + " |" * 11)
             continue
         memory = row.get("memory") or {}
         lines.append(head + " | ".join([
@@ -230,6 +238,7 @@ def detail_table(results: dict) -> str:
             _fmt(row.get("compile_ratio_vs_e3nn_jax"), ".2f"),
             _fmt(memory.get("temp_bytes"), ".1f", 2**-20),
             _fmt(row.get("peak_memory_bytes"), ".0f", 2**-20),
+            _fmt(row.get("page_faults_per_call"), ".0f"),
             _fmt(row.get("gflops_per_s"), ".3g"),
             _fmt(row.get("gbytes_per_s"), ".3g"),
             _fmt(row.get("fraction_peak_flops"), ".2g", 100),
@@ -286,7 +295,9 @@ def markdown(results: dict) -> str:
     lines += ["", compile_table(results), "",
               "## Time and memory", "",
               "Median ms / temporary MiB of the compiled executable (its memory_analysis; on a GPU also the "
-              "allocator's peak, a process-wide high-water mark).", "", time_memory_table(results), ""]
+              "allocator's peak, a process-wide high-water mark), and the minor page faults per call where there "
+              f"were {PAGE_FAULTS_SHOWN} or more (fresh pages: glibc maps each allocation above 32 MiB anew, so such "
+              "a call pays about 1.5 us per 4 KiB page).", "", time_memory_table(results), ""]
     floors = floor_lines(results)
     if floors:
         lines += ["## Memory-bound floors", "",

@@ -6,6 +6,13 @@ that load from other processes on a shared machine spreads over all backends ins
 during a busy second.  On a CPU each sample is preceded by untimed runs of the same function for a while (see
 :data:`CPU_SETTLE_S`), so that it measures the steady state of a training loop, not a run overlapping the release
 of the previous backend's memory.
+
+Each sample also counts the process's minor page faults per call (:func:`minor_page_faults`).  On Linux with glibc,
+``malloc`` maps every allocation above 32 MiB afresh and unmaps it when freed, so an executable whose temporaries (or
+output) exceed that size faults in every page of them on every call: about 1.5 us per 4 KiB page on the 2-core VM of
+2026-12-07, which made ``tp-16`` fwd+bwd (40.5 MiB of temporaries, 10,369 faults per call) 35 ms instead of 20 ms.
+Whether a given call pays them depends on the heap's history (a large enough free block is reused without a fault),
+so the count tells a real change apart from the allocator's.
 """
 
 from __future__ import annotations
@@ -101,14 +108,29 @@ def calls_per_sample(seconds_per_call: float, min_sample_s: float) -> int:
     return max(1, min(MAX_CALLS_PER_SAMPLE, math.ceil(min_sample_s / seconds_per_call)))
 
 
-def _timed_sample(compiled: Compiled, args: Sequence, calls: int) -> float:
-    """Seconds per call of ``calls`` calls queued back to back, then one wait."""
+def minor_page_faults() -> Optional[int]:
+    """The minor page faults of this process so far (every thread), or None where the platform does not count them
+    (no ``resource`` module: Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _timed_sample(compiled: Compiled, args: Sequence, calls: int) -> tuple[float, Optional[float]]:
+    """Seconds per call of ``calls`` calls queued back to back, then one wait; and the minor page faults per call
+    over the same span (None where they are not counted)."""
+    faults_before = minor_page_faults()
     start = time.perf_counter()
     result = None
     for _ in range(calls):
         result = compiled.run(*args)
     jax.block_until_ready(result)
-    return (time.perf_counter() - start) / calls
+    seconds = (time.perf_counter() - start) / calls
+    faults_after = minor_page_faults()
+    faults = None if faults_before is None or faults_after is None else (faults_after - faults_before) / calls
+    return seconds, faults
 
 
 def _settle(compiled: Compiled, args: Sequence, settle_s: float) -> None:
@@ -129,14 +151,16 @@ def time_interleaved(functions: dict, args: Sequence, repeats: int, min_sample_s
     functions; a sample queues :func:`calls_per_sample` calls (sized by one untimed calibration call each), after
     ``settle_s`` seconds of untimed runs of the same function (:func:`_settle`).
 
-    A function that raises during timing gets the exception as its value instead of a list of times."""
+    Returns, per function, ``(seconds per call of each sample, calls per sample, page faults per call of each
+    sample)`` (the faults None where they are not counted), or the exception a function raised during timing."""
     if settle_s < 0:
         raise ValueError(f"settle_s must be 0 or more seconds, got {settle_s}")
     times: dict = {name: [] for name in functions}
+    faults: dict = {name: [] for name in functions}
     calls: dict = {}
     for name, compiled in functions.items():
         try:
-            once = min(_timed_sample(compiled, args, 1) for _ in range(2))  # the first may still be warming up
+            once = min(_timed_sample(compiled, args, 1)[0] for _ in range(2))  # the first may still be warming up
             calls[name] = calls_per_sample(once, min_sample_s)
         except Exception as error:  # noqa: BLE001 - reported as an error row by the runner
             times[name] = error
@@ -146,19 +170,26 @@ def time_interleaved(functions: dict, args: Sequence, repeats: int, min_sample_s
                 continue
             try:
                 _settle(compiled, args, settle_s)
-                times[name].append(_timed_sample(compiled, args, calls[name]))
+                seconds, sample_faults = _timed_sample(compiled, args, calls[name])
             except Exception as error:  # noqa: BLE001 - reported as an error row by the runner
                 times[name] = error
-    return {name: value if not isinstance(value, list) else (value, calls[name]) for name, value in times.items()}
+                continue
+            times[name].append(seconds)
+            faults[name].append(sample_faults)
+    return {name: value if not isinstance(value, list) else
+            (value, calls[name], None if None in faults[name] else faults[name])
+            for name, value in times.items()}
 
 
-def summarize(seconds: list, calls: int = 1) -> dict:
-    """Median and minimum in milliseconds per call, every sample, and the calls queued per sample."""
+def summarize(seconds: list, calls: int = 1, faults: Optional[list] = None) -> dict:
+    """Median and minimum in milliseconds per call, every sample, the calls queued per sample, and the median of
+    the samples' minor page faults per call (None where they were not counted)."""
     return {
         "median_ms": 1e3 * statistics.median(seconds),
         "min_ms": 1e3 * min(seconds),
         "times_ms": [1e3 * s for s in seconds],
         "calls_per_sample": calls,
+        "page_faults_per_call": None if not faults else statistics.median(faults),
     }
 
 

@@ -225,6 +225,42 @@ def test_each_sample_follows_untimed_runs_for_the_settle_time(monkeypatch):
         runner.run_suite([], [], runner.Settings(settle_s=-0.1))
 
 
+def test_each_sample_counts_the_page_faults_of_its_calls(monkeypatch):
+    """Page faults per call are counted per sample, their median summarised, and shown in the time/memory table from
+    report.PAGE_FAULTS_SHOWN on (a call that maps a large allocation afresh faults once per page of it)."""
+    clock = _FakeClock()
+    monkeypatch.setattr(timing, "time", clock)
+    counter = {"faults": 0}
+    monkeypatch.setattr(timing, "minor_page_faults", lambda: counter["faults"])
+    compiled, _ = _counting_function(clock, 2.0**-9)
+    faulting_run = compiled.run
+
+    def run(*args):  # 10,369 fresh pages per call, as tp-16's 40.5 MiB of temporaries on glibc
+        counter["faults"] += 10_369
+        return faulting_run(*args)
+
+    faulting = timing.Compiled(run, 0.0, {})
+    # samples of 4 calls (2**-7 s): the count is per call
+    seconds, calls, faults = timing.time_interleaved({"f": faulting}, (), repeats=3, min_sample_s=2.0**-7)["f"]
+    assert seconds == [2.0**-9] * 3 and calls == 4 and faults == [10_369] * 3
+    summary = timing.summarize(seconds, calls, faults)
+    assert summary["page_faults_per_call"] == 10_369
+    assert timing.summarize(seconds, calls, None)["page_faults_per_call"] is None  # not counted on this platform
+
+    def results_with(faults_per_call):
+        row = {"workload": "tp-16", "pass": "fwd+bwd", "backend": "e3nn_fast:jnp", "status": "ok",
+               "median_ms": 35.0, "memory": {"temp_bytes": 40.5 * 2**20}, "page_faults_per_call": faults_per_call}
+        return {"rows": [row], "backends": ["e3nn_fast:jnp"], "workloads": {"tp-16": {"size": 4096, "unit": "samples"}},
+                "skipped_workloads": {}, "environment": {"settings": {"passes": ["fwd+bwd"]}}}
+
+    assert "/ 10369 faults" in report.time_memory_table(results_with(10_369.0))
+    assert "faults" not in report.time_memory_table(results_with(report.PAGE_FAULTS_SHOWN - 1.0))
+    assert "faults" not in report.time_memory_table(results_with(None))
+    assert "| 10369 |" in report.detail_table(results_with(10_369.0))
+    monkeypatch.undo()
+    assert timing.minor_page_faults() is None or timing.minor_page_faults() >= 0
+
+
 def test_selection_rejects_unknown_names():
     assert [w.name for w in workloads.select(["sh-l*"])] == ["sh-l3", "sh-l8"]
     with pytest.raises(ValueError, match="no workload matches"):
