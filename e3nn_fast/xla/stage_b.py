@@ -76,9 +76,9 @@ UNROLLED_GROUP_CHANNELS = 8
 # apart from its consumers, once it has this many multiply-adds (rows * a * m * k); the batched ``dot`` below it.  The
 # dot of tiny matrices slows down per row as the rows grow, the unrolled sum speeds up (2 cores, jax 0.10.2,
 # 2026-12-07, medians of 7, the contraction and the stage-A product that consumes it): (rows, a, m, k) = (128, 64, 7,
-# 7) 0.19 -> 0.07 ms, (1,024, 128, 15, 15) 3.6 -> 1.5 ms, (4,096, 64, 7, 7) 4.7 -> 0.49 ms, (4,096, 32, 3, 5) 3.0 ->
-# 0.22 ms.  Inline, XLA fused the sum into the stage-A ``dot`` that reads it (5.1 ms at 1,024 x 128 x 15 x 15); summed
-# as one chain of ``a`` terms instead of groups of 8, it ran 1.5-2.5x slower.  In whole passes (A/B in one process,
+# 7) 0.19 -> 0.07 ms, (1,024, 128, 15, 15) 3.7 -> 1.5 ms, (4,096, 64, 7, 7) 4.7 -> 0.49 ms, (4,096, 32, 3, 5) 3.0 ->
+# 0.22 ms.  Inline, XLA fused the sum into the stage-A ``dot`` that reads it (5 ms at 1,024 x 128 x 15 x 15); summed
+# as one chain of ``a`` terms instead of groups of 8, it ran 1.5-2.2x slower.  In whole passes (A/B in one process,
 # medians of 7): high-l7 (1,024 x 128 x 15 x 15) fwd+bwd 7.6 -> 5.6 ms, forces 6.0 -> 3.7 ms; high-l5 fwd+bwd 11.4 ->
 # 9.1 ms, forces 8.9 -> 4.9 ms.  Each such sum costs XLA 0.1-0.3 s of compile time, hence a threshold, set where the
 # quick suite's medium convolutions stay as they were:
@@ -334,7 +334,7 @@ class StageBMaths:
         """``sum_a key[r, a, m] z[r, a, k]``, ``(rows, m, k)``: one broadcast product per key channel, summed in groups
         of ``UNROLLED_GROUP_CHANNELS`` (``key_group(start, count)``, ``z_group(start, count)``: the group's
         ``(rows, count, m)`` and ``(rows, count, k)`` operands).  The groups' partial sums are then added: one chain
-        over 64-256 channels ran 1.5-2.5x slower (see ``APART_MIN_MULTIPLY_ADDS``)."""
+        over 64-256 channels ran 1.5-2.2x slower (see ``APART_MIN_MULTIPLY_ADDS``)."""
         total = None
         for start in range(0, self.a, UNROLLED_GROUP_CHANNELS):
             count = min(UNROLLED_GROUP_CHANNELS, self.a - start)
