@@ -254,6 +254,29 @@ def _angles_from_log_coordinates(log_coordinates) -> Tuple[jax.Array, jax.Array,
     return log_coordinates_to_angles(log_coordinates)
 
 
+class _RepresentationFromAngles:
+    """The ways of naming a rotation, all reduced to ``D_from_angles(alpha, beta, gamma, k)`` of the class that mixes
+    this in (an irrep: its matrix; irreps: the block-diagonal sum of theirs)."""
+
+    def D_from_matrix(self, R) -> jax.Array:
+        """Representation of the O(3) matrix ``R`` (``(..., 3, 3)``); ``det R < 0`` applies the parity once."""
+        angles, k = _angles_from_matrix(R)
+        return self.D_from_angles(*angles, k)
+
+    def D_from_quaternion(self, q, k=0) -> jax.Array:
+        """Representation of the rotation of unit quaternion ``q`` (``(..., 4)``), the parity applied ``k`` times."""
+        return self.D_from_angles(*_angles_from_quaternion(q), k)
+
+    def D_from_axis_angle(self, axis, angle, k=0) -> jax.Array:
+        """Representation of the rotation by ``angle`` around ``axis`` (``(..., 3)``), the parity applied ``k``
+        times."""
+        return self.D_from_angles(*_angles_from_axis_angle(axis, angle), k)
+
+    def D_from_log_coordinates(self, log_coordinates, k=0) -> jax.Array:
+        """Representation of the rotation ``exp(log_coordinates . J)`` (``(..., 3)``), the parity applied ``k``
+        times."""
+        return self.D_from_angles(*_angles_from_log_coordinates(log_coordinates), k)
+
 # ----------------------------------------------------------------------------------------------------------------
 # Irrep
 # ----------------------------------------------------------------------------------------------------------------
@@ -261,7 +284,7 @@ def _angles_from_log_coordinates(log_coordinates) -> Tuple[jax.Array, jax.Array,
 
 @functools.total_ordering
 @dataclasses.dataclass(init=False, frozen=True, eq=False, repr=False)
-class Irrep:
+class Irrep(_RepresentationFromAngles):
     r"""An irreducible representation of :math:`O(3)`: degree ``l`` and parity ``p``.
 
     Accepted forms: ``Irrep(l, p)``, ``Irrep("1o")`` / ``"1e"`` / ``"1y"`` (``y``: parity :math:`(-1)^l`),
@@ -413,23 +436,6 @@ class Irrep:
         D = wigner_D(self.l, alpha, beta, gamma)
         return D * _parity_factor(self.p, k, D.dtype)
 
-    def D_from_matrix(self, R) -> jax.Array:
-        """Representation of the O(3) matrix ``R`` (``(..., 3, 3)``); ``det R < 0`` applies the parity once."""
-        angles, k = _angles_from_matrix(R)
-        return self.D_from_angles(*angles, k)
-
-    def D_from_quaternion(self, q, k=0) -> jax.Array:
-        """Representation of the rotation of unit quaternion ``q`` (``(..., 4)``), times ``p**k``."""
-        return self.D_from_angles(*_angles_from_quaternion(q), k)
-
-    def D_from_axis_angle(self, axis, angle, k=0) -> jax.Array:
-        """Representation of the rotation by ``angle`` around ``axis`` (``(..., 3)``), times ``p**k``."""
-        return self.D_from_angles(*_angles_from_axis_angle(axis, angle), k)
-
-    def D_from_log_coordinates(self, log_coordinates, k=0) -> jax.Array:
-        """Representation of the rotation ``exp(log_coordinates . J)`` (``(..., 3)``), times ``p**k``."""
-        return self.D_from_angles(*_angles_from_log_coordinates(log_coordinates), k)
-
     def generators(self) -> jax.Array:
         """Generators of the SO(3) representation, shape ``(3, 2l+1, 2l+1)``."""
         from e3nn_fast.so3 import generators
@@ -554,7 +560,7 @@ def _mul_irreps_from(irreps: IntoIrreps) -> Tuple[MulIrrep, ...]:
     return tuple(_as_mul_irrep(item) for item in items)
 
 
-class Irreps(tuple):
+class Irreps(_RepresentationFromAngles, tuple):
     r"""Direct sum of irreps of :math:`O(3)`, a tuple of :class:`MulIrrep`.
 
     Built from a string, ``None`` (empty), an ``Irrep`` or ``MulIrrep``, or a sequence whose items are strings,
@@ -824,23 +830,6 @@ class Irreps(tuple):
                 per_irrep[ir] = ir.D_from_angles(alpha, beta, gamma, k)
             blocks.append(_repeat_block(per_irrep[ir], mul))
         return _block_diagonal(blocks, alpha.shape, alpha.dtype)
-
-    def D_from_matrix(self, R) -> jax.Array:
-        """Block-diagonal representation of the O(3) matrix ``R`` (``(..., 3, 3)``)."""
-        angles, k = _angles_from_matrix(R)
-        return self.D_from_angles(*angles, k)
-
-    def D_from_quaternion(self, q, k=0) -> jax.Array:
-        """Block-diagonal representation of the rotation of unit quaternion ``q`` (``(..., 4)``)."""
-        return self.D_from_angles(*_angles_from_quaternion(q), k)
-
-    def D_from_axis_angle(self, axis, angle, k=0) -> jax.Array:
-        """Block-diagonal representation of the rotation by ``angle`` around ``axis``."""
-        return self.D_from_angles(*_angles_from_axis_angle(axis, angle), k)
-
-    def D_from_log_coordinates(self, log_coordinates, k=0) -> jax.Array:
-        """Block-diagonal representation of the rotation ``exp(log_coordinates . J)``."""
-        return self.D_from_angles(*_angles_from_log_coordinates(log_coordinates), k)
 
     def generators(self) -> jax.Array:
         """Block-diagonal generators of the SO(3) representation, shape ``(3, dim, dim)``."""
