@@ -55,6 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="untimed runs of a function for this long before each of its timed samples (default: "
                              "150 on a CPU, where a run that follows another backend's overlaps the release of its "
                              "memory; 0 on a GPU/TPU)")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="glibc only: serve every allocation from the heap and keep freed memory mapped, so that "
+                             "no call faults in fresh pages (steady-state timings; the default measures the default "
+                             "allocator, as users run it)")
     parser.add_argument("--verbose", action="store_true",
                         help="one stderr line per compile and per timed pass (where did the time go)")
     parser.add_argument("--measure-bandwidth", action="store_true",
@@ -100,7 +104,8 @@ def main(argv=None) -> int:
                                passes=tuple(args.passes), progress=not args.no_progress,
                                min_sample_s=None if args.min_sample_ms is None else args.min_sample_ms / 1e3,
                                settle_s=None if args.settle_ms is None else args.settle_ms / 1e3,
-                               measure_bandwidth=args.measure_bandwidth, verbose=args.verbose)
+                               measure_bandwidth=args.measure_bandwidth, verbose=args.verbose,
+                               keep_freed_memory=args.keep_freed_memory)
     out = args.out
     if out is None and args.jsonl is None:
         out = os.path.join("bench", "results", datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S"))
@@ -108,6 +113,9 @@ def main(argv=None) -> int:
     sink = report.JsonLines(args.jsonl, tag=args.tag) if args.jsonl else None
     try:
         results = runner.run_suite(chosen_workloads, chosen_backends, settings, on_row=sink)
+    except RuntimeError as error:  # a setting this machine cannot honour (--keep-freed-memory without glibc)
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     finally:
         if sink is not None:
             sink.close()

@@ -268,6 +268,7 @@ def markdown(results: dict) -> str:
         f"- device: {device['device_kind']} ({device['platform']}, {device['device_count']} device(s)); host "
         f"{env['machine']['machine']}, {env['machine']['cpu_count']} CPU cores",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v is not None),
+        f"- allocator: {env.get('allocator', 'default')}",
     ]
     if peaks:
         flops = peaks["flops"].get(settings["dtype"])

@@ -21,6 +21,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from bench import allocator as allocator_module
 from bench import backends as backends_module
 from bench import costs, devices, timing
 from bench.passes import PASSES, cotangent_like
@@ -41,6 +42,7 @@ class Settings:
     settle_s: Optional[float] = None  # untimed runs before each sample; None: timing.CPU_SETTLE_S on CPU, 0 on GPU/TPU
     measure_bandwidth: bool = False  # replace the datasheet bandwidth by a measured copy on an accelerator
     verbose: bool = False  # one stderr line per compile and per timed pass (to see where a time limit struck)
+    keep_freed_memory: bool = False  # glibc keeps freed memory mapped: no page faults per call (bench.allocator)
 
 
 MIN_SAMPLE_S_ACCELERATOR = 2e-3
@@ -262,6 +264,7 @@ def run_suite(workloads: list[Workload], backends: list, settings: Settings,
         raise ValueError(f"repeats must be at least 1, got {settings.repeats}")
     if settings.settle_s is not None and settings.settle_s < 0:
         raise ValueError(f"settle_s must be 0 or more seconds, got {settings.settle_s}")
+    allocator = allocator_module.keep_freed_memory() if settings.keep_freed_memory else "default"
     if settings.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     dtype = jnp.dtype(settings.dtype)
@@ -272,8 +275,8 @@ def run_suite(workloads: list[Workload], backends: list, settings: Settings,
         ok, text = backend.availability()
         available[backend.name] = {"available": ok, ("version" if ok else "reason"): text, "api": backend.api,
                                    "description": backend.description}
-    results = {"environment": environment(settings, peaks), "backends": available, "skipped_workloads": {},
-               "workloads": {}, "rows": _StreamedRows(on_row)}
+    results = {"environment": dict(environment(settings, peaks), allocator=allocator), "backends": available,
+               "skipped_workloads": {}, "workloads": {}, "rows": _StreamedRows(on_row)}
     progress = _Progress(len(workloads) * len(settings.passes), settings.progress)
     try:
         for index, workload in enumerate(workloads):

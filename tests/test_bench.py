@@ -5,6 +5,7 @@ and reports compile times against e3nn-jax's."""
 
 import json
 import os
+import sys
 import types
 
 import jax.numpy as jnp
@@ -318,3 +319,55 @@ def test_published_floor_scales_with_the_size_and_applies_on_an_h100_only():
     # ~9 KB per edge: the fp32 weights (one per output channel), harmonics and two int32 indices
     assert cost.input_bytes > 160_000 * 4 * description.irreps_out.num_irreps
     assert abs(cost.input_bytes / 160_000 / 1e3 - 9) < 0.5
+
+
+_FRESH_PAGES_SCRIPT = """
+import ctypes, ctypes.util, resource, sys
+if sys.argv[1] == "keep":
+    from bench.allocator import keep_freed_memory
+    keep_freed_memory()
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+size = 48 * 2**20
+faults = []
+for _ in range(6):  # a 48 MiB buffer from malloc, written and freed, as an executable's temporaries are each call
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    buffer = libc.malloc(size)
+    ctypes.memset(buffer, 1, size)
+    libc.free(buffer)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(min(faults[2:]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator (Linux) is what is measured")
+def test_keeping_freed_memory_removes_the_page_faults_of_large_allocations():
+    """With glibc's defaults a 48 MiB allocation is mapped afresh each time (a fault per 4 KiB page when filled);
+    bench.allocator.keep_freed_memory serves it from memory kept mapped (a handful of faults)."""
+    import os
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def faults(mode):
+        out = subprocess.run([sys.executable, "-c", _FRESH_PAGES_SCRIPT, mode], cwd=root, capture_output=True,
+                             text=True, check=True, env=dict(os.environ, PYTHONPATH=root))
+        return int(out.stdout.strip())
+
+    assert faults("default") >= 12_000  # 48 MiB / 4 KiB = 12,288 pages, each call
+    assert faults("keep") < 100
+
+
+def test_keep_freed_memory_is_recorded_and_refused_without_mallopt(monkeypatch):
+    from bench import allocator
+
+    class NoMallopt:  # a C library without glibc's mallopt
+        pass
+
+    monkeypatch.setattr(allocator.ctypes, "CDLL", lambda name: NoMallopt())
+    with pytest.raises(RuntimeError, match="needs glibc's mallopt"):
+        allocator.keep_freed_memory()
+    with pytest.raises(RuntimeError, match="needs glibc's mallopt"):
+        runner.run_suite([], [], runner.Settings(keep_freed_memory=True))
+    assert main(["--workloads", "sh-l3", "--keep-freed-memory", "--no-progress", "--suite", "tiny"]) == 2
