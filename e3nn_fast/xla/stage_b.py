@@ -166,7 +166,8 @@ class StageBMaths:
         (:func:`~e3nn_fast.xla.fusion_barrier.computed_apart`): on a CPU with one device, for an output of at least
         ``APART_MIN_BYTES`` (of a concrete size), where it would otherwise be a dot of tiny matrices
         (``DOT_MIN_COMPONENTS`` or more summed components, no channel summed), and for the slots in ``apart`` (a
-        whole product's ``z``, or differentiated its ``dF/dkey``: :func:`stage_b`, :meth:`differentiated`).
+        whole product's ``z``, or differentiated its ``dF/dkey``: :func:`stage_b`, :meth:`differentiated`); and
+        ``dF/dT`` over a wide key with one channel on the other side from ``APART_MIN_MULTIPLY_ADDS`` of work.
 
         Computing both ``z`` and the key's gradient apart in high-l5's fwd+bwd (2,048 edges) took its temporaries
         from 24 to 34 MiB, past the 32 MiB from which glibc's ``malloc`` maps every allocation afresh, and the pass
@@ -189,8 +190,8 @@ class StageBMaths:
         return rows * self.slots[out_slot].columns * itemsize >= APART_MIN_BYTES
 
     def _contraction_apart(self, out_slot, key, t, z, rows, compute):
-        """The unrolled sum into ``out_slot`` (``z`` or ``dF/dkey``) as the taken branch of a conditional, kept apart
-        from its consumers as a dot's library call would be (see :meth:`_computed_apart`).
+        """The unrolled sum into ``out_slot`` (``z``, ``dF/dkey`` or ``dF/dT``) as the taken branch of a conditional,
+        kept apart from its consumers as a dot's library call would be (see :meth:`_computed_apart`).
 
         ``dF/dkey`` reads ``T`` with its component axes swapped, ``(rows, ., k, m)``, passed in as an operand of the
         conditional: XLA writes it out before the branch, so that each term of the sum reads a contiguous ``(., m)``
