@@ -87,6 +87,17 @@ def list_everything(suite: str) -> str:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--keep-freed-memory" in argv:
+        # before anything imports JAX, whose CPU client starts its threads: a thread keeps the malloc arena it first
+        # allocated from (bench/allocator.py)
+        from bench.allocator import keep_freed_memory
+
+        try:
+            keep_freed_memory()
+        except RuntimeError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     args = parse_args(argv)
     from bench import backends, report, runner, workloads
 
@@ -113,9 +124,6 @@ def main(argv=None) -> int:
     sink = report.JsonLines(args.jsonl, tag=args.tag) if args.jsonl else None
     try:
         results = runner.run_suite(chosen_workloads, chosen_backends, settings, on_row=sink)
-    except RuntimeError as error:  # a setting this machine cannot honour (--keep-freed-memory without glibc)
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     finally:
         if sink is not None:
             sink.close()

@@ -42,7 +42,9 @@ class Settings:
     settle_s: Optional[float] = None  # untimed runs before each sample; None: timing.CPU_SETTLE_S on CPU, 0 on GPU/TPU
     measure_bandwidth: bool = False  # replace the datasheet bandwidth by a measured copy on an accelerator
     verbose: bool = False  # one stderr line per compile and per timed pass (to see where a time limit struck)
-    keep_freed_memory: bool = False  # glibc keeps freed memory mapped: no page faults per call (bench.allocator)
+    # glibc keeps freed memory mapped: no page faults per call (bench.allocator; applied by run_suite, and by the CLI
+    # before JAX starts, which covers JAX's own threads too)
+    keep_freed_memory: bool = False
 
 
 MIN_SAMPLE_S_ACCELERATOR = 2e-3
