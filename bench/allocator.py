@@ -12,8 +12,10 @@ ones (``nequip-benzene`` at 4,096 edges: 400 MiB of temporaries, 128,000 faults 
 :func:`keep_freed_memory` turns all three off, as ``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0
 MALLOC_TRIM_THRESHOLD_=...`` would at start-up: every thread allocates from the main heap, nothing is mapped per
 allocation, and freed memory stays mapped, so every backend runs in steady-state memory, as a training loop under a
-caching allocator would.  The bench uses it only when asked (``--keep-freed-memory``); by default it measures what
-users get.
+caching allocator would.  The price: one arena serves every thread under one lock, and loop-heavy programs slowed
+down (a quick-suite run with it, 2026-12-07: the fused ``mp-nequip-benzene`` fwd+bwd 42 -> 100 ms, ``sc-mace`` forces
+24 -> 91 ms, while ``sh-tp`` forward went 42 -> 26 ms).  The bench uses it only when asked (``--keep-freed-memory``);
+by default it measures what users get.
 """
 
 from __future__ import annotations
