@@ -347,7 +347,24 @@ print(main, worker[0])
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator (Linux) is what is measured")
+def _glibc() -> bool:
+    """Whether this process's C library is glibc (whose allocator bench.allocator tunes)."""
+    import ctypes
+
+    return sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
+
+
+def _fault_granularity() -> int:
+    """Bytes one page fault maps in a fresh anonymous mapping: 4 KiB, or 2 MiB where the kernel backs every such
+    mapping with transparent huge pages (``[always]``)."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as modes:
+            return 2**21 if "[always]" in modes.read() else 2**12
+    except OSError:
+        return 2**12
+
+
+@pytest.mark.skipif(not _glibc(), reason="glibc's allocator is what is measured")
 def test_keeping_freed_memory_removes_the_page_faults_of_large_allocations():
     """With glibc's defaults a 48 MiB allocation is mapped afresh each time (a fault per 4 KiB page when filled), and
     so is an 80 MiB one from another thread (its arena's heaps hold 64 MiB); bench.allocator.keep_freed_memory serves
@@ -362,9 +379,11 @@ def test_keeping_freed_memory_removes_the_page_faults_of_large_allocations():
                              text=True, check=True, env=dict(os.environ, PYTHONPATH=root))
         return [int(n) for n in out.stdout.split()]
 
+    page = _fault_granularity()
     main_thread, worker_thread = faults("default")
-    assert main_thread >= 12_000 and worker_thread >= 20_000  # 48 MiB and 80 MiB / 4 KiB: 12,288 and 20,480 pages
-    assert max(faults("keep")) < 100
+    # 48 MiB and 80 MiB in 4 KiB pages: 12,288 and 20,480 (the 2-core VM of 2026-12-07: 12,289 and 20,481)
+    assert main_thread >= 0.97 * 48 * 2**20 / page and worker_thread >= 0.97 * 80 * 2**20 / page
+    assert max(faults("keep")) < min(100, main_thread // 10)
 
 
 def test_keep_freed_memory_is_recorded_and_refused_without_mallopt(monkeypatch):
