@@ -56,9 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "150 on a CPU, where a run that follows another backend's overlaps the release of its "
                              "memory; 0 on a GPU/TPU)")
     parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="glibc only: serve every allocation from the heap and keep freed memory mapped, so that "
-                             "no call faults in fresh pages (steady-state timings; the default measures the default "
-                             "allocator, as users run it)")
+                        help="glibc only: serve every allocation from one heap and keep freed memory mapped, so that "
+                             "no call faults in fresh pages (steady-state timings; one heap's lock can slow "
+                             "loop-heavy programs; the default measures the default allocator, as users run it)")
     parser.add_argument("--verbose", action="store_true",
                         help="one stderr line per compile and per timed pass (where did the time go)")
     parser.add_argument("--measure-bandwidth", action="store_true",

@@ -36,7 +36,8 @@ DESCRIPTION = "glibc, freed memory kept mapped (mallopt M_ARENA_MAX=1, M_MMAP_MA
 def keep_freed_memory() -> str:
     """Make this process's glibc ``malloc`` serve every allocation, from every thread, from its main heap and keep
     freed memory mapped; returns a description for the results.  Threads that already allocated keep the arena they
-    have: call it before JAX starts its CPU client (the runner calls it first thing).
+    have, so it must run before JAX starts its CPU client: the CLI calls it before importing anything that does
+    (``run_suite`` applies it again, which reaches only threads started later).
 
     Raises:
         RuntimeError: where the C library is not glibc (no ``mallopt``), or glibc refused a setting.

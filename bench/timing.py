@@ -26,6 +26,11 @@ from typing import Callable, Optional, Sequence
 import jax
 import numpy as np
 
+try:
+    import resource  # POSIX: page-fault counts
+except ImportError:  # Windows
+    resource = None
+
 
 @dataclasses.dataclass
 class Compiled:
@@ -111,11 +116,7 @@ def calls_per_sample(seconds_per_call: float, min_sample_s: float) -> int:
 def minor_page_faults() -> Optional[int]:
     """The minor page faults of this process so far (every thread), or None where the platform does not count them
     (no ``resource`` module: Windows)."""
-    try:
-        import resource
-    except ImportError:
-        return None
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    return None if resource is None else resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _timed_sample(compiled: Compiled, args: Sequence, calls: int) -> tuple[float, Optional[float]]:

@@ -171,8 +171,9 @@ class StageBMaths:
 
         Computing both ``z`` and the key's gradient apart in high-l5's fwd+bwd (2,048 edges) took its temporaries
         from 24 to 34 MiB, past the 32 MiB from which glibc's ``malloc`` maps every allocation afresh, and the pass
-        from 13.7 to 26.7 ms in page faults (13.1 -> 13.6 ms with ``MALLOC_MMAP_THRESHOLD_`` raised; 2 cores,
-        2026-12-07, medians of 11 alternated rounds); hence ``z`` inline where the key's gradient is apart.
+        from 13.7 to 26.7 ms in page faults (2 cores, 2026-12-07, medians of 11 alternated rounds; 13.1 -> 13.6 ms
+        in a process started with ``MALLOC_MMAP_THRESHOLD_`` raised, a setting glibc ignores above 32 MiB, so that
+        process's heap happened to hold the temporaries); hence ``z`` inline where the key's gradient is apart.
         """
         if out_slot == Z:
             wanted = Z in self.apart or self.z_uses_dot
@@ -204,10 +205,12 @@ class StageBMaths:
             return computed_apart(lambda: self._key_unrolled(self._z_per_key_channel(z), t_km, swapped=True), t,
                                   (rows, self.a, self.m), compute)
         if out_slot == T:
-            return computed_apart(lambda: self._t_grouped_sum(
-                lambda start, count: key[:, start:start + count],
-                lambda start, count: self._z_per_key_channel(z)[:, start:start + count])[:, None],
-                key, (rows, 1, self.m, self.k), compute)
+            def t_gradient():
+                z_ak = self._z_per_key_channel(z)  # taken once, inside the branch
+                return self._t_grouped_sum(lambda start, count: key[:, start:start + count],
+                                           lambda start, count: z_ak[:, start:start + count])[:, None]
+
+            return computed_apart(t_gradient, key, (rows, 1, self.m, self.k), compute)
         return computed_apart(lambda: self._z(key, t, use_dot=False), key, (rows,) + self.z_shape, compute)
 
     def _contraction(self, out_slot, key, t, z):
