@@ -75,6 +75,16 @@ def test_per_element_gradients_of_shared_weights():
     np.testing.assert_allclose(jax.jit(per_element)(z, weight), want, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize(("k", "conditionals"), [(3, 1), (1, 0)])
+def test_unrolled_forward_over_several_components_is_computed_apart(k, conditionals):
+    """The per-row unrolled forward is written ``(k, w)`` in a conditional (what ``computed_apart`` inserts) when
+    ``k > 1`` and inline when ``(k, w)`` is already the output's layout; both equal the einsum."""
+    z, weight = operands(4, k, 5, True)
+    text = jax.jit(channel_mix).lower(z, weight).as_text()
+    assert text.count("stablehlo.case") + text.count("stablehlo.if") == conditionals
+    np.testing.assert_allclose(jax.jit(channel_mix)(z, weight), reference(z, weight), rtol=1e-12, atol=1e-12)
+
+
 def test_mismatched_shapes_are_errors():
     z, weight = operands(3, 5, 4, True)
     with pytest.raises(ValueError, match="channel pairs"):

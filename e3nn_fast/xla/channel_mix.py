@@ -16,7 +16,12 @@ them once, in place, and vectorised along ``w``:
   path's weights copied out of the flat vector first, and XLA's CPU loop reading a ``(rows, q, w)`` view through
   more than 15 slices copies it as well (its code-duplication limit): ``diffdock``'s forward (12 paths, 7,128
   weights per edge, 256 edges) 1.64 -> 0.86 ms, the copies of its two ``48 x 48`` weight blocks having taken 1.7 ms
-  each (2 cores, jax 0.10.2, 2026-12-06).  The sum is written ``(k, w)``, ``w`` minor, and transposed after.
+  each (2 cores, jax 0.10.2, 2026-12-06).  The sum is written ``(k, w)``, ``w`` minor, and transposed after; for
+  ``k > 1`` it is computed apart from its consumers (:func:`~e3nn_fast.xla.fusion_barrier.computed_apart`), since
+  XLA otherwise fuses it, transpose included, into the loop writing the output's ``(w, k)`` layout, where it is no
+  longer vectorised along ``w``: ``diffdock``'s forward 0.75 -> 0.39 ms at 256 edges (its ``48 -> 10`` pairs of
+  ``k = 3`` took 0.5 ms inline), 0.22 -> 0.14 ms at 64 and 8.5 -> 5.3 ms at 2,048 (2 cores, jax 0.10.2,
+  2026-12-07, medians of 7 alternated rounds; fwd+bwd and forces within noise or faster).
 * ``dF/dW``: ``dW[q, w] = sum_k z[q, k] out[w, k]``: ``k`` broadcast products (a ``dot`` from
   ``DOT_MIN_COMPONENTS`` components on), written flat and contiguous along ``w``.
 * ``dF/dz``: ``dz[q, k] = sum_w W[q, w] out[w, k]``, a batched ``dot`` (it copies each path's weights; reading
@@ -30,6 +35,7 @@ import functools
 
 import jax.numpy as jnp
 
+from e3nn_fast.xla.fusion_barrier import computed_apart
 from e3nn_fast.xla.stage_b import DOT_MIN_COMPONENTS, accumulation_dtype
 
 Z, WEIGHT, OUT = 0, 1, 2
@@ -91,12 +97,10 @@ class ChannelMixMaths:
             mixed = jnp.einsum("rqk,qw->rwk", z3, weight.reshape(q, w))
         elif q > UNROLLED_MAX_PAIRS:
             mixed = jnp.einsum("rqk,rqw->rwk", z3, weight.reshape(rows, q, w))
-        else:
-            total = None
-            for pair in range(q):  # each pair's weights sliced from the flat operand (see the module docstring)
-                term = z3[:, pair, :, None] * weight[:, pair * w:(pair + 1) * w][:, None, :]
-                total = term if total is None else total + term
-            mixed = jnp.swapaxes(total, 1, 2)
+        elif k == 1:  # (k, w) is already the output's layout
+            mixed = _unrolled_mix(z3, weight, w)
+        else:  # written apart in (k, w), then transposed (see the module docstring)
+            mixed = jnp.swapaxes(computed_apart(lambda: _unrolled_mix(z3, weight, w), z, (rows, k, w), z.dtype), 1, 2)
         return mixed.reshape(rows, w * k)
 
     def _z(self, weight, out, rows):
@@ -122,6 +126,16 @@ class ChannelMixMaths:
             term = z3[:, :, component, None] * out3[:, None, :, component]
             total = term if total is None else total + term
         return total.reshape(rows, q * w)
+
+
+def _unrolled_mix(z3: jnp.ndarray, weight: jnp.ndarray, w: int) -> jnp.ndarray:
+    """``total[r, k, w] = sum_q z3[r, q, k] W[r, q * w + w]``: one broadcast product per pair ``q``, each reading its
+    ``w`` weights as a slice of the flat per-row weights ``(rows, q * w)``, vectorised along ``w``."""
+    total = None
+    for pair in range(z3.shape[1]):
+        term = z3[:, pair, :, None] * weight[:, pair * w:(pair + 1) * w][:, None, :]
+        total = term if total is None else total + term
+    return total
 
 
 @functools.lru_cache(maxsize=None)
