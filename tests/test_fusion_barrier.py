@@ -10,7 +10,7 @@ import pytest
 from e3nn_fast.irreps import Irreps
 from e3nn_fast.path_description import describe_full_tensor_product
 from e3nn_fast.xla import stage_b
-from e3nn_fast.xla.fusion_barrier import computed_apart, separates_on_this_backend
+from e3nn_fast.xla.fusion_barrier import computed_apart, cotangent_apart, separates_on_this_backend
 from e3nn_fast.xla.tensor_product import tensor_product
 
 
@@ -156,3 +156,57 @@ def test_single_path_message_passing_with_its_forward_apart(monkeypatch):
     np.testing.assert_allclose(jax.jit(fused)(x.array), composed(x.array), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(fused(x)))))(x.array),
                                jax.grad(lambda x: jnp.sum(jnp.sin(composed(x))))(x.array), rtol=1e-12, atol=1e-12)
+
+
+def _cotangent_apart_energy(x):
+    return jnp.sum(jnp.sin(cotangent_apart(x) * 3.0).reshape(x.shape[0], -1) ** 2)
+
+
+def test_cotangent_apart_is_the_identity_whose_gradient_is_computed_apart():
+    """No boundary in the forward program; one in the gradient's, with the same gradient as without it, and the
+    same values under jax.jvp, a second derivative and vmap of the gradient (the batched probe)."""
+    x, _ = _operands(4)
+    plain = lambda x: jnp.sum(jnp.sin(x * 3.0).reshape(x.shape[0], -1) ** 2)  # noqa: E731
+    jax.clear_caches()
+    assert "stablehlo.case" not in jax.jit(_cotangent_apart_energy).lower(x).as_text()
+    gradient = jax.jit(jax.grad(_cotangent_apart_energy))
+    assert "conditional(" in gradient.lower(x).compile().as_text()
+    np.testing.assert_allclose(gradient(x), jax.grad(plain)(x), rtol=1e-12, atol=1e-12)
+
+    tangent = jnp.cos(x)
+    np.testing.assert_allclose(jax.jvp(jax.grad(_cotangent_apart_energy), (x,), (tangent,))[1],
+                               jax.jvp(jax.grad(plain), (x,), (tangent,))[1], rtol=1e-10, atol=1e-10)
+    stacked = jnp.stack([x, 2 * x])
+    np.testing.assert_allclose(jax.jit(jax.vmap(jax.grad(_cotangent_apart_energy)))(stacked),
+                               jax.vmap(jax.grad(plain))(stacked), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("irreps1", "irreps2", "apart"), [
+    ("4x2e", "1x1o+1x2e", 1), ("4x0e+4x2e", "1x1o+1x2e", 1), ("4x1o+4x2e", "1x1o+1x2e", 2), ("4x1e", "1x0e", 0)])
+def test_the_keys_of_several_paths_have_their_gradient_summed_apart(irreps1, irreps2, apart):
+    """Each non-scalar input-1 chunk (the key: it has the channels) gets one boundary for its summed gradient; a
+    scalar chunk's gradient is already flat and gets none, nor does a product of one path (which computes its key's
+    gradient apart itself from ``APART_MIN_BYTES`` on); the forward has none."""
+    assert _conditionals_in_product(irreps1, irreps2, 3) == 0
+    assert _conditionals_in_product(irreps1, irreps2, 3, argnums=0) == apart
+
+
+def test_the_keys_of_fully_connected_paths_are_not_wrapped():
+    """``uvw`` paths (their ``z`` gradient is the channel mix's ``dot``) leave their keys' gradient inline."""
+    from e3nn_fast.legacy import FunctionalFullyConnectedTensorProduct
+
+    description = FunctionalFullyConnectedTensorProduct(Irreps("4x2e"), Irreps("2x1o+2x2e"), Irreps("3x1o+3x2e")
+                                                        ).description
+    assert {path.mode for path in description.paths} == {"uvw"}
+    rng = np.random.default_rng(2)
+    chunks1 = [jnp.asarray(rng.standard_normal((3, 4, 5)))]
+    chunks2 = [jnp.asarray(rng.standard_normal((3, 2, d))) for d in (3, 5)]
+    weights = [jnp.asarray(rng.standard_normal(path.weight_shape)) for path in description.paths]
+
+    def energy(chunks1):
+        return sum(jnp.sum(jnp.sin(c)) for c in tensor_product(description, weights, chunks1, chunks2)
+                   if c is not None)
+
+    jax.clear_caches()
+    text = jax.jit(jax.grad(energy)).lower(chunks1).as_text()
+    assert text.count("stablehlo.case") + text.count("stablehlo.if") == 0

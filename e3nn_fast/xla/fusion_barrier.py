@@ -22,10 +22,15 @@ against 0.15 s).
 
 Only on a CPU with one device (other backends fuse differently and keep the computation inline), and only for
 concrete, non-empty operands (a symbolic size under ``jax.export`` has no element to read before run time).
+
+:func:`cotangent_apart` applies the same boundary to a derivative: the identity, whose tangent and cotangent are
+computed apart, in the array's own shape.  The cotangent of an input that several paths read is the sum of their
+contributions; without the boundary XLA fuses that sum into the loop of its consumer, over the flat layout.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -64,3 +69,70 @@ def computed_apart(compute: Callable[[], jnp.ndarray], probe: jnp.ndarray, shape
     element = probe.reshape(-1)[0]
     always = jnp.isnan(element) | ~jnp.isnan(element)
     return lax.cond(always, compute, lambda: jnp.zeros(shape, dtype))
+
+
+
+@jax.custom_jvp
+def cotangent_apart(x: jnp.ndarray) -> jnp.ndarray:
+    """``x`` unchanged; its tangent, and under reverse mode its cotangent, are computed apart from their consumers
+    (:func:`computed_apart`), in ``x``'s shape.
+
+    For a chunk ``(rows, mul, 2l + 1)`` that several tensor-product paths read, the cotangent is the sum of every
+    path's gradient.  XLA fuses that sum into the loop of whatever reads it next, the reshape to the flat
+    ``(rows, mul * (2l + 1))`` layout of the input's gradient, which runs over the flat index without vectorising;
+    computed apart, the sum's loop runs over ``(rows, mul, 2l + 1)``.  Where :func:`separates_on_this_backend` is
+    false, a plain identity.
+    """
+    return x
+
+
+@cotangent_apart.defjvp
+def _cotangent_apart_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    if type(t) is _ad().Zero:
+        return x, t
+    return x, _identity_apart_p().bind(t, x)
+
+
+def _ad():
+    from e3nn_fast.kernels import _pallas_compat  # loaded by the first tensor product anyway (stage B's primitive)
+
+    return _pallas_compat
+
+
+@functools.lru_cache(maxsize=None)
+def _identity_apart_p():
+    """The primitive ``identity_apart(t, probe) = t``, computed apart (:func:`computed_apart`, ``probe`` feeding the
+    predicate).  A primitive rather than a conditional written in the JVP rule: under ``vmap`` the probe is batched,
+    and JAX turns a conditional with a batched predicate into a ``select`` whose transpose fails; this one's batching
+    rule applies it to the batched array as is (any element of the probe serves).  Linear in ``t``, its own
+    transpose."""
+    compat = _ad()
+    from e3nn_fast import _shard_compat
+
+    primitive = compat.Primitive("e3nn_fast_identity_apart")
+
+    def impl(t, probe):
+        return computed_apart(lambda: t, probe, t.shape, t.dtype)
+
+    def jvp(primals, tangents):
+        t, probe = primals
+        out = primitive.bind(t, probe)
+        dt = tangents[0]
+        return out, (compat.symbolic_zero_like(out) if type(dt) is compat.Zero else primitive.bind(dt, probe))
+
+    def transpose(cotangent, t, probe):
+        if type(cotangent) is compat.Zero:
+            return [compat.Zero(t.aval), None]
+        return [primitive.bind(cotangent, probe), None]
+
+    def batch(args, dims):
+        return primitive.bind(*args), dims[0]
+
+    primitive.def_impl(impl)
+    primitive.def_abstract_eval(lambda t, probe: _shard_compat.aval_like(t.shape, t.dtype, t))
+    compat.primitive_jvps[primitive] = jvp
+    compat.primitive_transposes[primitive] = transpose
+    compat.primitive_batchers[primitive] = batch
+    compat.register_lowering(primitive, compat.lower_fun(impl, multiple_results=False))
+    return primitive
