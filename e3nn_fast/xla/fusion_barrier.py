@@ -71,7 +71,6 @@ def computed_apart(compute: Callable[[], jnp.ndarray], probe: jnp.ndarray, shape
     return lax.cond(always, compute, lambda: jnp.zeros(shape, dtype))
 
 
-
 @jax.custom_jvp
 def cotangent_apart(x: jnp.ndarray) -> jnp.ndarray:
     """``x`` unchanged; its tangent, and under reverse mode its cotangent, are computed apart from their consumers
@@ -89,13 +88,15 @@ def cotangent_apart(x: jnp.ndarray) -> jnp.ndarray:
 @cotangent_apart.defjvp
 def _cotangent_apart_jvp(primals, tangents):
     (x,), (t,) = primals, tangents
-    if type(t) is _ad().Zero:
+    if type(t) is _primitive_api().Zero:
         return x, t
     return x, _identity_apart_p().bind(t, x)
 
 
-def _ad():
-    from e3nn_fast.kernels import _pallas_compat  # loaded by the first tensor product anyway (stage B's primitive)
+def _primitive_api():
+    """JAX's primitive-extension names, through the kernels' version shim (imported on first use: it loads Pallas,
+    which the first tensor product loads anyway through stage B's primitive)."""
+    from e3nn_fast.kernels import _pallas_compat
 
     return _pallas_compat
 
@@ -107,7 +108,7 @@ def _identity_apart_p():
     and JAX turns a conditional with a batched predicate into a ``select`` whose transpose fails; this one's batching
     rule applies it to the batched array as is (any element of the probe serves).  Linear in ``t``, its own
     transpose."""
-    compat = _ad()
+    compat = _primitive_api()
     from e3nn_fast import _shard_compat
 
     primitive = compat.Primitive("e3nn_fast_identity_apart")

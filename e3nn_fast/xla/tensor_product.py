@@ -282,10 +282,13 @@ def _keys_with_cotangent_apart(plan, chunks1: Sequence[Chunk], chunks2: Sequence
         step = item.steps[0] if isinstance(item, _PairGroup) else item
         if isinstance(step, _Step) and step.path.mode != "uvw":
             (keys1 if step.key_is_1 else keys2).add(step.path.in1 if step.key_is_1 else step.path.in2)
-    # a scalar chunk's gradient (rows, mul, 1) is already laid out flat: nothing to gain
-    wrap = lambda chunks, keys: [cotangent_apart(c) if n in keys and c is not None and c.shape[-1] > 1 else c  # noqa
-                                 for n, c in enumerate(chunks)]
-    return wrap(chunks1, keys1), wrap(chunks2, keys2)
+
+    def wrapped(chunks, keys):
+        # a scalar chunk's gradient, (rows, mul, 1), is already laid out flat: nothing to gain
+        return [cotangent_apart(c) if n in keys and c is not None and c.shape[-1] > 1 else c
+                for n, c in enumerate(chunks)]
+
+    return wrapped(chunks1, keys1), wrapped(chunks2, keys2)
 
 
 def tensor_product(
